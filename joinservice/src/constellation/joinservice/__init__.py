@@ -1,0 +1,1 @@
+"""JoinService: attests joining nodes, then issues disk keys, kubelet certs and join tokens."""

@@ -1,0 +1,1 @@
+"""KeyService: derives data keys from the cluster master secret (HKDF), stores nothing."""

@@ -1,0 +1,1 @@
+"""VerificationService: fresh attestation evidence of its node, for `constellation verify`."""
