@@ -1,0 +1,159 @@
+"""Typed settings of one bootstrapper process, validated once at start-up.
+
+A node's bootstrapper reads one JSON file (written by the node image, or by
+``constellation mini up`` for a mini-mode node). Everything the node needs to find its
+collaborators is here: where its vTPM is, where its state disk and state directory live, where
+the instance metadata comes from, where to install Kubernetes components, and how long the join
+client may keep trying. Secrets are never part of this file: the init-secret hash comes from the
+instance metadata, everything else from the cluster after attestation.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from constellation.bootstrapper.errors import BootstrapperError
+from constellation.bootstrapper.registration import RegistrationError, validate_node_name
+
+DEFAULT_INIT_PORT = 9000
+ROLES = ("control-plane", "worker")
+
+
+class ConfigError(BootstrapperError):
+    """The bootstrapper's configuration file is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounds of the join client's retry loop: exponential backoff with full jitter.
+
+    Attempt ``n`` (0-based) waits a random time in ``[0, min(max_delay, initial * 2**n)]``;
+    the loop gives up after ``max_attempts`` attempts or ``total_timeout_s`` seconds, whichever
+    comes first. Both bounds are mandatory: a node never retries forever.
+    """
+
+    initial_delay_s: float = 0.5
+    max_delay_s: float = 10.0
+    max_attempts: int = 60
+    total_timeout_s: float = 600.0
+    rpc_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial_delay_s <= self.max_delay_s:
+            raise ConfigError("retry: need 0 < initial_delay_s <= max_delay_s")
+        if self.max_attempts < 1 or self.total_timeout_s <= 0 or self.rpc_timeout_s <= 0:
+            raise ConfigError("retry: max_attempts, total_timeout_s, rpc_timeout_s must be > 0")
+
+    def delay_cap(self, attempt: int) -> float:
+        """Upper bound of the wait before attempt ``attempt + 1``."""
+        return float(min(self.max_delay_s, self.initial_delay_s * 2.0 ** min(attempt, 32)))
+
+
+@dataclass(frozen=True)
+class BootstrapperConfig:
+    """Validated settings; construct with :func:`load_config` or directly in tests."""
+
+    node_name: str
+    node_ip: str
+    role: str
+    metadata_path: Path
+    state_disk_path: Path
+    state_dir: Path
+    install_root: Path
+    tpm_tcti: str
+    attestation_variant: str = "qemu-vtpm"
+    init_host: str = "127.0.0.1"
+    init_port: int = DEFAULT_INIT_PORT
+    # Expected measurements of the JoinService's node (mini mode: the CLI's signed file).
+    join_measurements_path: Path | None = None
+    join_retry: RetryPolicy = field(default_factory=RetryPolicy)
+    component_http_timeout_s: float = 30.0
+    component_total_timeout_s: float = 600.0
+    # Tests only: pbkdf2 with 1000 iterations for LUKS keyslots instead of argon2id.
+    fast_luks_pbkdf: bool = False
+    control_plane_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            validate_node_name(self.node_name)
+        except RegistrationError as exc:
+            raise ConfigError(str(exc)) from None
+        try:
+            ipaddress.ip_address(self.node_ip)
+        except ValueError:
+            raise ConfigError(f"node_ip {self.node_ip!r} is not an IP address") from None
+        if self.role not in ROLES:
+            raise ConfigError(f"role must be one of {ROLES}, got {self.role!r}")
+        if not 0 < self.init_port < 65536:
+            raise ConfigError(f"init_port must be 1..65535, got {self.init_port}")
+        if not self.tpm_tcti:
+            raise ConfigError("tpm_tcti must name the node's (v)TPM")
+
+    @property
+    def is_control_plane(self) -> bool:
+        return self.role == "control-plane"
+
+    @property
+    def node_state_path(self) -> Path:
+        return self.state_dir / "node-state.json"
+
+    @property
+    def kubelet_dir(self) -> Path:
+        return self.state_dir / "kubelet"
+
+    @property
+    def control_plane_root(self) -> Path:
+        return self.control_plane_dir or self.state_dir / "control-plane"
+
+
+_PATH_FIELDS = (
+    "metadata_path",
+    "state_disk_path",
+    "state_dir",
+    "install_root",
+    "join_measurements_path",
+    "control_plane_dir",
+)
+
+
+def config_from_mapping(data: dict[str, Any]) -> BootstrapperConfig:
+    """Build a config from parsed JSON; unknown keys are refused (typos must not pass)."""
+    if not isinstance(data, dict):
+        raise ConfigError("the configuration must be a JSON object")
+    known = set(BootstrapperConfig.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
+    values: dict[str, Any] = dict(data)
+    for key in _PATH_FIELDS:
+        if values.get(key) is not None:
+            values[key] = Path(values[key])
+    if "join_retry" in values:
+        retry = values["join_retry"]
+        if not isinstance(retry, dict):
+            raise ConfigError("join_retry must be an object")
+        try:
+            values["join_retry"] = RetryPolicy(**retry)
+        except TypeError as exc:
+            raise ConfigError(f"join_retry: {exc}") from None
+    try:
+        return BootstrapperConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(f"configuration: {exc}") from None
+
+
+def load_config(path: Path) -> BootstrapperConfig:
+    """Read and validate the configuration file."""
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"configuration {path} is not valid JSON: {exc}") from None
+    return config_from_mapping(data)

@@ -1,0 +1,430 @@
+"""Installs the Kubernetes components named in an init request or join ticket.
+
+The CLI is the root of trust for what runs on a node: every component arrives as
+(source, ``sha256:<hex>``, install path), and the node installs nothing whose bytes do not hash
+to exactly that value. Installation is therefore two-phase:
+
+1. ``stage()`` fetches EVERY component into a private staging directory next to the install
+   root and hashes it while streaming. The first mismatch (or fetch error) aborts the whole
+   batch with an error naming the component, and the staging directory is removed. Nothing has
+   been installed at that point, so the caller may refuse the init before taking the node lock.
+2. ``StagedComponents.install()`` moves the verified files into place with ``os.replace`` (a
+   file) or a directory swap (an unpacked ``tar.gz``). Readers see either the old or the new
+   artifact, never a half-written one. Files get mode 0755: they are executables.
+
+Install paths are absolute paths on the node (``/usr/local/bin/kubeadm``); they are confined
+to the configured install root (the file-system root on a real node, a scratch directory in
+mini mode and tests) and may not contain ``..``. Sources are ``file://`` URLs, absolute local
+paths (inside the node image) or ``http(s)://`` URLs fetched with a bounded timeout, a bounded
+total time and a bounded size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import IO, Protocol
+
+from constellation.bootstrapper.errors import BootstrapperError
+
+HASH_PREFIX = "sha256:"
+SHA256_HEX_LENGTH = 64
+EXECUTABLE_MODE = 0o755
+READ_CHUNK = 1 << 20
+DEFAULT_HTTP_TIMEOUT_S = 30.0
+DEFAULT_TOTAL_TIMEOUT_S = 600.0
+DEFAULT_MAX_SIZE = 1 << 30  # 1 GiB: larger than any Kubernetes binary or archive we ship
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class ComponentError(BootstrapperError):
+    """A Kubernetes component could not be fetched, verified or installed."""
+
+    def __init__(self, component: str, message: str) -> None:
+        self.component = component
+        super().__init__(f"component {component!r}: {message}")
+
+
+class InvalidComponentError(ComponentError):
+    """The request describes a component the node refuses to consider (bad hash, path, URL)."""
+
+
+class ComponentFetchError(ComponentError):
+    """The component's source could not be read within the time and size bounds."""
+
+
+class ComponentHashMismatchError(ComponentError):
+    """The fetched bytes do not hash to the value in the request: nothing is installed."""
+
+    def __init__(self, component: str, expected: str, actual: str) -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            component,
+            f"SHA-256 mismatch: expected {expected}, got {actual}; refusing to install "
+            "anything (check the components list the CLI sent and the artifact's source)",
+        )
+
+
+class ComponentMessage(Protocol):
+    """What the installer reads from ``components.Component`` (the proto message)."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def hash(self) -> str: ...
+    @property
+    def install_path(self) -> str: ...
+    @property
+    def extract(self) -> bool: ...
+    @property
+    def name(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A validated component: where it comes from, what it must hash to, where it goes."""
+
+    name: str
+    source: str
+    sha256: bytes
+    install_path: PurePosixPath
+    extract: bool
+
+    @property
+    def hash_text(self) -> str:
+        return HASH_PREFIX + self.sha256.hex()
+
+
+def parse_hash(component: str, text: str) -> bytes:
+    """Parse ``sha256:<64 hex>`` into 32 bytes, refusing anything else."""
+    if not text.startswith(HASH_PREFIX):
+        raise InvalidComponentError(
+            component, f"hash must look like 'sha256:<64 hex digits>', got {text[:80]!r}"
+        )
+    hex_part = text[len(HASH_PREFIX) :]
+    if len(hex_part) != SHA256_HEX_LENGTH or not re.fullmatch(r"[0-9a-fA-F]+", hex_part):
+        raise InvalidComponentError(
+            component,
+            f"hash must have exactly {SHA256_HEX_LENGTH} hex digits, got {hex_part[:80]!r}",
+        )
+    return bytes.fromhex(hex_part)
+
+
+def parse_install_path(component: str, text: str) -> PurePosixPath:
+    """An absolute, normalized POSIX path without ``..`` (it is re-rooted under the root)."""
+    path = PurePosixPath(text)
+    if not path.is_absolute() or len(path.parts) < 2:
+        raise InvalidComponentError(
+            component, f"install path must be an absolute file path, got {text!r}"
+        )
+    if any(part in ("..", ".") for part in path.parts) or "//" in text or "\x00" in text:
+        raise InvalidComponentError(
+            component, f"install path must be normalized (no '.', '..' or '//'), got {text!r}"
+        )
+    return path
+
+
+def parse_components(components: Sequence[ComponentMessage]) -> list[ComponentSpec]:
+    """Validate every component of a request; the first invalid one raises."""
+    specs: list[ComponentSpec] = []
+    seen_paths: set[PurePosixPath] = set()
+    for index, message in enumerate(components):
+        name = message.name or f"#{index}"
+        if not _NAME_PATTERN.match(name) and not name.startswith("#"):
+            raise InvalidComponentError(name[:80], "name must be 1-128 of [A-Za-z0-9._-]")
+        if not message.url:
+            raise InvalidComponentError(name, "has no source URL")
+        install_path = parse_install_path(name, message.install_path)
+        if install_path in seen_paths:
+            raise InvalidComponentError(name, f"install path {install_path} is used twice")
+        seen_paths.add(install_path)
+        specs.append(
+            ComponentSpec(
+                name=name,
+                source=message.url,
+                sha256=parse_hash(name, message.hash),
+                install_path=install_path,
+                extract=message.extract,
+            )
+        )
+    return specs
+
+
+def _source_kind(spec: ComponentSpec) -> tuple[str, str]:
+    """Classify a source as ("file", path) or ("http", url); refuse everything else."""
+    parsed = urllib.parse.urlparse(spec.source)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise InvalidComponentError(spec.name, "file:// URL must not name a remote host")
+        return "file", urllib.parse.unquote(parsed.path)
+    if parsed.scheme in ("http", "https"):
+        return "http", spec.source
+    if parsed.scheme == "" and spec.source.startswith("/"):
+        return "file", spec.source
+    raise InvalidComponentError(
+        spec.name,
+        f"source must be file://, http(s):// or an absolute path, got scheme {parsed.scheme!r}",
+    )
+
+
+class _Deadline:
+    """A bound on the total time one fetch may take (a slow drip cannot stall init)."""
+
+    def __init__(self, component: str, seconds: float) -> None:
+        self._component = component
+        self._seconds = seconds
+        self._end = time.monotonic() + seconds
+
+    def check(self) -> None:
+        if time.monotonic() > self._end:
+            raise ComponentFetchError(
+                self._component, f"fetch took longer than {self._seconds:.0f} s"
+            )
+
+
+class StagedComponents:
+    """Verified artifacts waiting in a staging directory; ``install()`` moves them into place.
+
+    Used as a context manager so the staging directory disappears whatever happens.
+    """
+
+    def __init__(self, installer: ComponentInstaller, staging: Path) -> None:
+        self._installer = installer
+        self._staging = staging
+        self._items: list[tuple[ComponentSpec, Path]] = []
+        self._installed = False
+
+    def _add(self, spec: ComponentSpec, staged: Path) -> None:
+        self._items.append((spec, staged))
+
+    @property
+    def components(self) -> list[ComponentSpec]:
+        return [spec for spec, _ in self._items]
+
+    def install(self) -> list[Path]:
+        """Move every verified artifact into place; return the installed paths."""
+        if self._installed:
+            raise BootstrapperError("staged components were already installed")
+        installed: list[Path] = []
+        for spec, staged in self._items:
+            installed.append(self._installer._place(spec, staged))
+        self._installed = True
+        return installed
+
+    def close(self) -> None:
+        shutil.rmtree(self._staging, ignore_errors=True)
+
+    def __enter__(self) -> StagedComponents:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ComponentInstaller:
+    """Fetches, verifies and installs components below ``install_root``."""
+
+    def __init__(
+        self,
+        install_root: Path,
+        *,
+        http_timeout_s: float = DEFAULT_HTTP_TIMEOUT_S,
+        total_timeout_s: float = DEFAULT_TOTAL_TIMEOUT_S,
+        max_size: int = DEFAULT_MAX_SIZE,
+    ) -> None:
+        self.install_root = install_root
+        self.http_timeout_s = http_timeout_s
+        self.total_timeout_s = total_timeout_s
+        self.max_size = max_size
+
+    def target(self, spec: ComponentSpec, *, create_parents: bool = False) -> Path:
+        """The install path re-rooted under the install root, refusing symlink escapes.
+
+        Without ``create_parents`` nothing is created: the deepest existing ancestor must
+        resolve inside the root (a symlinked directory cannot redirect the install).
+        """
+        root = self.install_root.resolve()
+        target = root.joinpath(*spec.install_path.parts[1:])
+        parent = target.parent
+        if create_parents:
+            parent.mkdir(parents=True, exist_ok=True)
+        existing = parent
+        while not existing.exists() and existing != root:
+            existing = existing.parent
+        if not existing.resolve().is_relative_to(root):
+            raise InvalidComponentError(
+                spec.name, f"install path {spec.install_path} leaves the install root"
+            )
+        if target.is_symlink():
+            raise InvalidComponentError(
+                spec.name, f"install path {spec.install_path} is a symbolic link"
+            )
+        return target
+
+    def stage(self, components: Sequence[ComponentMessage]) -> StagedComponents:
+        """Fetch and verify every component; raise (with nothing installed) on the first error."""
+        specs = parse_components(components)
+        for spec in specs:
+            _source_kind(spec)  # refuse bad URLs before fetching anything
+            self.target(spec)
+        self.install_root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".components-", dir=self.install_root))
+        staged = StagedComponents(self, staging)
+        try:
+            for index, spec in enumerate(specs):
+                destination = staging / f"{index}.artifact"
+                self._fetch_verified(spec, destination)
+                staged._add(spec, destination)
+        except BaseException:
+            staged.close()
+            raise
+        return staged
+
+    def install(self, components: Sequence[ComponentMessage]) -> list[Path]:
+        """Stage, verify and install in one go (for callers with no point of no return)."""
+        with self.stage(components) as staged:
+            return staged.install()
+
+    # -- fetching --------------------------------------------------------------------------
+
+    def _fetch_verified(self, spec: ComponentSpec, destination: Path) -> None:
+        kind, location = _source_kind(spec)
+        deadline = _Deadline(spec.name, self.total_timeout_s)
+        digest = hashlib.sha256()
+        with destination.open("xb") as out:
+            if kind == "file":
+                try:
+                    with open(location, "rb") as source:
+                        self._copy(spec, source, out, digest, deadline)
+                except OSError as exc:
+                    raise ComponentFetchError(
+                        spec.name, f"cannot read {location}: {exc.strerror or exc}"
+                    ) from None
+            else:
+                self._fetch_http(spec, location, out, digest, deadline)
+            out.flush()
+            os.fsync(out.fileno())
+        actual = digest.digest()
+        if not hmac.compare_digest(actual, spec.sha256):
+            raise ComponentHashMismatchError(spec.name, spec.hash_text, HASH_PREFIX + actual.hex())
+
+    def _fetch_http(
+        self,
+        spec: ComponentSpec,
+        url: str,
+        out: IO[bytes],
+        digest: hashlib._Hash,
+        deadline: _Deadline,
+    ) -> None:
+        request = urllib.request.Request(url, method="GET")  # noqa: S310 (scheme checked)
+        try:
+            with urllib.request.urlopen(request, timeout=self.http_timeout_s) as response:  # noqa: S310
+                self._copy(spec, response, out, digest, deadline)
+        except urllib.error.HTTPError as exc:
+            raise ComponentFetchError(spec.name, f"HTTP {exc.code} from {url}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ComponentFetchError(spec.name, f"cannot fetch {url}: {reason}") from None
+
+    def _copy(
+        self,
+        spec: ComponentSpec,
+        source: IO[bytes],
+        out: IO[bytes],
+        digest: hashlib._Hash,
+        deadline: _Deadline,
+    ) -> None:
+        size = 0
+        while True:
+            deadline.check()
+            chunk = source.read(READ_CHUNK)
+            if not chunk:
+                return
+            size += len(chunk)
+            if size > self.max_size:
+                raise ComponentFetchError(
+                    spec.name, f"artifact is larger than the limit of {self.max_size} bytes"
+                )
+            digest.update(chunk)
+            out.write(chunk)
+
+    # -- placing ---------------------------------------------------------------------------
+
+    def _place(self, spec: ComponentSpec, staged: Path) -> Path:
+        target = self.target(spec, create_parents=True)
+        if spec.extract:
+            self._place_archive(spec, staged, target)
+        else:
+            self._place_file(staged, target)
+        return target
+
+    @staticmethod
+    def _place_file(staged: Path, target: Path) -> None:
+        """Copy into a temporary sibling of the target, then rename over it (atomic)."""
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out, staged.open("rb") as source:
+                shutil.copyfileobj(source, out, READ_CHUNK)
+                out.flush()
+                os.fchmod(out.fileno(), EXECUTABLE_MODE)
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(target.parent)
+
+    @staticmethod
+    def _place_archive(spec: ComponentSpec, staged: Path, target: Path) -> None:
+        """Unpack into a temporary sibling directory, then swap it in for the target."""
+        fresh = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
+        try:
+            try:
+                with tarfile.open(staged, mode="r:gz") as archive:
+                    archive.extractall(fresh, filter="data")
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                raise ComponentError(spec.name, f"cannot unpack archive: {exc}") from None
+            fresh.chmod(EXECUTABLE_MODE)
+            old: Path | None = None
+            if target.exists():
+                if not target.is_dir():
+                    raise ComponentError(
+                        spec.name, f"{spec.install_path} exists and is not a directory"
+                    )
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+                os.replace(target, old)
+            os.replace(fresh, target)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(fresh, ignore_errors=True)
+            raise
+        _fsync_dir(target.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,80 @@
+"""Bootstrapper configuration: validated once, unknown keys and bad values refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from constellation.bootstrapper.config import (
+    ConfigError,
+    RetryPolicy,
+    config_from_mapping,
+    load_config,
+)
+
+
+def _base(tmp_path: Path) -> dict[str, Any]:
+    return {
+        "node_name": "node-0",
+        "node_ip": "127.0.0.10",
+        "role": "control-plane",
+        "metadata_path": str(tmp_path / "metadata.json"),
+        "state_disk_path": str(tmp_path / "disk.img"),
+        "state_dir": str(tmp_path / "state"),
+        "install_root": str(tmp_path / "root"),
+        "tpm_tcti": "swtpm:host=127.0.0.1,port=2321",
+    }
+
+
+def test_load_valid_config(tmp_path: Path) -> None:
+    data = _base(tmp_path) | {"join_retry": {"max_attempts": 3, "total_timeout_s": 5}}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    config = load_config(path)
+    assert config.is_control_plane
+    assert config.join_retry.max_attempts == 3
+    assert config.node_state_path == tmp_path / "state" / "node-state.json"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("node_name", "Node_0", "node name"),
+        ("node_ip", "localhost", "node_ip"),
+        ("role", "master", "role"),
+        ("init_port", 70000, "init_port"),
+        ("tpm_tcti", "", "tpm_tcti"),
+        ("typo_key", 1, "unknown"),
+        ("join_retry", {"max_attempts": 0}, "retry"),
+        ("join_retry", {"initial_delay_s": 5, "max_delay_s": 1}, "retry"),
+        ("join_retry", {"bogus": 1}, "join_retry"),
+    ],
+)
+def test_bad_values_are_refused(tmp_path: Path, key: str, value: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config_from_mapping(_base(tmp_path) | {key: value})
+
+
+def test_missing_required_key_is_refused(tmp_path: Path) -> None:
+    data = _base(tmp_path)
+    del data["tpm_tcti"]
+    with pytest.raises(ConfigError, match="tpm_tcti"):
+        config_from_mapping(data)
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(bad)
+
+
+def test_backoff_cap_grows_exponentially_and_is_bounded() -> None:
+    policy = RetryPolicy(initial_delay_s=0.5, max_delay_s=4)
+    assert [policy.delay_cap(n) for n in range(6)] == [0.5, 1, 2, 4, 4, 4]
+    assert policy.delay_cap(10_000) == 4
