@@ -1,0 +1,117 @@
+"""Typed settings of the JoinService, validated once at start-up.
+
+Everything the service reads from its environment is named here: where it listens, where the
+``join-config`` is mounted, how to reach the KeyService and the Kubernetes API, where the cluster
+CA and the control-plane PKI are, and the components file that lists the Kubernetes version and
+artifacts joining nodes install. A bad setting stops the process with a ``ConfigError`` that
+says which setting and why, before any port is opened.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from constellation.joinservice.errors import ConfigError
+
+DEFAULT_PORT: Final = 9090
+DEFAULT_METRICS_PORT: Final = 9091
+DEFAULT_NAMESPACE: Final = "kube-system"
+# The watcher polls; a ConfigMap update reaches the mount within about a minute anyway, so
+# anything outside these bounds is a configuration mistake.
+MIN_POLL_INTERVAL: Final = 0.05
+MAX_POLL_INTERVAL: Final = 300.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings. Build with ``Settings.create`` (it checks every field)."""
+
+    listen_host: str
+    port: int
+    metrics_port: int | None
+    join_config_dir: Path
+    poll_interval: float
+    keyservice_endpoint: str
+    kubeconfig: Path | None
+    ca_cert_file: Path
+    ca_key_file: Path
+    pki_dir: Path
+    api_server_endpoint: str
+    components_file: Path
+    namespace: str
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        join_config_dir: Path,
+        keyservice_endpoint: str,
+        ca_cert_file: Path,
+        ca_key_file: Path,
+        api_server_endpoint: str,
+        components_file: Path,
+        listen_host: str = "0.0.0.0",  # noqa: S104 - a pod serves on all its interfaces
+        port: int = DEFAULT_PORT,
+        metrics_port: int | None = DEFAULT_METRICS_PORT,
+        poll_interval: float = 2.0,
+        kubeconfig: Path | None = None,
+        pki_dir: Path | None = None,
+        namespace: str = DEFAULT_NAMESPACE,
+    ) -> Settings:
+        problems: list[str] = []
+        try:
+            ipaddress.ip_address(listen_host)
+        except ValueError:
+            problems.append(f"listen host must be an IP address, got {listen_host!r}")
+        for name, value in (("port", port), ("metrics port", metrics_port)):
+            if value is not None and not 0 <= value <= 65535:
+                problems.append(f"{name} must be in 0..65535, got {value}")
+        if not MIN_POLL_INTERVAL <= poll_interval <= MAX_POLL_INTERVAL:
+            problems.append(
+                f"join-config poll interval must be in {MIN_POLL_INTERVAL}..{MAX_POLL_INTERVAL} "
+                f"seconds, got {poll_interval}"
+            )
+        for name, endpoint in (
+            ("KeyService endpoint", keyservice_endpoint),
+            ("API server endpoint", api_server_endpoint),
+        ):
+            host, sep, port_text = endpoint.rpartition(":")
+            if not sep or not host or not port_text.isdigit():
+                problems.append(f"{name} must be host:port, got {endpoint!r}")
+        if not join_config_dir.is_dir():
+            problems.append(f"join-config directory {join_config_dir} does not exist")
+        files = [
+            ("CA certificate", ca_cert_file),
+            ("CA key", ca_key_file),
+            ("components file", components_file),
+        ]
+        if kubeconfig is not None:
+            files.append(("kubeconfig", kubeconfig))
+        for name, path in files:
+            if not path.is_file():
+                problems.append(f"{name} file {path} does not exist")
+        resolved_pki = pki_dir if pki_dir is not None else ca_cert_file.parent
+        if not resolved_pki.is_dir():
+            problems.append(f"PKI directory {resolved_pki} does not exist")
+        if not namespace:
+            problems.append("namespace must not be empty")
+        if problems:
+            raise ConfigError("invalid JoinService settings: " + "; ".join(problems))
+        return cls(
+            listen_host=listen_host,
+            port=port,
+            metrics_port=metrics_port,
+            join_config_dir=join_config_dir,
+            poll_interval=poll_interval,
+            keyservice_endpoint=keyservice_endpoint,
+            kubeconfig=kubeconfig,
+            ca_cert_file=ca_cert_file,
+            ca_key_file=ca_key_file,
+            pki_dir=resolved_pki,
+            api_server_endpoint=api_server_endpoint,
+            components_file=components_file,
+            namespace=namespace,
+        )

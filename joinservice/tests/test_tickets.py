@@ -1,0 +1,100 @@
+"""Request validation and identity rules of the ticket logic (pure parts)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from constellation.attestation.evidence import VerifiedEvidence
+from constellation.joinservice.errors import InvalidRequestError, RefusedError
+from constellation.joinservice.keys import SecretBytes
+from constellation.joinservice.tickets import (
+    MAX_CSR_SIZE,
+    canonical_disk_uuid,
+    check_csr_size,
+    discovery_hash,
+    node_identity,
+)
+
+
+def test_disk_uuid_is_lowercased() -> None:
+    assert (
+        canonical_disk_uuid("6BA7B810-9DAD-11D1-80B4-00C04FD430C8")
+        == "6ba7b810-9dad-11d1-80b4-00c04fd430c8"
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "6ba7b810-9dad-11d1-80b4-00c04fd430c",
+        "6ba7b8109dad11d180b400c04fd430c8",
+        "{6ba7b810-9dad-11d1-80b4-00c04fd430c8}",
+        "6ba7b810-9dad-11d1-80b4-00c04fd430c8\n",
+        "../../etc/passwd-9dad-11d1-80b4-00c04fd430c8",
+        "g" * 8 + "-9dad-11d1-80b4-00c04fd430c8",
+    ],
+)
+def test_disk_uuid_rejects(text: str) -> None:
+    with pytest.raises(InvalidRequestError, match="disk_uuid"):
+        canonical_disk_uuid(text)
+
+
+def test_csr_size_limits() -> None:
+    check_csr_size(b"x" * MAX_CSR_SIZE)
+    with pytest.raises(InvalidRequestError, match="empty"):
+        check_csr_size(b"")
+    with pytest.raises(InvalidRequestError, match="limit"):
+        check_csr_size(b"x" * (MAX_CSR_SIZE + 1))
+
+
+def test_node_identity_is_sha256_of_ak() -> None:
+    ak = b"\x30\x59" + bytes(89)
+    evidence = VerifiedEvidence("qemu-vtpm", b"u", details={"ak_spki_der": ak})
+    assert node_identity(evidence) == hashlib.sha256(ak).hexdigest()
+
+
+def test_node_identity_refuses_evidence_without_ak() -> None:
+    with pytest.raises(RefusedError) as info:
+        node_identity(VerifiedEvidence("qemu-vtpm", b"u", details={"ak_spki_der": b""}))
+    assert info.value.failures[0].check == "node_identity"
+
+
+def test_discovery_hash_is_sha256_of_spki() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes")])
+    import datetime
+
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    assert discovery_hash(pem) == "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
+def test_secret_bytes_never_show() -> None:
+    secret = SecretBytes(b"\x01" * 32)
+    assert "01" not in repr(secret)
+    assert "\\x01" not in str(secret)
+    assert f"{secret}" == str(secret)
+    assert secret == SecretBytes(b"\x01" * 32)
+    assert secret != SecretBytes(b"\x02" * 32)
+    with pytest.raises(TypeError):
+        hash(secret)
