@@ -6,6 +6,6 @@ same, always-cleaned-up processes.
 """
 
 pytest_plugins: list[str] = [
-    # "constellation.attestation.testing.fixtures",      (swtpm)
+    "constellation.attestation.testing.fixtures",  # swtpm
     # "constellation.bootstrapper.kubernetes.testing",   (control plane)
 ]

@@ -1,0 +1,279 @@
+"""TCG PC Client crypto-agile event log: writer, parser and replay (SHA-256 bank).
+
+Layout (TCG PC Client Platform Firmware Profile, little-endian throughout):
+
+1. One ``TCG_PCR_EVENT`` header in the legacy SHA-1 format: pcrIndex u32 (0), eventType u32
+   (``EV_NO_ACTION``), digest[20] (zeros), eventSize u32, then the ``TCG_EfiSpecIDEvent``:
+   signature ``"Spec ID Event03\\0"``, platformClass u32, specVersionMinor u8,
+   specVersionMajor u8, specErrata u8, uintnSize u8, numberOfAlgorithms u32,
+   ``{algorithmId u16, digestSize u16}`` x n, vendorInfoSize u8, vendorInfo.
+2. ``TCG_PCR_EVENT2`` records: pcrIndex u32, eventType u32, digest count u32,
+   ``{hashAlg u16, digest[size from the header]}`` x count, eventSize u32, event.
+
+Replay starts every PCR at zero (PCR 0 at the locality of a ``StartupLocality`` no-action
+event, if any), extends it with each event's SHA-256 digest and compares the result with the
+quoted PCRs. Replay is strict (DESIGN.md §9): every PCR in the checked range must equal its
+replayed value, so a quoted non-zero PCR that the log does not explain fails even when the log
+is empty. PCR 15 is outside the default range because the node lock extends it without a log
+entry; its expected value comes from the measurements.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from constellation.attestation.errors import Failure, MalformedEvidenceError
+
+EV_POST_CODE = 0x00000001
+EV_NO_ACTION = 0x00000003
+EV_SEPARATOR = 0x00000004
+EV_EVENT_TAG = 0x00000006
+EV_COMPACT_HASH = 0x0000000C
+EV_IPL = 0x0000000D
+
+TPM_ALG_SHA1 = 0x0004
+TPM_ALG_SHA256 = 0x000B
+TPM_ALG_SHA384 = 0x000C
+TPM_ALG_SHA512 = 0x000D
+SHA256_SIZE = 32
+
+SPEC_ID_SIGNATURE = b"Spec ID Event03\x00"
+STARTUP_LOCALITY_SIGNATURE = b"StartupLocality\x00"
+HEADER_DIGEST_SIZE = 20
+SPEC_VERSION_MAJOR = 2
+SPEC_VERSION_MINOR = 0
+SPEC_ERRATA = 0
+UINTN_SIZE_64 = 2
+PLATFORM_CLASS_CLIENT = 0
+
+U8 = struct.Struct("<B")
+U16 = struct.Struct("<H")
+U32 = struct.Struct("<I")
+ALGORITHM_ENTRY = struct.Struct("<HH")
+SPEC_ID_FIXED = struct.Struct("<16sIBBBBI")  # signature .. numberOfAlgorithms
+EVENT_HEADER = struct.Struct("<II")  # pcrIndex, eventType
+
+MAX_EVENTS = 10_000
+MAX_EVENT_DATA = 1 << 20
+MAX_ALGORITHMS = 8
+PCR_COUNT = 24
+# PCRs 0..14 belong to the boot chain described by the log; 15 is the node lock.
+DEFAULT_REPLAY_PCRS = tuple(range(15))
+
+
+@dataclass(frozen=True)
+class Event:
+    """One measured event: which PCR, what kind, the digests per bank and the event data."""
+
+    pcr: int
+    event_type: int
+    digests: Mapping[int, bytes] = field(default_factory=dict)
+    data: bytes = b""
+
+    @classmethod
+    def measure(cls, pcr: int, data: bytes, *, event_type: int = EV_IPL) -> Event:
+        """An event whose SHA-256 digest is the hash of ``data`` itself."""
+        return cls(pcr, event_type, {TPM_ALG_SHA256: hashlib.sha256(data).digest()}, data)
+
+
+@dataclass(frozen=True)
+class EventLog:
+    """A parsed log: the digest sizes declared by the Spec ID event and the events."""
+
+    algorithms: Mapping[int, int]
+    events: tuple[Event, ...]
+    startup_locality: int = 0
+
+
+class _Reader:
+    __slots__ = ("_data", "_pos")
+
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(bytes(data))
+        self._pos = 0
+
+    def take(self, size: int, what: str) -> bytes:
+        if size < 0 or self._pos + size > len(self._data):
+            raise MalformedEvidenceError(
+                f"event log: truncated at {what} (need {size} bytes at offset {self._pos}, "
+                f"have {len(self._data) - self._pos})"
+            )
+        chunk = bytes(self._data[self._pos : self._pos + size])
+        self._pos += size
+        return chunk
+
+    def unpack(self, layout: struct.Struct, what: str) -> tuple[int, ...]:
+        return tuple(layout.unpack(self.take(layout.size, what)))
+
+    def remaining(self) -> int:
+        return len(self._data) - self._pos
+
+
+def _spec_id_event(algorithms: Mapping[int, int]) -> bytes:
+    body = SPEC_ID_FIXED.pack(
+        SPEC_ID_SIGNATURE,
+        PLATFORM_CLASS_CLIENT,
+        SPEC_VERSION_MINOR,
+        SPEC_VERSION_MAJOR,
+        SPEC_ERRATA,
+        UINTN_SIZE_64,
+        len(algorithms),
+    )
+    body += b"".join(ALGORITHM_ENTRY.pack(alg, size) for alg, size in sorted(algorithms.items()))
+    return body + U8.pack(0)  # no vendor info
+
+
+def encode_header(algorithms: Mapping[int, int] | None = None) -> bytes:
+    """The ``TCG_PCR_EVENT`` header carrying the Spec ID event (SHA-256 only by default)."""
+    spec = _spec_id_event(algorithms or {TPM_ALG_SHA256: SHA256_SIZE})
+    return (
+        EVENT_HEADER.pack(0, EV_NO_ACTION) + bytes(HEADER_DIGEST_SIZE) + U32.pack(len(spec)) + spec
+    )
+
+
+def encode_event(event: Event, algorithms: Mapping[int, int] | None = None) -> bytes:
+    """One ``TCG_PCR_EVENT2`` record; its digests must match the declared algorithms."""
+    declared = algorithms or {TPM_ALG_SHA256: SHA256_SIZE}
+    if not 0 <= event.pcr < PCR_COUNT:
+        raise MalformedEvidenceError(f"event log: PCR index {event.pcr} out of range")
+    if set(event.digests) != set(declared):
+        raise MalformedEvidenceError(
+            "event log: an event must carry exactly one digest per declared algorithm"
+        )
+    out = [EVENT_HEADER.pack(event.pcr, event.event_type), U32.pack(len(declared))]
+    for alg, size in sorted(declared.items()):
+        digest = event.digests[alg]
+        if len(digest) != size:
+            raise MalformedEvidenceError(
+                f"event log: digest for algorithm 0x{alg:04x} has {len(digest)} bytes, not {size}"
+            )
+        out.append(U16.pack(alg) + digest)
+    out.append(U32.pack(len(event.data)) + event.data)
+    return b"".join(out)
+
+
+def encode_event_log(events: Iterable[Event], algorithms: Mapping[int, int] | None = None) -> bytes:
+    """A complete log: the header followed by every event."""
+    return encode_header(algorithms) + b"".join(encode_event(e, algorithms) for e in events)
+
+
+def append_event(log: bytes, event: Event) -> bytes:
+    """``log`` with ``event`` appended (a new SHA-256 log when ``log`` is empty)."""
+    if not log:
+        return encode_event_log([event])
+    parsed = parse_event_log(log)
+    return log + encode_event(event, parsed.algorithms)
+
+
+def _parse_spec_id(data: bytes) -> dict[int, int]:
+    reader = _Reader(data)
+    signature, _platform, _minor, major, _errata, _uintn, count = reader.unpack(
+        SPEC_ID_FIXED, "Spec ID event"
+    )
+    if signature != SPEC_ID_SIGNATURE:  # type: ignore[comparison-overlap]
+        raise MalformedEvidenceError("event log: first event is not a 'Spec ID Event03' header")
+    if major != SPEC_VERSION_MAJOR:
+        raise MalformedEvidenceError(f"event log: spec version {major} is not crypto-agile (2)")
+    if not 0 < count <= MAX_ALGORITHMS:
+        raise MalformedEvidenceError(f"event log: {count} digest algorithms is implausible")
+    algorithms: dict[int, int] = {}
+    for index in range(count):
+        alg, size = reader.unpack(ALGORITHM_ENTRY, f"algorithm[{index}]")
+        if not 0 < size <= 64 or alg in algorithms:
+            raise MalformedEvidenceError(f"event log: bad digest size entry for 0x{alg:04x}")
+        algorithms[alg] = size
+    (vendor_size,) = reader.unpack(U8, "vendorInfoSize")
+    reader.take(vendor_size, "vendorInfo")
+    if reader.remaining():
+        raise MalformedEvidenceError("event log: trailing bytes in the Spec ID event")
+    return algorithms
+
+
+def parse_event_log(data: bytes) -> EventLog:
+    """Parse a crypto-agile log; any truncation or inconsistency is ``MalformedEvidenceError``."""
+    reader = _Reader(data)
+    pcr, event_type = reader.unpack(EVENT_HEADER, "header")
+    reader.take(HEADER_DIGEST_SIZE, "header digest")
+    (size,) = reader.unpack(U32, "header eventSize")
+    if pcr != 0 or event_type != EV_NO_ACTION or size > MAX_EVENT_DATA:
+        raise MalformedEvidenceError("event log: missing TCG_PCR_EVENT Spec ID header")
+    algorithms = _parse_spec_id(reader.take(size, "Spec ID event"))
+    events: list[Event] = []
+    locality = 0
+    while reader.remaining():
+        if len(events) >= MAX_EVENTS:
+            raise MalformedEvidenceError(f"event log: more than {MAX_EVENTS} events")
+        position = len(events)
+        pcr, event_type = reader.unpack(EVENT_HEADER, f"event[{position}]")
+        if pcr >= PCR_COUNT:
+            raise MalformedEvidenceError(f"event log: event[{position}] names PCR {pcr}")
+        (count,) = reader.unpack(U32, f"event[{position}].digests.count")
+        if count != len(algorithms):
+            raise MalformedEvidenceError(
+                f"event log: event[{position}] has {count} digests, header declares "
+                f"{len(algorithms)}"
+            )
+        digests: dict[int, bytes] = {}
+        for _ in range(count):
+            (alg,) = reader.unpack(U16, f"event[{position}].hashAlg")
+            if alg not in algorithms or alg in digests:
+                raise MalformedEvidenceError(
+                    f"event log: event[{position}] has an undeclared or repeated 0x{alg:04x}"
+                )
+            digests[alg] = reader.take(algorithms[alg], f"event[{position}].digest")
+        (size,) = reader.unpack(U32, f"event[{position}].eventSize")
+        if size > MAX_EVENT_DATA:
+            raise MalformedEvidenceError(f"event log: event[{position}] claims {size} bytes")
+        body = reader.take(size, f"event[{position}].event")
+        if (
+            event_type == EV_NO_ACTION
+            and pcr == 0
+            and body.startswith(STARTUP_LOCALITY_SIGNATURE)
+            and len(body) == len(STARTUP_LOCALITY_SIGNATURE) + 1
+        ):
+            locality = body[-1]
+        events.append(Event(pcr, event_type, digests, body))
+    return EventLog(algorithms, tuple(events), locality)
+
+
+def replay(log: EventLog) -> dict[int, bytes]:
+    """The SHA-256 PCR values the log implies (only PCRs it touches, plus PCR 0)."""
+    if TPM_ALG_SHA256 not in log.algorithms:
+        raise MalformedEvidenceError("event log: no SHA-256 digests, cannot replay that bank")
+    values: dict[int, bytes] = {0: bytes(SHA256_SIZE - 1) + bytes([log.startup_locality])}
+    for event in log.events:
+        if event.event_type == EV_NO_ACTION:
+            continue
+        current = values.get(event.pcr, bytes(SHA256_SIZE))
+        values[event.pcr] = hashlib.sha256(current + event.digests[TPM_ALG_SHA256]).digest()
+    return values
+
+
+def check_replay(
+    log: EventLog,
+    quoted_pcrs: Mapping[int, bytes],
+    pcrs: Sequence[int] = DEFAULT_REPLAY_PCRS,
+) -> list[Failure]:
+    """Every PCR in ``pcrs`` whose quoted value differs from the log's replay, as failures.
+
+    A PCR the log never touches must still be zero in the quote: an empty log does not explain
+    a measured boot chain.
+    """
+    replayed = replay(log)
+    failures: list[Failure] = []
+    for index in pcrs:
+        expected = replayed.get(index, bytes(SHA256_SIZE))
+        actual = quoted_pcrs.get(index)
+        if actual != expected:
+            failures.append(
+                Failure(
+                    f"eventlog.replay[pcr{index}]",
+                    expected.hex(),
+                    "missing" if actual is None else actual.hex(),
+                    detail="the event log does not replay to the quoted PCR",
+                )
+            )
+    return failures

@@ -1,0 +1,1 @@
+"""Test support shipped with the library: pytest fixtures for real local parts (swtpm)."""
