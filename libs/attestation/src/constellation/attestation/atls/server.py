@@ -1,0 +1,315 @@
+"""The server side of aTLS: the handshake servicer, the client-attestation gate, the builder.
+
+See the package docstring for the protocol. ``AttestedServer`` is what services use::
+
+    server = AttestedServer(issuer, client_validators=[validator])
+    join_pb2_grpc.add_APIServicer_to_server(servicer, server.grpc_server)
+    server.add_port("0.0.0.0:9090"); server.start()
+
+Handlers of a mutual server call :func:`verified_peer` to learn who is calling.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
+from typing import Any
+
+import grpc
+import structlog
+from cryptography import x509
+
+from constellation.attestation.atls.certificates import (
+    CLIENT_CA_CERT_PEM,
+    TLSIdentity,
+    new_server_identity,
+    spki_hash,
+)
+from constellation.attestation.atls.errors import ATLSError
+from constellation.attestation.atls.nonces import NONCE_SIZE, NonceStore, VerifiedPeers
+from constellation.attestation.atls.protocol import (
+    GRPC_OPTIONS,
+    HANDSHAKE_METHOD,
+    METADATA_EVIDENCE,
+    METADATA_NONCE,
+    METADATA_VARIANT,
+    verify_peer_evidence,
+)
+from constellation.attestation.errors import (
+    ConstellationError,
+    MalformedEvidenceError,
+    ValidationError,
+)
+from constellation.attestation.evidence import Issuer, Validator, VerifiedEvidence
+from constellation.proto import atls_pb2, atls_pb2_grpc
+
+_log = structlog.get_logger("constellation.atls")
+
+#: Methods a mutual server serves without client evidence: the handshake itself (it is how a
+#: client obtains the nonce to attest to) and gRPC health checks (they reveal nothing).
+DEFAULT_UNPROTECTED_METHODS: frozenset[str] = frozenset(
+    {HANDSHAKE_METHOD, "/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"}
+)
+
+_PEER: contextvars.ContextVar[VerifiedEvidence | None] = contextvars.ContextVar(
+    "atls_verified_peer", default=None
+)
+
+ValidatorSource = Sequence[Validator] | Callable[[], Sequence[Validator]]
+
+
+def verified_peer() -> VerifiedEvidence:
+    """The verified evidence of the client of the current call on a mutual aTLS server.
+
+    Raises ``ATLSError`` outside such a call, so a handler cannot mistake "no peer" for a peer.
+    """
+    peer = _PEER.get()
+    if peer is None:
+        raise ATLSError("no attested peer: not inside a call on a mutual aTLS server")
+    return peer
+
+
+class HandshakeServicer(atls_pb2_grpc.HandshakeServicer):
+    """Serves ``atls.Handshake/Attest``: evidence over (our SPKI hash, the client's nonce)."""
+
+    def __init__(self, issuer: Issuer, identity: TLSIdentity, nonces: NonceStore | None) -> None:
+        self._issuer = issuer
+        self._user_data = identity.spki_hash
+        self._nonces = nonces
+        # A TPM (no resource manager) serves one command sequence at a time.
+        self._issue_lock = threading.Lock()
+
+    def Attest(
+        self, request: atls_pb2.AttestRequest, context: grpc.ServicerContext
+    ) -> atls_pb2.AttestResponse:
+        if len(request.client_nonce) != NONCE_SIZE:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"client_nonce must be {NONCE_SIZE} bytes, got {len(request.client_nonce)}",
+            )
+        try:
+            with self._issue_lock:
+                document = self._issuer.issue(self._user_data, request.client_nonce)
+        except ConstellationError as exc:
+            _log.error("atls.issue_failed", variant=self._issuer.variant, error=str(exc))
+            context.abort(grpc.StatusCode.UNAVAILABLE, "attestation evidence could not be issued")
+        server_nonce = self._nonces.issue() if self._nonces is not None else b""
+        return atls_pb2.AttestResponse(
+            variant=self._issuer.variant, attestation=document, server_nonce=server_nonce
+        )
+
+
+class ClientAttestationInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+    """Runs a protected method only for a client that proved fresh evidence bound to its key.
+
+    The gate wraps each handler, so it runs in the handler's thread with the servicer context,
+    where ``auth_context()`` exposes the client certificate TLS authenticated (P2).
+    """
+
+    def __init__(
+        self,
+        validators: ValidatorSource,
+        nonces: NonceStore,
+        peers: VerifiedPeers,
+        unprotected_methods: frozenset[str] = DEFAULT_UNPROTECTED_METHODS,
+    ) -> None:
+        self._validators = validators
+        self._nonces = nonces
+        self._peers = peers
+        self._unprotected = unprotected_methods
+
+    def set_validators(self, validators: ValidatorSource) -> None:
+        """Replace the validators (e.g. after new measurements were published)."""
+        self._validators = validators
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler_call_details.method in self._unprotected:
+            return handler
+        return _gate_handler(handler, self._authenticate)
+
+    def _current_validators(self) -> Sequence[Validator]:
+        source = self._validators
+        return source() if callable(source) else source
+
+    def _authenticate(self, context: grpc.ServicerContext) -> VerifiedEvidence:
+        presented: object = context.auth_context().get("x509_pem_cert") or []
+        certs = (
+            [c for c in presented if isinstance(c, bytes)] if isinstance(presented, list) else []
+        )
+        if not certs:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "aTLS: no client certificate")
+        try:
+            certificate = x509.load_pem_x509_certificate(certs[0])
+        except ValueError:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "aTLS: unparsable client certificate")
+        fingerprint = hashlib.sha256(certs[0]).digest()
+        known = self._peers.lookup(fingerprint)
+        if known is not None:
+            return known
+
+        metadata = _metadata(context)
+        variant = metadata.get(METADATA_VARIANT)
+        document = metadata.get(METADATA_EVIDENCE)
+        nonce = metadata.get(METADATA_NONCE)
+        if not isinstance(document, bytes) or not isinstance(nonce, bytes) or variant is None:
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "aTLS: this method needs client attestation; connect with an issuer",
+            )
+        if not self._nonces.consume(nonce):
+            _log.warning("atls.client_refused", reason="nonce unknown, expired or already used")
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "aTLS: nonce unknown, expired or already used; repeat the handshake",
+            )
+        try:
+            evidence = verify_peer_evidence(
+                self._current_validators(),
+                variant=str(variant),
+                document=document,
+                nonce=nonce,
+                expected_user_data=spki_hash(certificate),
+                subject="aTLS client",
+            )
+        except ValidationError as exc:
+            _log.warning("atls.client_refused", variant=str(variant), report=exc.to_dict())
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except MalformedEvidenceError as exc:
+            _log.warning("atls.client_refused", variant=str(variant), error=str(exc))
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, f"aTLS: {exc}")
+        self._peers.remember(fingerprint, evidence)
+        _log.info("atls.client_verified", variant=evidence.variant, warnings=len(evidence.warnings))
+        return evidence
+
+
+def _metadata(context: grpc.ServicerContext) -> dict[str, str | bytes]:
+    # grpc yields _Metadatum(key, value) named tuples; index access works for both shapes.
+    return {str(item[0]): item[1] for item in context.invocation_metadata()}
+
+
+def _gate_handler(
+    handler: grpc.RpcMethodHandler[Any, Any],
+    authenticate: Callable[[grpc.ServicerContext], VerifiedEvidence],
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """Wrap ``handler`` so ``authenticate`` runs first and its result is the call's peer."""
+
+    def unary_response(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        def run(request: Any, context: grpc.ServicerContext) -> Any:
+            peer = authenticate(context)
+            token = _PEER.set(peer)
+            try:
+                return behaviour(request, context)
+            finally:
+                _PEER.reset(token)
+
+        return run
+
+    def stream_response(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            peer = authenticate(context)
+
+            def responses() -> Iterator[Any]:
+                token = _PEER.set(peer)
+                try:
+                    yield from behaviour(request, context)
+                finally:
+                    _PEER.reset(token)
+
+            return responses()
+
+        return run
+
+    kinds = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(unary_response(handler.unary_unary), **kinds)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(unary_response(handler.stream_unary), **kinds)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(stream_response(handler.unary_stream), **kinds)
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(
+            stream_response(handler.stream_stream), **kinds
+        )
+    return handler
+
+
+class AttestedServer:
+    """A grpc server that attests itself (and, if ``client_validators`` is given, its clients).
+
+    ``interceptors`` run before the client-attestation gate, so metrics and error mapping see
+    refused calls too.
+    """
+
+    def __init__(
+        self,
+        issuer: Issuer,
+        *,
+        client_validators: ValidatorSource | None = None,
+        max_workers: int = 8,
+        interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
+        options: Sequence[tuple[str, Any]] = (),
+        unprotected_methods: frozenset[str] = DEFAULT_UNPROTECTED_METHODS,
+        nonces: NonceStore | None = None,
+        peers: VerifiedPeers | None = None,
+        identity: TLSIdentity | None = None,
+    ) -> None:
+        self.identity = identity or new_server_identity()
+        self.mutual = client_validators is not None
+        self._nonces = (nonces or NonceStore()) if self.mutual else None
+        chain = list(interceptors)
+        self.client_gate: ClientAttestationInterceptor | None = None
+        if client_validators is not None and self._nonces is not None:
+            self.client_gate = ClientAttestationInterceptor(
+                client_validators, self._nonces, peers or VerifiedPeers(), unprotected_methods
+            )
+            chain.append(self.client_gate)
+        self.grpc_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers),
+            interceptors=chain,
+            options=[*GRPC_OPTIONS, *options],
+        )
+        atls_pb2_grpc.add_HandshakeServicer_to_server(
+            HandshakeServicer(issuer, self.identity, self._nonces), self.grpc_server
+        )
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """TLS with our ephemeral identity; mutual servers demand a client-CA-signed cert."""
+        pair = [(self.identity.key_pem, self.identity.cert_pem)]
+        if self.mutual:
+            return grpc.ssl_server_credentials(
+                pair, root_certificates=CLIENT_CA_CERT_PEM, require_client_auth=True
+            )
+        return grpc.ssl_server_credentials(pair)
+
+    def add_port(self, address: str) -> int:
+        """Listen on ``address`` (``host:port``, port 0 picks one); returns the bound port."""
+        try:
+            port = self.grpc_server.add_secure_port(address, self.credentials())
+        except RuntimeError as exc:  # grpcio reports bind and key/certificate errors so
+            port = 0
+            reason = str(exc)
+        else:
+            reason = "address in use or invalid"
+        if port == 0:
+            raise ATLSError(
+                f"aTLS server could not listen on {address} ({reason}); the TLS key must match "
+                "its certificate"
+            )
+        return port
+
+    def start(self) -> None:
+        self.grpc_server.start()
+
+    def stop(self, grace: float | None = None) -> threading.Event:
+        return self.grpc_server.stop(grace)

@@ -1,0 +1,215 @@
+"""The server side of mutual aTLS: no protected method before verified client evidence (P2)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from constellation.attestation import atls
+from constellation.attestation.atls.certificates import CLIENT_CA_CERT_PEM, CLIENT_CA_KEY_PEM
+from constellation.attestation.atls.protocol import (
+    HANDSHAKE_METHOD,
+    METADATA_EVIDENCE,
+    METADATA_NONCE,
+    METADATA_VARIANT,
+)
+from constellation.proto import atls_pb2, atls_pb2_grpc
+
+
+def _pem(der: bytes) -> bytes:
+    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+
+
+def _recertify(identity: atls.TLSIdentity) -> atls.TLSIdentity:
+    """A second client-CA certificate for the same key (what a replaying key-holder could do)."""
+    key = serialization.load_pem_private_key(identity.key_pem, password=None)
+    ca_key = serialization.load_pem_private_key(CLIENT_CA_KEY_PEM, password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(x509.load_pem_x509_certificate(CLIENT_CA_CERT_PEM).subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .sign(ca_key, hashes.SHA256())
+    )
+    return atls.TLSIdentity(
+        key_pem=identity.key_pem,
+        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
+        cert_der=cert.public_bytes(serialization.Encoding.DER),
+    )
+
+
+def _channel(target: str, server_der: bytes, client: atls.TLSIdentity | None) -> grpc.Channel:
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=_pem(server_der),
+        private_key=client.key_pem if client else None,
+        certificate_chain=client.cert_pem if client else None,
+    )
+    return grpc.secure_channel(
+        target, creds, options=[("grpc.ssl_target_name_override", atls.SERVER_NAME)]
+    )
+
+
+def _server_nonce(channel: grpc.Channel) -> bytes:
+    answer = atls_pb2_grpc.HandshakeStub(channel).Attest(
+        atls_pb2.AttestRequest(client_nonce=os.urandom(32)), timeout=20
+    )
+    return bytes(answer.server_nonce)
+
+
+def _call_with(channel: grpc.Channel, method: str, variant: str, doc: bytes, nonce: bytes):
+    return channel.unary_unary(method)(
+        b"hi",
+        timeout=20,
+        metadata=((METADATA_VARIANT, variant), (METADATA_EVIDENCE, doc), (METADATA_NONCE, nonce)),
+    )
+
+
+def test_mutual_client_reaches_handler_with_its_verified_evidence(attester, start_server, kit):
+    running = start_server(attester.issuer(), client_validators=[attester.validator()])
+    with atls.connect(
+        running.target, [attester.validator()], issuer=attester.issuer(), timeout=20
+    ) as conn:
+        first = kit.call_echo(conn.channel)
+        second = kit.call_echo(conn.channel)  # the verified key is remembered: no new nonce
+    assert first == second
+    assert len(first) == 32  # SHA-256 of the client's SPKI, as the handler sees it
+    assert running.echo.calls == 2
+    assert running.recorder.methods == [HANDSHAKE_METHOD, kit.echo_method, kit.echo_method]
+
+
+def test_client_without_evidence_cannot_call_protected_method(attester, start_server, kit):
+    running = start_server(attester.issuer(), client_validators=[attester.validator()])
+    with (
+        atls.connect(running.target, [attester.validator()], timeout=20) as conn,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        kit.call_echo(conn.channel)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert running.echo.calls == 0
+
+
+def test_client_without_certificate_cannot_connect(double, start_server, kit):
+    running = start_server(double.issuer(), client_validators=[double.validator()])
+    der = atls.fetch_server_certificate(running.target, atls.new_client_identity())
+    with _channel(running.target, der, None) as channel, pytest.raises(grpc.RpcError) as refused:
+        kit.call_echo(channel, timeout=5)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert running.echo.calls == 0
+
+
+def test_client_evidence_bound_to_another_key_refused(attester, start_server, kit):
+    running = start_server(attester.issuer(), client_validators=[attester.validator()])
+    me, other = atls.new_client_identity(), atls.new_client_identity()
+    der = atls.fetch_server_certificate(running.target, me)
+    issuer = attester.issuer()
+    with _channel(running.target, der, me) as channel:
+        nonce = _server_nonce(channel)
+        doc = issuer.issue(other.spki_hash, nonce)
+        with pytest.raises(grpc.RpcError) as refused:
+            _call_with(channel, kit.echo_method, issuer.variant, doc, nonce)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "atls.user_data" in refused.value.details()
+    assert running.echo.calls == 0
+
+
+def test_client_with_wrong_measurements_refused(attester, start_server, kit):
+    running = start_server(attester.issuer(), client_validators=[attester.wrong_validator()])
+    with (
+        atls.connect(
+            running.target, [attester.validator()], issuer=attester.issuer(), timeout=20
+        ) as conn,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        kit.call_echo(conn.channel)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "pcr[4]" in refused.value.details()
+    assert running.echo.calls == 0
+
+
+def test_replayed_client_nonce_refused(attester, start_server, kit):
+    running = start_server(attester.issuer(), client_validators=[attester.validator()])
+    me = atls.new_client_identity()
+    der = atls.fetch_server_certificate(running.target, me)
+    issuer = attester.issuer()
+    with _channel(running.target, der, me) as channel:
+        nonce = _server_nonce(channel)
+        doc = issuer.issue(me.spki_hash, nonce)
+        assert _call_with(channel, kit.echo_method, issuer.variant, doc, nonce) == me.spki_hash
+    # Same key, a new certificate (so the remembered-peer shortcut does not apply): the
+    # evidence is still bound correctly, but its nonce was used up.
+    again = _recertify(me)
+    with _channel(running.target, der, again) as channel, pytest.raises(grpc.RpcError) as refused:
+        _call_with(channel, kit.echo_method, issuer.variant, doc, nonce)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "already used" in refused.value.details()
+    assert running.echo.calls == 1
+
+
+def test_nonce_of_another_server_refused(double, start_server, kit):
+    first = start_server(double.issuer(), client_validators=[double.validator()])
+    second = start_server(double.issuer(), client_validators=[double.validator()])
+    me = atls.new_client_identity()
+    issuer = double.issuer()
+    with _channel(first.target, atls.fetch_server_certificate(first.target, me), me) as channel:
+        nonce = _server_nonce(channel)
+    doc = issuer.issue(me.spki_hash, nonce)
+    der = atls.fetch_server_certificate(second.target, me)
+    with _channel(second.target, der, me) as channel, pytest.raises(grpc.RpcError) as refused:
+        _call_with(channel, kit.echo_method, issuer.variant, doc, nonce)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert second.echo.calls == 0
+
+
+def test_client_nonce_chosen_by_client_is_refused(double, start_server, kit):
+    running = start_server(double.issuer(), client_validators=[double.validator()])
+    me = atls.new_client_identity()
+    issuer = double.issuer()
+    own_nonce = os.urandom(32)
+    der = atls.fetch_server_certificate(running.target, me)
+    with _channel(running.target, der, me) as channel, pytest.raises(grpc.RpcError) as refused:
+        _call_with(
+            channel,
+            kit.echo_method,
+            issuer.variant,
+            issuer.issue(me.spki_hash, own_nonce),
+            own_nonce,
+        )
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert running.echo.calls == 0
+
+
+def test_validators_can_be_replaced_without_restart(double, start_server, kit):
+    running = start_server(double.issuer(), client_validators=[double.validator()])
+    assert running.server.client_gate is not None
+    running.server.client_gate.set_validators(lambda: [double.wrong_validator()])
+    with (
+        atls.connect(
+            running.target, [double.validator()], issuer=double.issuer(), timeout=20
+        ) as conn,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        kit.call_echo(conn.channel)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_issuing_client_needs_a_mutual_server(double, start_server):
+    running = start_server(double.issuer())
+    with pytest.raises(atls.ATLSHandshakeError, match="server nonce"):
+        atls.connect(running.target, [double.validator()], issuer=double.issuer(), timeout=5)
+
+
+def test_verified_peer_outside_a_call_raises():
+    with pytest.raises(atls.ATLSError):
+        atls.verified_peer()
