@@ -55,14 +55,18 @@ def test_csr_size_limits() -> None:
 
 
 def test_node_identity_is_sha256_of_ak() -> None:
-    ak = b"\x30\x59" + bytes(89)
-    evidence = VerifiedEvidence("qemu-vtpm", b"u", details={"ak_spki_der": ak})
-    assert node_identity(evidence) == hashlib.sha256(ak).hexdigest()
+    digest = hashlib.sha256(b"ak spki").hexdigest()
+    evidence = VerifiedEvidence("qemu-vtpm", b"u", details={"ak_spki_sha256": digest})
+    assert node_identity(evidence) == digest
 
 
-def test_node_identity_refuses_evidence_without_ak() -> None:
+@pytest.mark.parametrize(
+    "details",
+    [{}, {"ak_spki_sha256": ""}, {"ak_spki_sha256": "AB" * 32}, {"ak_spki_sha256": b"\x00" * 32}],
+)
+def test_node_identity_refuses_evidence_without_ak(details: dict[str, object]) -> None:
     with pytest.raises(RefusedError) as info:
-        node_identity(VerifiedEvidence("qemu-vtpm", b"u", details={"ak_spki_der": b""}))
+        node_identity(VerifiedEvidence("qemu-vtpm", b"u", details=details))
     assert info.value.failures[0].check == "node_identity"
 
 

@@ -42,9 +42,10 @@ from constellation.joinservice.kubernetes import DiskBinding
 MAX_CSR_SIZE: Final = 16 * 1024
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
-#: Keys of ``VerifiedEvidence.details`` under which validators publish the attestation key,
-#: as DER SubjectPublicKeyInfo (preferred) or as the raw TPMT_PUBLIC.
-AK_DETAIL_KEYS: Final = ("ak_spki_der", "ak_public")
+#: Key of ``VerifiedEvidence.details`` under which TPM-based validators publish the hex SHA-256
+#: of the attestation key's DER SubjectPublicKeyInfo.
+AK_DETAIL: Final = "ak_spki_sha256"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 log = structlog.get_logger("constellation.joinservice.tickets")
 
@@ -132,10 +133,9 @@ def node_identity(evidence: VerifiedEvidence) -> str:
     The AK is what the quote was verified with, so the identity is exactly as strong as the
     attestation. Evidence without an AK cannot be bound to a disk and is refused.
     """
-    for key in AK_DETAIL_KEYS:
-        value = evidence.details.get(key)
-        if isinstance(value, bytes | bytearray) and value:
-            return hashlib.sha256(bytes(value)).hexdigest()
+    value = evidence.details.get(AK_DETAIL)
+    if isinstance(value, str) and _SHA256_HEX.fullmatch(value):
+        return value
     raise RefusedError(
         [
             Failure(

@@ -1,0 +1,55 @@
+"""Fixtures of the JoinService tests: swtpm-backed nodes measured like mini mode's firmware.
+
+A node is a real swtpm whose PCRs 4/9/11 were extended with the digests of an "image" and which
+carries the matching TCG event log; its ``VtpmIssuer`` produces real quotes. Two nodes measured
+from the same image have identical PCRs but different attestation keys (different TPM seeds),
+which is what the disk-binding tests rely on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from constellation.attestation.measurements import Measurements
+from constellation.attestation.swtpm import Swtpm
+from constellation.attestation.vtpm import VtpmIssuer, firmware_measure, open_tpm, read_pcrs
+
+IMAGE = (b"kernel", b"initrd", b"uki")
+IMAGE_PCRS = (4, 9, 11)
+
+
+@dataclass
+class Node:
+    tpm: Swtpm
+    issuer: VtpmIssuer
+
+    def pcrs(self) -> dict[int, bytes]:
+        with open_tpm(self.tpm.tcti) as esapi:
+            return read_pcrs(esapi)[1]
+
+
+def measure(tpm: Swtpm, image: tuple[bytes, ...] = IMAGE) -> Node:
+    log = b""
+    for pcr, part in zip(IMAGE_PCRS, image, strict=True):
+        log = firmware_measure(tpm.tcti, log, pcr, hashlib.sha256(part).digest(), part)
+    return Node(tpm, VtpmIssuer(tpm.tcti, event_log=log))
+
+
+def image_measurements(node: Node) -> Measurements:
+    """The measurements of the node's image (PCRs 4, 9, 11, enforced)."""
+    pcrs = node.pcrs()
+    return Measurements.from_dict({str(i): pcrs[i].hex() for i in IMAGE_PCRS})
+
+
+@pytest.fixture
+def make_nodes(
+    swtpm_factory: Callable[[int], list[Swtpm]],
+) -> Callable[..., list[Node]]:
+    def make(count: int, image: tuple[bytes, ...] = IMAGE) -> list[Node]:
+        return [measure(tpm, image) for tpm in swtpm_factory(count)]
+
+    return make
