@@ -5,10 +5,6 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from constellation.attestation.evidence import VerifiedEvidence
 from constellation.joinservice.errors import InvalidRequestError, RefusedError
@@ -17,7 +13,6 @@ from constellation.joinservice.tickets import (
     MAX_CSR_SIZE,
     canonical_disk_uuid,
     check_csr_size,
-    discovery_hash,
     node_identity,
 )
 
@@ -68,29 +63,6 @@ def test_node_identity_refuses_evidence_without_ak(details: dict[str, object]) -
     with pytest.raises(RefusedError) as info:
         node_identity(VerifiedEvidence("qemu-vtpm", b"u", details=details))
     assert info.value.failures[0].check == "node_identity"
-
-
-def test_discovery_hash_is_sha256_of_spki() -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes")])
-    import datetime
-
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    spki = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM)
-    assert discovery_hash(pem) == "sha256:" + hashlib.sha256(spki).hexdigest()
 
 
 def test_secret_bytes_never_show() -> None:

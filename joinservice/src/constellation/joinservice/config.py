@@ -19,6 +19,9 @@ from constellation.joinservice.errors import ConfigError
 DEFAULT_PORT: Final = 9090
 DEFAULT_METRICS_PORT: Final = 9091
 DEFAULT_NAMESPACE: Final = "kube-system"
+#: The node's own (v)TPM, through the kernel's resource manager; the JoinService attests itself
+#: to joining nodes with it.
+DEFAULT_TCTI: Final = "device:/dev/tpmrm0"
 # The watcher polls; a ConfigMap update reaches the mount within about a minute anyway, so
 # anything outside these bounds is a configuration mistake.
 MIN_POLL_INTERVAL: Final = 0.05
@@ -42,6 +45,7 @@ class Settings:
     api_server_endpoint: str
     components_file: Path
     namespace: str
+    tpm_tcti: str
 
     @classmethod
     def create(
@@ -60,6 +64,7 @@ class Settings:
         kubeconfig: Path | None = None,
         pki_dir: Path | None = None,
         namespace: str = DEFAULT_NAMESPACE,
+        tpm_tcti: str = DEFAULT_TCTI,
     ) -> Settings:
         problems: list[str] = []
         try:
@@ -98,6 +103,8 @@ class Settings:
             problems.append(f"PKI directory {resolved_pki} does not exist")
         if not namespace:
             problems.append("namespace must not be empty")
+        if not tpm_tcti:
+            problems.append("TPM TCTI must not be empty")
         if problems:
             raise ConfigError("invalid JoinService settings: " + "; ".join(problems))
         return cls(
@@ -114,4 +121,5 @@ class Settings:
             api_server_endpoint=api_server_endpoint,
             components_file=components_file,
             namespace=namespace,
+            tpm_tcti=tpm_tcti,
         )

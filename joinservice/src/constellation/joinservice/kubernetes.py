@@ -3,8 +3,8 @@
 Two things live in the cluster on the JoinService's behalf:
 
 - **Bootstrap tokens** (``kube-system/bootstrap-token-<id>`` Secrets, TTL 15 minutes), created
-  through ``bootstrap_token``; a joining kubelet authenticates with one as
-  ``system:bootstrap:<id>``.
+  by ``bootstrap_token.BootstrapTokens`` (re-exported here so the service wires all API access
+  from this module); a joining kubelet authenticates with one as ``system:bootstrap:<id>``.
 - **Disk bindings**: a disk UUID, once handed to one attested node identity, is never handed to
   another (DESIGN.md §9: in the Go version any attested node could ask for any disk key). A
   binding is one immutable ConfigMap per UUID, named after the UUID and *created*, never
@@ -17,9 +17,8 @@ a binding to another identity as ``DiskBindingError`` (PERMISSION_DENIED).
 
 from __future__ import annotations
 
-import enum
 import re
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from kubernetes import client as k8s
@@ -27,7 +26,11 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from constellation.attestation.errors import Failure
-from constellation.joinservice.errors import DiskBindingError, UpstreamError
+from constellation.joinservice.bootstrap_token import BootstrapTokens
+from constellation.joinservice.errors import ConfigError, DiskBindingError, UpstreamError
+from constellation.joinservice.tickets import BindingOutcome, DiskBinding
+
+__all__ = ["BootstrapTokens", "DiskBindings", "core_api"]
 
 BINDING_PREFIX: Final = "disk-binding-"
 BINDING_LABEL: Final = "join.constellation.io/disk-binding"
@@ -40,18 +43,21 @@ REQUEST_TIMEOUT: Final = 10.0
 _IDENTITY = re.compile(r"[0-9a-f]{64}")
 
 
-class BindingOutcome(enum.Enum):
-    """How a bind request was decided (for the decision log)."""
+def core_api(kubeconfig: Path | None) -> k8s.CoreV1Api:
+    """A CoreV1 client from a kubeconfig file, or from the pod's service account if None."""
+    from kubernetes import config as k8s_config
 
-    CREATED = "created"
-    CONFIRMED = "confirmed"
-
-
-@dataclass(frozen=True)
-class DiskBinding:
-    disk_uuid: str
-    identity: str
-    outcome: BindingOutcome
+    try:
+        if kubeconfig is None:
+            k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
+            return k8s.CoreV1Api()
+        api_client = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=str(kubeconfig)
+        )
+    except (k8s_config.ConfigException, OSError, ValueError) as exc:
+        source = "in-cluster service account" if kubeconfig is None else str(kubeconfig)
+        raise ConfigError(f"cannot configure the Kubernetes client from {source}: {exc}") from None
+    return k8s.CoreV1Api(api_client)
 
 
 def binding_name(disk_uuid: str) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final, cast
 
 import grpc
@@ -37,6 +38,9 @@ from constellation.attestation.atls import AttestedServer
 from constellation.attestation.atls.server import verified_peer
 from constellation.attestation.errors import ConstellationError
 from constellation.attestation.evidence import Issuer
+from constellation.joinservice.bootstrap_token import discovery_hash
+from constellation.joinservice.clusterfiles import ClusterFiles
+from constellation.joinservice.config import Settings
 from constellation.joinservice.errors import (
     ConfigError,
     InvalidRequestError,
@@ -44,8 +48,17 @@ from constellation.joinservice.errors import (
     RefusedError,
     UpstreamError,
 )
-from constellation.joinservice.expectations import PeerValidator
-from constellation.joinservice.tickets import JoinRequest, TicketIssuer
+from constellation.joinservice.expectations import (
+    Expectations,
+    PeerValidator,
+    ValidatorFactory,
+    build_expectations,
+)
+from constellation.joinservice.joinconfig import JoinConfigWatcher
+from constellation.joinservice.keys import KeyServiceClient
+from constellation.joinservice.kubelet_cert import KubeletCertSigner, SigningCA
+from constellation.joinservice.kubernetes import BootstrapTokens, DiskBindings
+from constellation.joinservice.tickets import JoinRequest, TicketIssuer, TokenIssuer
 from constellation.proto import components_pb2, join_pb2, join_pb2_grpc
 
 SERVICE_NAME: Final = "join.API"
@@ -237,3 +250,57 @@ class JoinServer:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until ``shutdown`` was called (or ``timeout`` passed)."""
         return self._stopped.wait(timeout)
+
+
+def build_join_server(
+    settings: Settings,
+    *,
+    issuer: Issuer,
+    validator_factory: ValidatorFactory,
+    core: Any,
+    keyservice: grpc.Channel,
+    metrics: Metrics | None = None,
+    token_issuer: TokenIssuer | None = None,
+) -> tuple[JoinServer, JoinConfigWatcher[Expectations]]:
+    """Assemble the service from its settings and its collaborators.
+
+    ``core`` is a ``kubernetes.client.CoreV1Api``; ``keyservice`` a channel to the KeyService.
+    Start-up fails (typed error) unless the CA, the join-config and the measurement secret are
+    all usable: a JoinService that could only refuse is better not running.
+    """
+    metrics = metrics or Metrics()
+    keys = KeyServiceClient(keyservice)
+    measurement_secret = keys.measurement_secret()
+    watcher = JoinConfigWatcher(
+        settings.join_config_dir,
+        lambda config: build_expectations(config, measurement_secret, validator_factory),
+        interval=settings.poll_interval,
+    )
+    ca = SigningCA.from_pem(
+        _read_file(settings.ca_cert_file, "CA certificate"),
+        _read_file(settings.ca_key_file, "CA key"),
+    )
+    tickets = TicketIssuer(
+        expectations=lambda: watcher.current.built,
+        keys=keys,
+        bindings=DiskBindings(core, namespace=settings.namespace),
+        tokens=token_issuer or BootstrapTokens(core),
+        signer=KubeletCertSigner(ca),
+        cluster=ClusterFiles(settings.ca_cert_file, settings.pki_dir, settings.components_file),
+        api_server_endpoint=settings.api_server_endpoint,
+        discovery=discovery_hash,
+    )
+    peer_validator = PeerValidator(
+        lambda: watcher.current.built, observe=metrics.observe_attestation
+    )
+    server = JoinServer(
+        issuer=issuer, tickets=tickets, peer_validator=peer_validator, metrics=metrics
+    )
+    return server, watcher
+
+
+def _read_file(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None

@@ -21,7 +21,7 @@ the log: they travel in ``SecretBytes``.
 
 from __future__ import annotations
 
-import hashlib
+import enum
 import re
 import uuid
 from collections.abc import Callable, Mapping
@@ -36,7 +36,6 @@ from constellation.joinservice.clusterfiles import ClusterFiles, Component
 from constellation.joinservice.errors import InvalidRequestError, JoinServiceError, RefusedError
 from constellation.joinservice.expectations import Expectation, Expectations, require
 from constellation.joinservice.keys import KeyServiceClient, SecretBytes
-from constellation.joinservice.kubernetes import DiskBinding
 
 #: A kubelet CSR is a few hundred bytes of PEM; anything far larger is refused unparsed.
 MAX_CSR_SIZE: Final = 16 * 1024
@@ -48,6 +47,20 @@ AK_DETAIL: Final = "ak_spki_sha256"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 log = structlog.get_logger("constellation.joinservice.tickets")
+
+
+class BindingOutcome(enum.Enum):
+    """How a bind request was decided (for the decision log)."""
+
+    CREATED = "created"
+    CONFIRMED = "confirmed"
+
+
+@dataclass(frozen=True)
+class DiskBinding:
+    disk_uuid: str
+    identity: str
+    outcome: BindingOutcome
 
 
 class DiskBinder(Protocol):
@@ -148,21 +161,6 @@ def node_identity(evidence: VerifiedEvidence) -> str:
     )
 
 
-def discovery_hash(ca_cert_pem: bytes) -> str:
-    """``sha256:<hex SHA-256 of the CA certificate's SPKI DER>`` (kubeadm's discovery hash)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    try:
-        certificate = x509.load_pem_x509_certificate(ca_cert_pem)
-    except ValueError as exc:
-        raise JoinServiceError(f"cluster CA certificate is not PEM X.509: {exc}") from None
-    spki = certificate.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return "sha256:" + hashlib.sha256(spki).hexdigest()
-
-
 class TicketIssuer:
     """The JoinService's domain logic; every collaborator is passed in."""
 
@@ -176,7 +174,7 @@ class TicketIssuer:
         signer: KubeletSigner,
         cluster: ClusterFiles,
         api_server_endpoint: str,
-        discovery: Callable[[bytes], str] = discovery_hash,
+        discovery: Callable[[bytes], str],
     ) -> None:
         self._expectations = expectations
         self._keys = keys

@@ -1,0 +1,187 @@
+"""``constellation-joinservice``: parse flags, wire the collaborators, serve until SIGTERM.
+
+No decisions are taken here; see ``server.build_join_server`` for what is assembled and
+``tickets`` for what is decided.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+import grpc
+import structlog
+from prometheus_client import start_http_server
+
+from constellation.attestation.errors import ConstellationError
+from constellation.attestation.evidence import Issuer, Validator
+from constellation.attestation.measurements import Measurements
+from constellation.attestation.variants import get_variant
+from constellation.attestation.vtpm import QEMU_VTPM, VtpmValidator
+from constellation.joinservice.config import (
+    DEFAULT_METRICS_PORT,
+    DEFAULT_NAMESPACE,
+    DEFAULT_PORT,
+    DEFAULT_TCTI,
+    Settings,
+)
+from constellation.joinservice.joinconfig import load_join_config
+from constellation.joinservice.kubernetes import core_api
+from constellation.joinservice.server import Metrics, build_join_server
+
+EXAMPLES = """\
+examples:
+  # in a pod (in-cluster Kubernetes credentials, join-config mounted from the ConfigMap)
+  constellation-joinservice --join-config-dir /var/config/join \\
+      --keyservice-endpoint keyservice.kube-system:9000 \\
+      --ca-cert /etc/kubernetes/pki/ca.crt --ca-key /etc/kubernetes/pki/ca.key \\
+      --api-server-endpoint 10.0.0.2:6443 --components-file /var/config/components.json
+
+  # mini mode on loopback, with the first node's swtpm and an admin kubeconfig
+  constellation-joinservice --listen 127.0.0.1 --port 30090 --metrics-port 0 \\
+      --join-config-dir ./join-config --keyservice-endpoint 127.0.0.1:9000 \\
+      --kubeconfig ./admin.conf --ca-cert ./pki/ca.crt --ca-key ./pki/ca.key \\
+      --api-server-endpoint 127.0.0.1:6443 --components-file ./components.json \\
+      --tpm-tcti swtpm:host=127.0.0.1,port=2321
+"""
+
+log = structlog.get_logger("constellation.joinservice")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="constellation-joinservice",
+        description=(
+            "Attest joining nodes over mutual aTLS against the join-config, then issue their "
+            "disk key, measurement secret, kubelet certificate and bootstrap token."
+        ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--listen", default="0.0.0.0", help="IP address to serve on")  # noqa: S104
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="aTLS gRPC port")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=DEFAULT_METRICS_PORT,
+        help="Prometheus /metrics port (0 disables)",
+    )
+    parser.add_argument("--join-config-dir", type=Path, required=True)
+    parser.add_argument(
+        "--poll-interval", type=float, default=2.0, help="join-config check interval, seconds"
+    )
+    parser.add_argument("--keyservice-endpoint", required=True, help="host:port of the KeyService")
+    parser.add_argument(
+        "--kubeconfig", type=Path, default=None, help="kubeconfig (default: in-cluster account)"
+    )
+    parser.add_argument("--ca-cert", type=Path, required=True, help="cluster CA certificate")
+    parser.add_argument("--ca-key", type=Path, required=True, help="cluster CA private key")
+    parser.add_argument(
+        "--pki-dir", type=Path, default=None, help="control-plane PKI (default: the CA's dir)"
+    )
+    parser.add_argument("--api-server-endpoint", required=True, help="host:port nodes join")
+    parser.add_argument("--components-file", type=Path, required=True)
+    parser.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="for disk bindings")
+    parser.add_argument("--tpm-tcti", default=DEFAULT_TCTI, help="this node's (v)TPM")
+    return parser.parse_args(argv)
+
+
+def configure_logging() -> None:
+    """JSON lines on stderr, one object per event (what the cluster's log stack ingests)."""
+    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=logging.INFO)
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(sort_keys=True),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def validator_for(variant: str, measurements: Measurements) -> Validator:
+    """The variant registry, with replay of the event log made mandatory for qemu-vtpm."""
+    if variant == QEMU_VTPM:
+        return VtpmValidator(measurements, variant=variant, require_event_log=True)
+    return get_variant(variant).validator(measurements)
+
+
+def own_issuer(settings: Settings) -> Issuer:
+    """The JoinService attests itself with the variant the cluster runs on."""
+    variant = load_join_config(settings.join_config_dir).variant
+    return get_variant(variant).issuer(settings.tpm_tcti)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = Settings.create(
+        listen_host=args.listen,
+        port=args.port,
+        metrics_port=args.metrics_port or None,
+        join_config_dir=args.join_config_dir,
+        poll_interval=args.poll_interval,
+        keyservice_endpoint=args.keyservice_endpoint,
+        kubeconfig=args.kubeconfig,
+        ca_cert_file=args.ca_cert,
+        ca_key_file=args.ca_key,
+        pki_dir=args.pki_dir,
+        api_server_endpoint=args.api_server_endpoint,
+        components_file=args.components_file,
+        namespace=args.namespace,
+        tpm_tcti=args.tpm_tcti,
+    )
+    metrics = Metrics()
+    keyservice = grpc.insecure_channel(settings.keyservice_endpoint)
+    server, watcher = build_join_server(
+        settings,
+        issuer=own_issuer(settings),
+        validator_factory=validator_for,
+        core=core_api(settings.kubeconfig),
+        keyservice=keyservice,
+        metrics=metrics,
+    )
+    port = server.add_port(f"{settings.listen_host}:{settings.port}")
+    http = None
+    if settings.metrics_port is not None:
+        http, _ = start_http_server(
+            settings.metrics_port, addr=settings.listen_host, registry=metrics.registry
+        )
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        log.info("joinservice.terminating", signal=signal.Signals(signum).name)
+        server.shutdown()
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, terminate)
+    watcher.start()
+    server.start()
+    log.info("joinservice.listening", address=settings.listen_host, port=port)
+    try:
+        while not server.wait(1.0):
+            pass
+    finally:
+        watcher.stop()
+        if http is not None:
+            http.shutdown()
+        keyservice.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    configure_logging()
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except ConstellationError as err:
+        log.error("joinservice.failed", error=str(err), kind=type(err).__name__)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
