@@ -1,0 +1,404 @@
+"""The init server: ``init.API/Init``, through which the CLI turns this node into the first
+control-plane node of a new cluster.
+
+The CLI reaches this server over aTLS (the node attests, the CLI verifies it before sending the
+master secret). The request is then handled in a fixed order, and the order is the security
+argument:
+
+1. **Init secret first.** The request's init secret is checked against the bcrypt hash from the
+   instance metadata before anything else happens. A wrong secret gets PERMISSION_DENIED and
+   nothing else: no progress, no node logs (the Go version streamed the node's journal to any
+   caller, DESIGN.md §9). Request validation comes after this check so that an unauthenticated
+   caller learns nothing about what a valid request looks like.
+2. **Validate** the request (INVALID_ARGUMENT): master secret >= 16 bytes, master salt and
+   measurement salt exactly 32 bytes, a Kubernetes version, well-formed components.
+3. **Derive** the measurement secret (master secret + salt) and the cluster ID (measurement
+   secret + measurement salt), DESIGN.md §3.
+4. **Fetch and verify every component** against the hash in the request. A mismatch aborts the
+   init naming the component, *before* the node lock: the node stays usable.
+5. **Take the node lock** (PCR 15 := cluster ID): the point of no return. If the join client
+   took it first, FAILED_PRECONDITION. From here on a failure is reported as the stream's
+   final ``InitFailure`` message; the node cannot be initialized a second time.
+6. Rekey the state disk to ``derive_key(master_secret, master_salt, "key-" + uuid, 32)``,
+   install the verified components, bring up the control plane, persist the node state
+   atomically, and answer ``InitSuccess{kubeconfig, owner_id, cluster_id}``.
+
+Every step after the secret check streams a ``Progress`` message (phase names are stable, the
+messages never contain secrets). Errors before the point of no return are mapped to gRPC status
+codes in one place, :func:`status_for`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+import structlog
+
+from constellation.attestation.errors import ConstellationError
+from constellation.attestation.kdf import (
+    derive_cluster_id,
+    derive_key,
+    derive_measurement_secret,
+)
+from constellation.bootstrapper.errors import (
+    BootstrapperError,
+    InitSecretError,
+    InitSecretMismatchError,
+)
+from constellation.bootstrapper.initsecret import check_init_secret
+from constellation.bootstrapper.installer import (
+    ComponentFetchError,
+    ComponentHashMismatchError,
+    ComponentInstaller,
+    InvalidComponentError,
+    StagedComponents,
+    parse_components,
+)
+from constellation.bootstrapper.kubernetes.controlplane import ControlPlane, ControlPlaneBinaries
+from constellation.bootstrapper.metadata import MetadataProvider, Role
+from constellation.bootstrapper.nodestate import NodeState, save_node_state
+from constellation.bootstrapper.statedisk import DiskKey, StateDisk
+from constellation.proto import init_pb2, init_pb2_grpc
+
+_log = structlog.get_logger("constellation.bootstrapper.init")
+
+MIN_MASTER_SECRET_LENGTH = 16
+MAX_MASTER_SECRET_LENGTH = 512
+SALT_LENGTH = 32
+DISK_KEY_LENGTH = 32
+OWNER_ID_INFO = "key-ownerID"
+OWNER_ID_LENGTH = 32
+_VERSION = re.compile(r"^v?\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
+_CLUSTER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_MAX_SANS = 64
+
+
+class InitError(BootstrapperError):
+    """Root of the errors of an ``Init`` request."""
+
+
+class InitRequestError(InitError):
+    """The request is malformed (INVALID_ARGUMENT); the message names the field."""
+
+
+class NodeAlreadyInitializedError(InitError):
+    """The node lock is taken: this node has joined or initialized a cluster already."""
+
+
+class InitInProgressError(InitError):
+    """Another ``Init`` is running on this node right now."""
+
+
+@dataclass(frozen=True)
+class ControlPlaneParameters:
+    """What the control plane of the first node is brought up with (no secrets)."""
+
+    node_name: str
+    node_ip: str
+    cluster_name: str
+    kubernetes_version: str
+    apiserver_cert_sans: tuple[str, ...]
+    service_cidr: str
+    # Installed (hash-verified) components by name, e.g. "kube-apiserver" -> its path.
+    binaries: Mapping[str, Path]
+
+
+class ControlPlaneStarter(Protocol):
+    """Brings up etcd + kube-apiserver + controller-manager; returns the admin kubeconfig.
+
+    The kubeconfig's server URL must be reachable from the CLI (loopback in mini mode).
+    """
+
+    def __call__(self, parameters: ControlPlaneParameters) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class InitOutcome:
+    """What a successful init produced (public values only), for the node's supervisor."""
+
+    cluster_id: bytes
+    owner_id: bytes
+    node_state: NodeState
+
+
+def _ignore(_: object) -> None:
+    """Default callback: a standalone init server has nobody to tell."""
+
+
+@dataclass(frozen=True)
+class InitCallbacks:
+    """How the init server tells the node supervisor that it committed (or failed after)."""
+
+    on_initialized: Callable[[InitOutcome], None] = _ignore
+    on_failed: Callable[[str], None] = _ignore
+
+
+def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The one place that maps an ``Init`` error to a gRPC status and a caller-safe message."""
+    if isinstance(error, InitSecretMismatchError):
+        return grpc.StatusCode.PERMISSION_DENIED, "the init secret does not match"
+    if isinstance(error, InitSecretError):
+        # A bad hash in the metadata is the node's problem; the caller learns no more.
+        return grpc.StatusCode.FAILED_PRECONDITION, "this node cannot check init secrets"
+    if isinstance(error, InitRequestError | InvalidComponentError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
+    if isinstance(error, NodeAlreadyInitializedError | ComponentHashMismatchError):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(error)
+    if isinstance(error, InitInProgressError):
+        return grpc.StatusCode.ABORTED, str(error)
+    if isinstance(error, ComponentFetchError):
+        return grpc.StatusCode.UNAVAILABLE, str(error)
+    if isinstance(error, ConstellationError):
+        return grpc.StatusCode.INTERNAL, str(error)
+    return grpc.StatusCode.INTERNAL, "internal error"
+
+
+def validate_request(request: init_pb2.InitRequest) -> None:
+    """Check every field of an ``InitRequest`` (after the init secret was accepted)."""
+    if not MIN_MASTER_SECRET_LENGTH <= len(request.master_secret) <= MAX_MASTER_SECRET_LENGTH:
+        raise InitRequestError(
+            f"master_secret must be {MIN_MASTER_SECRET_LENGTH}..{MAX_MASTER_SECRET_LENGTH} "
+            f"bytes, got {len(request.master_secret)}"
+        )
+    for name in ("master_salt", "measurement_salt"):
+        value: bytes = getattr(request, name)
+        if len(value) != SALT_LENGTH:
+            raise InitRequestError(f"{name} must be {SALT_LENGTH} bytes, got {len(value)}")
+    if not _VERSION.fullmatch(request.kubernetes_version):
+        raise InitRequestError(
+            f"kubernetes_version must look like v1.31.1, got {request.kubernetes_version[:40]!r}"
+        )
+    if request.cluster_name and not _CLUSTER_NAME.fullmatch(request.cluster_name):
+        raise InitRequestError(
+            "cluster_name must be a lower-case DNS label of at most 63 characters"
+        )
+    if len(request.apiserver_cert_sans) > _MAX_SANS:
+        raise InitRequestError(f"at most {_MAX_SANS} apiserver_cert_sans are allowed")
+    for san in request.apiserver_cert_sans:
+        if not _is_ip(san) and not re.fullmatch(r"[A-Za-z0-9*]([A-Za-z0-9.*-]{0,252})", san):
+            raise InitRequestError(f"apiserver_cert_sans entry {san[:80]!r} is no IP or DNS name")
+    if request.service_cidr:
+        try:
+            ipaddress.ip_network(request.service_cidr)
+        except ValueError:
+            raise InitRequestError(
+                f"service_cidr {request.service_cidr[:60]!r} is not a CIDR"
+            ) from None
+    parse_components(request.kubernetes_components)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def derive_owner_id(master_secret: bytes, master_salt: bytes) -> bytes:
+    """A public identifier of whoever holds the master secret (cf. the cluster ID)."""
+    return derive_key(master_secret, master_salt, OWNER_ID_INFO, OWNER_ID_LENGTH)
+
+
+def state_disk_key(master_secret: bytes, master_salt: bytes, disk_uuid: str) -> DiskKey:
+    """``GetDataKey(lowercase(uuid), 32)`` computed locally from the master secret."""
+    return DiskKey(
+        derive_key(master_secret, master_salt, "key-" + disk_uuid.lower(), DISK_KEY_LENGTH)
+    )
+
+
+class NodeLatch(Protocol):
+    """The node lock as the bootstrapper uses it (``constellation.attestation.nodelock``)."""
+
+    def try_lock(self, cluster_id: bytes) -> bool: ...
+
+    def is_initialized(self) -> bool: ...
+
+
+def _progress(phase: str, message: str) -> init_pb2.InitResponse:
+    return init_pb2.InitResponse(progress=init_pb2.Progress(phase=phase, message=message))
+
+
+class InitServer(init_pb2_grpc.APIServicer):
+    """Serves ``init.API``; see the module docstring for the order of the steps."""
+
+    def __init__(
+        self,
+        *,
+        metadata: MetadataProvider,
+        node_lock: NodeLatch,
+        state_disk: StateDisk,
+        initial_disk_key: DiskKey,
+        installer: ComponentInstaller,
+        control_plane: ControlPlaneStarter,
+        node_state_path: Path,
+        callbacks: InitCallbacks | None = None,
+    ) -> None:
+        self._metadata = metadata
+        self._lock = node_lock
+        self._disk = state_disk
+        self._initial_disk_key = initial_disk_key
+        self._installer = installer
+        self._control_plane = control_plane
+        self._node_state_path = node_state_path
+        self._callbacks = callbacks or InitCallbacks()
+        self._busy = threading.Lock()
+
+    def Init(
+        self, request: init_pb2.InitRequest, context: grpc.ServicerContext
+    ) -> Iterator[init_pb2.InitResponse]:
+        try:
+            yield from self._init(request)
+        except ConstellationError as error:
+            code, message = status_for(error)
+            _log.warning("init.refused", code=code.name, error=message)
+            context.abort(code, message)
+
+    def _init(self, request: init_pb2.InitRequest) -> Iterator[init_pb2.InitResponse]:
+        """The steps before the point of no return raise; the rest stream ``InitFailure``."""
+        # Step 1: nothing (not even "busy") is revealed to a caller without the init secret.
+        check_init_secret(request.init_secret, self._metadata.init_secret_hash())
+        if not self._busy.acquire(blocking=False):
+            raise InitInProgressError("another Init is running on this node; try again later")
+        try:
+            yield from self._init_authorized(request)
+        finally:
+            self._busy.release()
+
+    def _init_authorized(self, request: init_pb2.InitRequest) -> Iterator[init_pb2.InitResponse]:
+        if self._lock.is_initialized():
+            raise NodeAlreadyInitializedError(
+                "this node is already part of a cluster (its node lock is taken)"
+            )
+        validate_request(request)
+        yield _progress("validate", "init request accepted")
+
+        measurement_secret = derive_measurement_secret(request.master_secret, request.master_salt)
+        cluster_id = derive_cluster_id(measurement_secret, request.measurement_salt)
+        owner_id = derive_owner_id(request.master_secret, request.master_salt)
+        yield _progress("derive", f"cluster ID {cluster_id.hex()}")
+
+        count = len(request.kubernetes_components)
+        yield _progress("components.verify", f"fetching and verifying {count} components")
+        with self._installer.stage(request.kubernetes_components) as staged:
+            yield _progress("components.verify", f"all {count} component hashes match")
+
+            if not self._lock.try_lock(cluster_id):
+                raise NodeAlreadyInitializedError(
+                    "the node lock was taken by the join client: this node joined a cluster "
+                    "and cannot be initialized"
+                )
+            _log.info("init.locked", cluster_id=cluster_id.hex())
+            yield _progress("node-lock", "node lock taken (PCR 15 marked with the cluster ID)")
+            try:
+                yield from self._after_lock(request, staged, cluster_id, owner_id)
+            except ConstellationError as error:
+                _log.error("init.failed_after_lock", error=str(error))
+                self._callbacks.on_failed(str(error))
+                yield init_pb2.InitResponse(
+                    init_failure=init_pb2.InitFailure(
+                        error=f"init failed after the node lock was taken: {error}"
+                    )
+                )
+
+    def _after_lock(
+        self,
+        request: init_pb2.InitRequest,
+        staged: StagedComponents,
+        cluster_id: bytes,
+        owner_id: bytes,
+    ) -> Iterator[init_pb2.InitResponse]:
+        disk_uuid = self._disk.uuid()
+        self._disk.rekey(
+            self._initial_disk_key,
+            state_disk_key(request.master_secret, request.master_salt, disk_uuid),
+        )
+        yield _progress("state-disk", f"state disk {disk_uuid} rekeyed to the cluster key")
+
+        installed = staged.install()
+        binaries = {
+            spec.name: path for spec, path in zip(staged.components, installed, strict=True)
+        }
+        yield _progress("components.install", f"installed {len(installed)} components")
+
+        node = self._metadata.self()
+        parameters = ControlPlaneParameters(
+            node_name=node.name,
+            node_ip=node.private_ip,
+            cluster_name=request.cluster_name or "constellation",
+            kubernetes_version=request.kubernetes_version,
+            apiserver_cert_sans=tuple(request.apiserver_cert_sans),
+            service_cidr=request.service_cidr,
+            binaries=binaries,
+        )
+        yield _progress("control-plane", "starting etcd, kube-apiserver, controller-manager")
+        kubeconfig = self._control_plane(parameters)
+        yield _progress("control-plane", "control plane is up")
+
+        state = NodeState(
+            cluster_id=cluster_id,
+            measurement_salt=bytes(request.measurement_salt),
+            role=Role.CONTROL_PLANE,
+            disk_uuid=disk_uuid,
+        )
+        save_node_state(self._node_state_path, state)
+        _log.info("init.done", cluster_id=cluster_id.hex(), node=node.name)
+        self._callbacks.on_initialized(InitOutcome(cluster_id, owner_id, state))
+        yield init_pb2.InitResponse(
+            init_success=init_pb2.InitSuccess(
+                kubeconfig=kubeconfig, owner_id=owner_id, cluster_id=cluster_id
+            )
+        )
+
+
+class LocalControlPlane:
+    """A :class:`ControlPlaneStarter` running the real loopback control plane as children.
+
+    The binaries are the components the init request installed (after their hash check); the
+    control plane's files live in ``directory``. ``stop()`` tears the children down by PID.
+    """
+
+    def __init__(self, directory: Path, *, ready_timeout_s: float = 120.0) -> None:
+        self._directory = directory
+        self._ready_timeout_s = ready_timeout_s
+        self.plane: ControlPlane | None = None
+
+    def __call__(self, parameters: ControlPlaneParameters) -> bytes:
+        missing = sorted(
+            name
+            for name in ("kubeadm", "etcd", "kube-apiserver")
+            if name not in parameters.binaries
+        )
+        if missing:
+            raise InitRequestError(
+                f"kubernetes_components lacks {', '.join(missing)} (needed for the control plane)"
+            )
+        binaries = ControlPlaneBinaries(
+            kubeadm=parameters.binaries["kubeadm"],
+            etcd=parameters.binaries["etcd"],
+            kube_apiserver=parameters.binaries["kube-apiserver"],
+            kube_controller_manager=parameters.binaries.get("kube-controller-manager"),
+        )
+        self._directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        plane = ControlPlane(
+            self._directory,
+            binaries,
+            kubernetes_version=parameters.kubernetes_version,
+            node_name=parameters.node_name,
+            ready_timeout=self._ready_timeout_s,
+        )
+        plane.start()
+        self.plane = plane
+        return plane.admin_kubeconfig.read_bytes()
+
+    def stop(self) -> None:
+        if self.plane is not None:
+            self.plane.stop()
+            self.plane = None
