@@ -1,0 +1,53 @@
+"""``constellation-keyservice``: wiring only (flags -> config -> server -> run until SIGTERM)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import structlog
+
+from constellation.attestation.service.lifecycle import Shutdown, run_until_shutdown
+from constellation.attestation.service.logging import configure_logging
+from constellation.attestation.service.metrics import MetricsServer, ServiceMetrics
+from constellation.keyservice.config import load_config
+from constellation.keyservice.errors import KeyServiceError
+from constellation.keyservice.keys import DataKeys
+from constellation.keyservice.server import KeyServiceServer
+
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    shutdown = Shutdown()
+    shutdown.install_signal_handlers()
+    try:
+        config = load_config(argv)
+    except KeyServiceError as exc:
+        print(f"constellation-keyservice: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(config.log_level)
+    log = structlog.get_logger("constellation.keyservice")
+    metrics = ServiceMetrics("keyservice")
+    server = KeyServiceServer(DataKeys(config.secret), metrics)
+    try:
+        port = server.add_port(f"{config.listen}:{config.port}")
+        metrics_server = MetricsServer.start(metrics, config.listen, config.metrics_port)
+    except (RuntimeError, OSError) as exc:
+        log.error("service.listen_failed", error=str(exc))
+        return EXIT_CONFIG
+    server.start()
+    log.info(
+        "service.started", service="keyservice", grpc_port=port, metrics_port=metrics_server.port
+    )
+    return run_until_shutdown(
+        shutdown,
+        servers=[server.grpc_server],
+        health=server.health,
+        closers=[metrics_server.close],
+        grace=config.grace,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""The one place where exceptions become gRPC status codes.
+
+Handlers raise typed errors; ``ErrorStatusInterceptor`` maps them by class (most specific
+first, via the MRO) to a status code with the error's message, which by project rule names
+what was expected and found but never a secret. Anything else is a bug: it is logged with
+its traceback on the server and the caller gets INTERNAL with a fixed text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import grpc
+import structlog
+
+from constellation.attestation.errors import (
+    ConstellationError,
+    MalformedEvidenceError,
+    ValidationError,
+)
+from constellation.attestation.service.handlers import Behaviour, is_abort, wrap_rpc_handler
+
+_log = structlog.get_logger("constellation.service")
+
+DEFAULT_STATUS_CODES: Mapping[type[BaseException], grpc.StatusCode] = {
+    ValidationError: grpc.StatusCode.PERMISSION_DENIED,
+    MalformedEvidenceError: grpc.StatusCode.INVALID_ARGUMENT,
+    ConstellationError: grpc.StatusCode.INTERNAL,
+}
+
+INTERNAL_ERROR_TEXT = "internal error; the service log has the details"
+
+
+def status_for(
+    exc: BaseException, codes: Mapping[type[BaseException], grpc.StatusCode]
+) -> grpc.StatusCode | None:
+    """The code of the most specific mapped class ``exc`` is an instance of, if any."""
+    for cls in type(exc).__mro__:
+        if cls in codes:
+            return codes[cls]
+    return None
+
+
+class ErrorStatusInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+    """Turns exceptions escaping a handler into the mapped status code (see module docs)."""
+
+    def __init__(self, codes: Mapping[type[BaseException], grpc.StatusCode] | None = None) -> None:
+        self._codes = {**DEFAULT_STATUS_CODES, **(codes or {})}
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        return wrap_rpc_handler(handler, lambda behaviour: self._guard(method, behaviour))
+
+    def _guard(self, method: str, behaviour: Behaviour) -> Behaviour:
+        def run(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                return behaviour(request, context)
+            except Exception as exc:
+                if is_abort(exc):
+                    raise
+                code = status_for(exc, self._codes)
+                if code is None or not isinstance(exc, ConstellationError):
+                    _log.exception("rpc.failed", method=method)
+                    context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR_TEXT)
+                _log.info("rpc.refused", method=method, code=code.name, error=str(exc))
+                context.abort(code, str(exc))
+
+        return run
