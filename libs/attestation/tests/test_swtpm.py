@@ -92,3 +92,13 @@ def test_invalid_requests() -> None:
             manager.start(0)
         with pytest.raises(SwtpmError):
             manager.start(2, state_dirs=[Path("/nonexistent")])
+
+
+def test_swtpm_that_cannot_start_is_a_typed_error(tmp_path: Path) -> None:
+    (tmp_path / "tpm2-00.permall").write_bytes(b"corrupt TPM state")
+    with pytest.raises(SwtpmError, match="did not become ready"):
+        start_swtpm(tmp_path, ready_timeout=2)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SwtpmError, match="state directory"):
+        start_swtpm(blocker / "state")

@@ -6,6 +6,12 @@ State machine: ``unlocked -> locked``, never back. Taking the lock extends PCR 1
 and the join client race for the lock on a node; whichever calls ``try_lock`` first commits,
 the other gets ``False``. The lock is also refused if PCR 15 is already non-zero (the node was
 initialized earlier in this boot by another process).
+
+Atomicity: within one process the mutex makes ``try_lock`` a test-and-set. A TPM (and swtpm)
+serves several connections interleaved, so two *processes* could both see PCR 15 at zero; the
+lock therefore reads PCR 15 back after marking it and raises ``NodeLockError`` if the value is
+not exactly its own mark, instead of reporting a lock it cannot vouch for. The bootstrapper
+runs its init server and join client in one process, which is what the latch is built for.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import threading
 
 from constellation.attestation.errors import AttestationError
+from constellation.attestation.measurements import pcr15_for_cluster_id
 from constellation.attestation.vtpm import open_tpm, read_pcrs
 
 PCR_NODE_LOCK = 15
@@ -60,5 +67,11 @@ class NodeLock:
                 if any(values[PCR_NODE_LOCK]):
                     return False
                 esapi.pcr_event(ESYS_TR.PCR15, bytes(cluster_id))
-            self._locked = True
+                self._locked = True
+                _, after = read_pcrs(esapi, (PCR_NODE_LOCK,))
+            if after[PCR_NODE_LOCK] != pcr15_for_cluster_id(cluster_id):
+                raise NodeLockError(
+                    "PCR 15 was marked by another process at the same time; the node lock "
+                    "state is ambiguous until the next reboot"
+                )
             return True

@@ -121,7 +121,8 @@ def _wait_ready(process: subprocess.Popen[bytes], port: int, timeout: float) -> 
             contextlib.suppress(OSError),
             socket.create_connection((LOOPBACK, port), timeout=READY_POLL_S * 10),
         ):
-            return True
+            # Someone else may own the port; only our live process counts as ready.
+            return process.poll() is None
         time.sleep(READY_POLL_S)
     return False
 
@@ -135,7 +136,10 @@ def start_swtpm(state_dir: Path | None = None, *, ready_timeout: float = READY_T
     binary = swtpm_binary()
     owns = state_dir is None
     directory = Path(tempfile.mkdtemp(prefix="swtpm-")) if state_dir is None else state_dir
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SwtpmError(f"cannot create swtpm state directory {directory}: {exc}") from None
     last_error = ""
     for _ in range(MAX_START_ATTEMPTS):
         port = free_port_pair()
