@@ -1,0 +1,1 @@
+"""The ``constellation`` subcommands; each module registers one group or command."""

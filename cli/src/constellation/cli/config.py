@@ -1,0 +1,272 @@
+"""The cluster configuration file (``constellation-conf.yaml``): schema, loading, rendering.
+
+The configuration is the admin's statement of trust: which attestation variant the nodes use,
+which measurements they must present, which key signs published measurements. It is therefore
+validated strictly at the boundary (pydantic, ``extra="forbid"``): an unknown key, a wrong
+type, a malformed measurement or a duplicate YAML key is refused with the full key path (e.g.
+``attestation.measurements.4.expected``), and every problem is listed at once.
+
+The file is always written from the model through :func:`render_config`, which puts an
+explanatory comment above every key. Loading then saving a configuration is therefore
+lossless for the data and restores the comments.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from constellation.attestation.measurements import Measurements, MeasurementsError
+from constellation.cli.errors import ConfigError
+
+CONFIG_VERSION = "v1"
+DEFAULT_KUBERNETES_VERSION = "v1.31.1"
+DEFAULT_MINI_IMAGE = "mini-local"
+MAX_MINI_NODES = 16
+
+
+class Provider(StrEnum):
+    MINI = "mini"
+    AZURE = "azure"
+    AWS = "aws"
+    GCP = "gcp"
+
+
+# The attestation variant each provider's nodes use (DESIGN.md §4.1).
+DEFAULT_VARIANT: dict[Provider, str] = {
+    Provider.MINI: "qemu-vtpm",
+    Provider.AZURE: "azure-sev-snp",
+    Provider.AWS: "aws-sev-snp",
+    Provider.GCP: "gcp-sev-snp",
+}
+VARIANTS = ("qemu-vtpm", "azure-sev-snp", "aws-sev-snp", "gcp-sev-snp", "azure-tdx")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class MeasurementEntry(_Strict):
+    expected: str
+    warnOnly: bool = False
+
+
+class AttestationConfig(_Strict):
+    variant: Literal["qemu-vtpm", "azure-sev-snp", "aws-sev-snp", "gcp-sev-snp", "azure-tdx"]
+    measurements: dict[str, MeasurementEntry] = Field(default_factory=dict)
+    measurementServicePublicKey: str | None = None
+    measurementServicePublicKeyPath: str | None = None
+
+    @field_validator("measurements")
+    @classmethod
+    def _measurements_parse(cls, value: dict[str, MeasurementEntry]) -> dict[str, MeasurementEntry]:
+        # The attestation library owns the rules (indices, hex, lengths, one bank).
+        try:
+            Measurements.from_dict({k: v.model_dump() for k, v in value.items()})
+        except MeasurementsError as err:
+            raise ValueError(str(err)) from None
+        return value
+
+    @field_validator("measurementServicePublicKey")
+    @classmethod
+    def _inline_pem(cls, value: str | None) -> str | None:
+        if value is not None and not value.lstrip().startswith("-----BEGIN PUBLIC KEY-----"):
+            raise ValueError("must be a PEM public key (-----BEGIN PUBLIC KEY-----)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> AttestationConfig:
+        if self.measurementServicePublicKey and self.measurementServicePublicKeyPath:
+            raise ValueError(
+                "set either measurementServicePublicKey or measurementServicePublicKeyPath, "
+                "not both"
+            )
+        return self
+
+    def parsed_measurements(self) -> Measurements:
+        return Measurements.from_dict({k: v.model_dump() for k, v in self.measurements.items()})
+
+
+class MiniConfig(_Strict):
+    controlPlaneNodes: int = Field(default=1, ge=1, le=MAX_MINI_NODES)
+    workerNodes: int = Field(default=1, ge=0, le=MAX_MINI_NODES)
+
+
+class Config(_Strict):
+    version: Literal["v1"]
+    provider: Provider
+    image: str = Field(min_length=1, max_length=128)
+    kubernetesVersion: str = Field(pattern=r"^v\d+\.\d+\.\d+$")
+    attestation: AttestationConfig
+    mini: MiniConfig | None = None
+
+    @field_validator("provider", mode="before")
+    @classmethod
+    def _provider_from_text(cls, value: Any) -> Any:
+        # strict mode would refuse the plain string the YAML file holds.
+        if isinstance(value, str) and value in {p.value for p in Provider}:
+            return Provider(value)
+        return value
+
+    @model_validator(mode="after")
+    def _mini_section(self) -> Config:
+        if self.provider is Provider.MINI and self.mini is None:
+            raise ValueError("provider 'mini' needs a 'mini' section with the node counts")
+        if self.provider is not Provider.MINI and self.mini is not None:
+            raise ValueError("the 'mini' section is only valid with provider 'mini'")
+        return self
+
+    def with_measurements(self, measurements: Measurements) -> Config:
+        """A copy whose measurements are replaced (validated again)."""
+        entries = {key: MeasurementEntry(**value) for key, value in measurements.to_dict().items()}
+        attestation = self.attestation.model_copy(update={"measurements": entries})
+        return _validated(self.model_copy(update={"attestation": attestation}).model_dump())
+
+
+def default_config(provider: Provider) -> Config:
+    """The configuration ``config generate`` writes for ``provider``."""
+    return _validated(
+        {
+            "version": CONFIG_VERSION,
+            "provider": provider.value,
+            "image": DEFAULT_MINI_IMAGE if provider is Provider.MINI else "v2.19.0",
+            "kubernetesVersion": DEFAULT_KUBERNETES_VERSION,
+            "attestation": {"variant": DEFAULT_VARIANT[provider], "measurements": {}},
+            "mini": MiniConfig().model_dump() if provider is Provider.MINI else None,
+        }
+    )
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node)
+        if key in mapping:
+            raise ConfigError(
+                f"duplicate key {key!r} at line {key_node.start_mark.line + 1}",
+                hint="remove one of the two entries",
+            )
+        mapping[key] = loader.construct_object(value_node, deep=True)
+    return mapping
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,
+)
+
+
+def parse_config(text: bytes | str, *, source: str = "configuration") -> Config:
+    """Parse and validate a configuration file; raise ``ConfigError`` listing every problem."""
+    try:
+        document = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (safe loader subclass)
+    except yaml.YAMLError as err:
+        raise ConfigError(
+            f"{source} is not valid YAML: {err}", hint="fix the syntax or regenerate it"
+        ) from None
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}", hint=err.hint) from None
+    if not isinstance(document, dict):
+        raise ConfigError(
+            f"{source} must be a YAML mapping", hint="run `constellation config generate`"
+        )
+    return _validated(document, source=source)
+
+
+def _validated(document: dict[str, Any], *, source: str = "configuration") -> Config:
+    # Keys in the file are strings; YAML turns `4:` into an int, so normalize measurement keys.
+    attestation = document.get("attestation")
+    if isinstance(attestation, dict) and isinstance(attestation.get("measurements"), dict):
+        attestation["measurements"] = {str(k): v for k, v in attestation["measurements"].items()}
+    try:
+        return Config.model_validate(document)
+    except PydanticValidationError as err:
+        problems = [
+            f"{'.'.join(str(part) for part in e['loc']) or '(top level)'}: "
+            f"{_describe(e['type'], e['msg'])}"
+            for e in err.errors()
+        ]
+        raise ConfigError(
+            f"{source} is invalid ({len(problems)} problem(s)): " + "; ".join(problems),
+            hint="fix the listed keys; `constellation config generate` shows a valid example",
+        ) from None
+
+
+def _describe(kind: str, message: str) -> str:
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    return message.removeprefix("Value error, ")
+
+
+def _scalar(value: object) -> str:
+    """A YAML scalar for ``value`` (JSON strings and numbers are valid YAML)."""
+    return json.dumps(value)
+
+
+def render_config(config: Config) -> str:
+    """The commented YAML text of ``config`` (the only way the CLI writes a configuration)."""
+    a = config.attestation
+    lines = [
+        "# Constellation cluster configuration. Written by `constellation config generate`;",
+        "# `constellation config fetch-measurements` and `constellation mini up` update it.",
+        "",
+        "# Schema version of this file.",
+        f"version: {_scalar(config.version)}",
+        "# Where the nodes run: mini (local processes with software TPMs), azure, aws, gcp.",
+        f"provider: {_scalar(config.provider.value)}",
+        "# Node image version; fetched measurements must be published for exactly this image.",
+        f"image: {_scalar(config.image)}",
+        "# Kubernetes version the control plane runs (vMAJOR.MINOR.PATCH).",
+        f"kubernetesVersion: {_scalar(config.kubernetesVersion)}",
+        "",
+        "# Remote attestation: what every node must prove before it gets a secret.",
+        "attestation:",
+        "  # Attestation variant: qemu-vtpm, azure-sev-snp, aws-sev-snp, gcp-sev-snp, azure-tdx.",
+        f"  variant: {_scalar(a.variant)}",
+        "  # Expected PCR values (hex). warnOnly: true reports a mismatch but still accepts the",
+        "  # node. Fill with `constellation config fetch-measurements` (signed by the image",
+        "  # publisher) or `constellation mini up`. PCR 15 is checked by the CLI itself.",
+    ]
+    if a.measurements:
+        lines.append("  measurements:")
+        for key in sorted(a.measurements, key=int):
+            entry = a.measurements[key]
+            lines.append(f"    {_scalar(key)}:")
+            lines.append(f"      expected: {_scalar(entry.expected)}")
+            lines.append(f"      warnOnly: {_scalar(entry.warnOnly)}")
+    else:
+        lines.append("  measurements: {}")
+    lines.append("  # Public key (ECDSA P-256) that signs published measurements: a PEM inline")
+    lines.append("  # (measurementServicePublicKey) or a file (measurementServicePublicKeyPath,")
+    lines.append("  # relative to the workspace).")
+    if a.measurementServicePublicKey is not None:
+        lines.append("  measurementServicePublicKey: |")
+        lines.extend(f"    {line}" for line in a.measurementServicePublicKey.strip().splitlines())
+    elif a.measurementServicePublicKeyPath is not None:
+        lines.append(
+            f"  measurementServicePublicKeyPath: {_scalar(a.measurementServicePublicKeyPath)}"
+        )
+    else:
+        lines.append("  # measurementServicePublicKeyPath: measurements.pub")
+    if config.mini is not None:
+        lines += [
+            "",
+            "# Mini mode: nodes are local processes, each with its own swtpm vTPM.",
+            "mini:",
+            "  # Number of control-plane nodes (1..16).",
+            f"  controlPlaneNodes: {config.mini.controlPlaneNodes}",
+            "  # Number of worker nodes (0..16).",
+            f"  workerNodes: {config.mini.workerNodes}",
+        ]
+    return "\n".join(lines) + "\n"

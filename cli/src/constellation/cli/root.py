@@ -1,0 +1,128 @@
+"""The root ``constellation`` command and the one place that turns errors into messages.
+
+Contract with the operator:
+
+- exit 0: the command did what it said;
+- exit 1: it failed for a reason the project anticipated (any ``ConstellationError``): the
+  message says what happened, the hint what to do next; no traceback unless ``--debug``;
+- exit 2: the command line itself was wrong (usage error, unknown option, bad value).
+
+An unexpected exception is also exit 1 with a one-line message (and the traceback only with
+``--debug``), so a user never sees a raw stack trace.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from constellation.attestation.errors import ConstellationError, ValidationError
+from constellation.cli.context import CLIContext
+from constellation.cli.errors import CLIError
+from constellation.cli.output import Reporter
+from constellation.cli.workspace import Workspace
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+ROOT_HELP = """Create, verify and operate always-encrypted Kubernetes clusters.
+
+\b
+Examples:
+  constellation config generate mini
+  constellation -C ./my-cluster config fetch-measurements --path measurements.json
+  constellation verify -o json
+"""
+
+
+@click.group(help=ROOT_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-C",
+    "--workspace",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default="current directory",
+    help="Directory holding the configuration, state and master secret.",
+)
+@click.option("--debug", is_flag=True, help="Verbose logs and tracebacks on errors.")
+@click.pass_context
+def root(ctx: click.Context, workspace: Path, debug: bool) -> None:
+    ctx.obj = CLIContext(
+        workspace=Workspace(workspace), reporter=Reporter(debug=debug), debug=debug
+    )
+
+
+def _register_commands() -> None:
+    from constellation.cli.commands import config, verify, version
+
+    root.add_command(config.config_group)
+    root.add_command(verify.verify_command)
+    root.add_command(version.version_command)
+
+
+_register_commands()
+
+
+def _debug_requested(args: Sequence[str]) -> bool:
+    for arg in args:
+        if arg == "--":
+            return False
+        if arg == "--debug":
+            return True
+    return False
+
+
+def render_error(err: BaseException) -> str:
+    """One readable message: what happened and what to do next."""
+    if isinstance(err, CLIError):
+        hint = err.hint
+    elif isinstance(err, ValidationError):
+        hint = "the node is not trusted; compare the failed checks with your measurements"
+    else:
+        hint = "rerun with --debug for details"
+    text = f"Error: {err}"
+    if hint:
+        text += f"\nNext: {hint}"
+    return text
+
+
+def run(args: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``args`` (default: ``sys.argv[1:]``) and return the exit code."""
+    argv = list(sys.argv[1:] if args is None else args)
+    debug = _debug_requested(argv)
+    try:
+        root.main(args=argv, prog_name="constellation", standalone_mode=False)
+    except click.exceptions.Exit as err:
+        return err.exit_code
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        return EXIT_FAILURE
+    except click.UsageError as err:
+        err.show()
+        return EXIT_USAGE
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    except ConstellationError as err:
+        if debug:
+            traceback.print_exc()
+        click.echo(render_error(err), err=True)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        return 130
+    except Exception as err:  # the last line of defence: never a raw traceback for users
+        if debug:
+            traceback.print_exc()
+        click.echo(
+            f"Error: unexpected {type(err).__name__}: {err}\nNext: rerun with --debug and "
+            "report the traceback",
+            err=True,
+        )
+        return EXIT_FAILURE
+    return EXIT_OK
