@@ -17,7 +17,7 @@ from constellation.attestation.evidence import Issuer, Validator
 from constellation.attestation.measurements import Measurements, pcr15_for_cluster_id
 from constellation.attestation.nodelock import NodeLock
 from constellation.attestation.swtpm import Swtpm
-from constellation.attestation.tpm import parse_tpmt_public
+from constellation.attestation.tpm import TPM_ALG_RSA, parse_tpmt_public
 from constellation.attestation.vtpm import (
     TpmError,
     VtpmIssuer,
@@ -331,3 +331,19 @@ def test_firmware_measure_rejects_bad_input(swtpm: Swtpm) -> None:
     with pytest.raises(MalformedEvidenceError):
         firmware_measure(swtpm.tcti, b"garbage log", 4, ZERO)
     assert current_pcrs(swtpm)[4] == ZERO
+
+
+def test_rsa_attestation_key(swtpm: Swtpm) -> None:
+    issuer = VtpmIssuer(swtpm.tcti, ak_template="rsa2048:rsassa-sha256:null")
+    n = nonce()
+    document = issuer.issue(USER_DATA, n)
+    ak = parse_tpmt_public(base64.b64decode(json.loads(document)["ak_public"]))
+    assert ak.type == TPM_ALG_RSA
+    assert VtpmValidator(Measurements()).validate(document, n) == USER_DATA
+    forged = edit(
+        document,
+        lambda d: d["quotes"][0].update(signature=flip_b64(d["quotes"][0]["signature"], 20)),
+    )
+    with pytest.raises(ValidationError) as rejected:
+        VtpmValidator(Measurements()).verify(forged, n)
+    assert checks(rejected.value) == {"quote.signature"}
