@@ -7,11 +7,13 @@ import os
 from collections.abc import Callable
 
 import pytest
+import structlog.testing
 
 from constellation.attestation.errors import ValidationError
 from constellation.attestation.kdf import derive_cluster_id
 from constellation.attestation.measurements import Measurements, pcr15_for_cluster_id
 from constellation.attestation.nodelock import NodeLock
+from constellation.attestation.service import ServiceMetrics
 from constellation.attestation.vtpm import VtpmValidator
 from constellation.joinservice.errors import RefusedError
 from constellation.joinservice.expectations import (
@@ -47,6 +49,14 @@ def cluster_id() -> bytes:
     return derive_cluster_id(SECRET.reveal(), SALT)
 
 
+def timed(metrics: ServiceMetrics) -> float:
+    count = metrics.registry.get_sample_value(
+        "constellation_attestation_seconds_count",
+        {"service": "joinservice", "operation": "validate"},
+    )
+    return count or 0.0
+
+
 def failed(exc: ValidationError | RefusedError) -> set[str]:
     return {f.check for f in exc.failures}
 
@@ -54,13 +64,13 @@ def failed(exc: ValidationError | RefusedError) -> set[str]:
 def test_fresh_node_attests_as_join(make_nodes: Callable[..., list[Node]]) -> None:
     (node,) = make_nodes(1)
     expectations = expectations_for(node)
-    observed: list[str] = []
-    validator = PeerValidator(lambda: expectations, observe=lambda o, s: observed.append(o))
+    metrics = ServiceMetrics("joinservice")
+    validator = PeerValidator(lambda: expectations, timer=metrics.time_attestation)
     nonce = os.urandom(32)
     evidence = validator.verify(node.issuer.issue(USER_DATA, nonce), nonce)
     assert evidence.details[EXPECTATION_DETAIL] == "join"
     assert evidence.user_data == USER_DATA
-    assert observed == ["join"]
+    assert timed(metrics) == 1
     require(evidence, Expectation.JOIN, expectations)
     with pytest.raises(RefusedError) as info:
         require(evidence, Expectation.REJOIN, expectations)
@@ -87,15 +97,18 @@ def test_node_locked_to_another_cluster_is_refused(make_nodes: Callable[..., lis
     (node,) = make_nodes(1)
     expectations = expectations_for(node)
     assert NodeLock(node.tpm.tcti).try_lock(b"some other cluster's id, 32 byte")
-    observed: list[str] = []
-    validator = PeerValidator(lambda: expectations, observe=lambda o, s: observed.append(o))
+    metrics = ServiceMetrics("joinservice")
+    validator = PeerValidator(lambda: expectations, timer=metrics.time_attestation)
     nonce = os.urandom(32)
-    with pytest.raises(ValidationError) as info:
+    with structlog.testing.capture_logs() as logs, pytest.raises(ValidationError) as info:
         validator.verify(node.issuer.issue(USER_DATA, nonce), nonce)
     # Only PCR 15 is wrong, and the report says so against the join expectation (zero).
     assert failed(info.value) == {"pcr[15]"}
     assert info.value.failures[0].expected == "00" * 32
-    assert observed == ["refused"]
+    assert timed(metrics) == 1
+    (refusal,) = [entry for entry in logs if entry["event"] == "join.refused"]
+    assert refusal["stage"] == "attestation"
+    assert [f["check"] for f in refusal["failures"]] == ["pcr[15]"]
 
 
 def test_one_wrong_pcr_is_named(make_nodes: Callable[..., list[Node]]) -> None:

@@ -7,20 +7,23 @@ No decisions are taken here; see ``server.build_join_server`` for what is assemb
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 import grpc
 import structlog
-from prometheus_client import start_http_server
 
 from constellation.attestation.errors import ConstellationError
 from constellation.attestation.evidence import Issuer, Validator
 from constellation.attestation.measurements import Measurements
+from constellation.attestation.service import (
+    MetricsServer,
+    ServiceMetrics,
+    Shutdown,
+    configure_logging,
+    run_until_shutdown,
+)
 from constellation.attestation.variants import get_variant
 from constellation.attestation.vtpm import QEMU_VTPM, VtpmValidator
 from constellation.joinservice.config import (
@@ -32,7 +35,7 @@ from constellation.joinservice.config import (
 )
 from constellation.joinservice.joinconfig import load_join_config
 from constellation.joinservice.kubernetes import core_api
-from constellation.joinservice.server import Metrics, build_join_server
+from constellation.joinservice.server import METRICS_SERVICE, build_join_server
 
 EXAMPLES = """\
 examples:
@@ -91,21 +94,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def configure_logging() -> None:
-    """JSON lines on stderr, one object per event (what the cluster's log stack ingests)."""
-    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=logging.INFO)
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(sort_keys=True),
-        ],
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
-    )
-
-
 def validator_for(variant: str, measurements: Measurements) -> Validator:
     """The variant registry, with replay of the event log made mandatory for qemu-vtpm."""
     if variant == QEMU_VTPM:
@@ -136,41 +124,35 @@ def run(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         tpm_tcti=args.tpm_tcti,
     )
-    metrics = Metrics()
+    metrics = ServiceMetrics(METRICS_SERVICE)
+    shutdown = Shutdown()
+    shutdown.install_signal_handlers()
     keyservice = grpc.insecure_channel(settings.keyservice_endpoint)
-    server, watcher = build_join_server(
-        settings,
-        issuer=own_issuer(settings),
-        validator_factory=validator_for,
-        core=core_api(settings.kubeconfig),
-        keyservice=keyservice,
-        metrics=metrics,
-    )
-    port = server.add_port(f"{settings.listen_host}:{settings.port}")
-    http = None
-    if settings.metrics_port is not None:
-        http, _ = start_http_server(
-            settings.metrics_port, addr=settings.listen_host, registry=metrics.registry
-        )
-
-    def terminate(signum: int, frame: FrameType | None) -> None:
-        log.info("joinservice.terminating", signal=signal.Signals(signum).name)
-        server.shutdown()
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGINT, terminate)
-    watcher.start()
-    server.start()
-    log.info("joinservice.listening", address=settings.listen_host, port=port)
+    closers = [keyservice.close]
     try:
-        while not server.wait(1.0):
-            pass
-    finally:
-        watcher.stop()
-        if http is not None:
-            http.shutdown()
-        keyservice.close()
-    return 0
+        server, watcher = build_join_server(
+            settings,
+            issuer=own_issuer(settings),
+            validator_factory=validator_for,
+            core=core_api(settings.kubeconfig),
+            keyservice=keyservice,
+            metrics=metrics,
+        )
+        port = server.add_port(f"{settings.listen_host}:{settings.port}")
+        closers.insert(0, watcher.stop)
+        if settings.metrics_port is not None:
+            endpoint = MetricsServer.start(metrics, settings.listen_host, settings.metrics_port)
+            closers.insert(0, endpoint.close)
+        watcher.start()
+        server.start()
+        log.info("joinservice.listening", address=settings.listen_host, port=port)
+        return run_until_shutdown(
+            shutdown, servers=[server.grpc_server], health=server.health, closers=closers
+        )
+    except BaseException:
+        for close in closers:
+            close()
+        raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:

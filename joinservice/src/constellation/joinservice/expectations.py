@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Final
 
@@ -42,6 +42,7 @@ from constellation.joinservice.joinconfig import JoinConfig
 from constellation.joinservice.keys import SecretBytes
 
 EXPECTATION_DETAIL: Final = "joinservice.expectation"
+TIMER_OPERATION: Final = "validate"
 
 log = structlog.get_logger("constellation.joinservice.expectations")
 
@@ -95,18 +96,18 @@ class PeerValidator:
     """The ``Validator`` the mutual-aTLS server runs for every client.
 
     ``current`` returns the expectations in force (the join-config watcher's latest build), so
-    a reload takes effect on the very next handshake. ``observe(outcome, seconds)`` feeds the
-    attestation latency histogram.
+    a reload takes effect on the very next handshake. ``timer(operation)`` (e.g.
+    ``ServiceMetrics.time_attestation``) times every validation for the latency histogram.
     """
 
     def __init__(
         self,
         current: Callable[[], Expectations],
         *,
-        observe: Callable[[str, float], None] | None = None,
+        timer: Callable[[str], AbstractContextManager[None]] | None = None,
     ) -> None:
         self._current = current
-        self._observe = observe
+        self._timer = timer or (lambda _operation: nullcontext())
 
     @property
     def variant(self) -> str:
@@ -114,11 +115,9 @@ class PeerValidator:
 
     def verify(self, document: bytes, nonce: bytes) -> VerifiedEvidence:
         expectations = self._current()
-        started = time.perf_counter()
-        outcome = "refused"
         try:
-            evidence, expectation = self._verify(expectations, document, nonce)
-            outcome = expectation.value
+            with self._timer(TIMER_OPERATION):
+                evidence, expectation = self._verify(expectations, document, nonce)
         except ValidationError as err:
             log.warning(
                 "join.refused",
@@ -141,9 +140,6 @@ class PeerValidator:
                 report=str(err),
             )
             raise
-        finally:
-            if self._observe is not None:
-                self._observe(outcome, time.perf_counter() - started)
         details = dict(evidence.details)
         details[EXPECTATION_DETAIL] = expectation.value
         details["joinservice.join_config"] = expectations.config.digest
