@@ -24,6 +24,7 @@ import hashlib
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from constellation.attestation.errors import Failure, MalformedEvidenceError
 
@@ -59,6 +60,7 @@ EVENT_HEADER = struct.Struct("<II")  # pcrIndex, eventType
 MAX_EVENTS = 10_000
 MAX_EVENT_DATA = 1 << 20
 MAX_ALGORITHMS = 8
+MAX_DIGEST_SIZE = 64  # SHA-512
 PCR_COUNT = 24
 # PCRs 0..14 belong to the boot chain described by the log; 15 is the node lock.
 DEFAULT_REPLAY_PCRS = tuple(range(15))
@@ -105,7 +107,7 @@ class _Reader:
         self._pos += size
         return chunk
 
-    def unpack(self, layout: struct.Struct, what: str) -> tuple[int, ...]:
+    def unpack(self, layout: struct.Struct, what: str) -> tuple[Any, ...]:
         return tuple(layout.unpack(self.take(layout.size, what)))
 
     def remaining(self) -> int:
@@ -173,7 +175,7 @@ def _parse_spec_id(data: bytes) -> dict[int, int]:
     signature, _platform, _minor, major, _errata, _uintn, count = reader.unpack(
         SPEC_ID_FIXED, "Spec ID event"
     )
-    if signature != SPEC_ID_SIGNATURE:  # type: ignore[comparison-overlap]
+    if signature != SPEC_ID_SIGNATURE:
         raise MalformedEvidenceError("event log: first event is not a 'Spec ID Event03' header")
     if major != SPEC_VERSION_MAJOR:
         raise MalformedEvidenceError(f"event log: spec version {major} is not crypto-agile (2)")
@@ -182,7 +184,7 @@ def _parse_spec_id(data: bytes) -> dict[int, int]:
     algorithms: dict[int, int] = {}
     for index in range(count):
         alg, size = reader.unpack(ALGORITHM_ENTRY, f"algorithm[{index}]")
-        if not 0 < size <= 64 or alg in algorithms:
+        if not 0 < size <= MAX_DIGEST_SIZE or alg in algorithms:
             raise MalformedEvidenceError(f"event log: bad digest size entry for 0x{alg:04x}")
         algorithms[alg] = size
     (vendor_size,) = reader.unpack(U8, "vendorInfoSize")

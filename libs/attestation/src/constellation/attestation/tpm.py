@@ -85,6 +85,12 @@ PCR_COUNT = 24
 RSA_DEFAULT_EXPONENT = 65537
 SUPPORTED_RSA_BITS = (2048,)
 P256_COORDINATE_SIZE = 32
+# Upper bounds of TPM2B sizes (Part 2): no field may claim more than its type allows.
+MAX_TPM2B_SIZE = 4096
+MAX_DIGEST_SIZE = 64  # TPM2B_DIGEST / TPM2B_DATA: the largest hash (SHA-512)
+MAX_NAME_SIZE = 2 + MAX_DIGEST_SIZE  # TPM2B_NAME: nameAlg || digest
+MAX_ECC_PARAMETER_SIZE = 66  # TPM2B_ECC_PARAMETER: P-521
+MAX_RSA_KEY_BYTES = 512  # TPM2B_PUBLIC_KEY_RSA: RSA-4096
 
 
 class _Reader:
@@ -119,7 +125,7 @@ class _Reader:
     def u64(self, field: str) -> int:
         return int(struct.unpack(">Q", self.take(U64, field))[0])
 
-    def tpm2b(self, field: str, max_size: int = 4096) -> bytes:
+    def tpm2b(self, field: str, max_size: int = MAX_TPM2B_SIZE) -> bytes:
         size = self.u16(f"{field}.size")
         if size > max_size:
             raise MalformedEvidenceError(
@@ -195,7 +201,7 @@ def parse_tpmt_public(data: bytes) -> TpmPublic:
     if name_alg not in HASH_SIZES:
         raise MalformedEvidenceError(f"TPMT_PUBLIC: unsupported nameAlg 0x{name_alg:04x}")
     attributes = reader.u32("objectAttributes")
-    reader.tpm2b("authPolicy", max_size=64)
+    reader.tpm2b("authPolicy", max_size=MAX_DIGEST_SIZE)
     public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey
     if key_type == TPM_ALG_ECC:
         _read_symmetric(reader)
@@ -220,7 +226,7 @@ def parse_tpmt_public(data: bytes) -> TpmPublic:
         scheme, scheme_hash = _read_scheme(reader, "rsaScheme")
         key_bits = reader.u16("keyBits")
         exponent = reader.u32("exponent") or RSA_DEFAULT_EXPONENT
-        modulus = reader.tpm2b("unique.rsa", max_size=512)
+        modulus = reader.tpm2b("unique.rsa", max_size=MAX_RSA_KEY_BYTES)
         reader.end()
         if key_bits not in SUPPORTED_RSA_BITS or len(modulus) * 8 != key_bits:
             raise MalformedEvidenceError(
@@ -307,15 +313,15 @@ def parse_attest(data: bytes) -> Attest:
         raise MalformedEvidenceError(
             f"TPMS_ATTEST: type 0x{attest_type:04x}, expected quote 0x{TPM_ST_ATTEST_QUOTE:04x}"
         )
-    signer = reader.tpm2b("qualifiedSigner", max_size=2 + 64)
-    extra = reader.tpm2b("extraData", max_size=64)
+    signer = reader.tpm2b("qualifiedSigner", max_size=MAX_NAME_SIZE)
+    extra = reader.tpm2b("extraData", max_size=MAX_DIGEST_SIZE)
     clock = reader.u64("clockInfo.clock")
     reset_count = reader.u32("clockInfo.resetCount")
     restart_count = reader.u32("clockInfo.restartCount")
     safe = reader.u8("clockInfo.safe")
     firmware = reader.u64("firmwareVersion")
     selection = _read_pcr_selection(reader)
-    digest = reader.tpm2b("pcrDigest", max_size=64)
+    digest = reader.tpm2b("pcrDigest", max_size=MAX_DIGEST_SIZE)
     reader.end()
     return Attest(
         bytes(data),
@@ -352,13 +358,13 @@ def parse_signature(data: bytes) -> Signature:
     sig_alg = reader.u16("sigAlg")
     if sig_alg == TPM_ALG_ECDSA:
         hash_alg = reader.u16("hash")
-        r = reader.tpm2b("signatureR", max_size=66)
-        s = reader.tpm2b("signatureS", max_size=66)
+        r = reader.tpm2b("signatureR", max_size=MAX_ECC_PARAMETER_SIZE)
+        s = reader.tpm2b("signatureS", max_size=MAX_ECC_PARAMETER_SIZE)
         reader.end()
         return Signature(sig_alg, hash_alg, int.from_bytes(r, "big"), int.from_bytes(s, "big"))
     if sig_alg == TPM_ALG_RSASSA:
         hash_alg = reader.u16("hash")
-        blob = reader.tpm2b("sig", max_size=512)
+        blob = reader.tpm2b("sig", max_size=MAX_RSA_KEY_BYTES)
         reader.end()
         return Signature(sig_alg, hash_alg, rsa_signature=blob)
     raise MalformedEvidenceError(f"TPMT_SIGNATURE: unsupported signature scheme 0x{sig_alg:04x}")
