@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from constellation.attestation.eventlog import Event, encode_event_log
 from constellation.attestation.evidence import Issuer, Validator
 from constellation.attestation.measurements import Measurements, pcr15_for_cluster_id
 from constellation.attestation.nodelock import NodeLock
-from constellation.attestation.swtpm import Swtpm
+from constellation.attestation.swtpm import Swtpm, start_swtpm
 from constellation.attestation.tpm import TPM_ALG_RSA, parse_tpmt_public
 from constellation.attestation.vtpm import (
     TpmError,
@@ -347,3 +348,20 @@ def test_rsa_attestation_key(swtpm: Swtpm) -> None:
     with pytest.raises(ValidationError) as rejected:
         VtpmValidator(Measurements()).verify(forged, n)
     assert checks(rejected.value) == {"quote.signature"}
+
+
+def test_ak_is_stable_across_a_restart_with_kept_state(tmp_path: Path) -> None:
+    first = start_swtpm(tmp_path)
+    try:
+        ak_before = VtpmIssuer(first.tcti).ak_public()
+        assert VtpmIssuer(first.tcti).ak_public() == ak_before
+    finally:
+        first.stop()
+    second = start_swtpm(tmp_path)
+    try:
+        pinned = parse_tpmt_public(ak_before).spki_der()
+        n = nonce()
+        document = VtpmIssuer(second.tcti).issue(USER_DATA, n)
+        assert VtpmValidator(Measurements(), trusted_ak_keys={pinned}).validate(document, n)
+    finally:
+        second.stop()
