@@ -1,0 +1,578 @@
+"""A real Kubernetes control plane on loopback: kubeadm PKI, etcd, API server, controller manager.
+
+Used by the first node's bootstrapper in mini mode and by the test fixture; nothing here is a
+mock. Bring-up, in order (each step logs to ``<directory>/logs/``):
+
+1. Ports: free 127.0.0.1 ports for etcd (client, peer, metrics), the API server and the
+   controller manager. They are saved in ``<directory>/controlplane.json`` and reused on a
+   warm start when still free, so the kubeconfigs and the etcd member stay valid.
+2. PKI: ``kubeadm init phase certs all`` and ``kubeadm init phase kubeconfig all`` with a
+   generated kubeadm config (advertise 127.0.0.1, the chosen port, SANs 127.0.0.1/localhost).
+   A warm start with the same ports skips this; with new ports only the kubeconfigs (which name
+   the server URL) and the etcd data (which names the peer URL) are recreated.
+3. etcd with TLS for clients and peers (kubeadm's etcd CA), then kube-apiserver with
+   bootstrap-token authentication, ``Node,RBAC`` authorization and the ``NodeRestriction``
+   admission plugin, then (optionally) kube-controller-manager, whose ``tokencleaner`` removes
+   expired bootstrap tokens and whose CSR signer uses the cluster CA.
+4. Readiness: ``GET /readyz`` with the super-admin client certificate until it answers 200,
+   bounded in attempts and time; a child that exits early fails the start at once.
+5. ``kubeadm:cluster-admins`` is bound to ``cluster-admin`` (``kubeadm init`` does this in a
+   later phase we do not run), so ``admin.conf`` works as it does on a kubeadm cluster.
+
+Teardown sends SIGTERM to each child by PID (reverse start order), waits a bounded time, then
+SIGKILL. It runs on every exit path of the context manager, including a failed start.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import yaml
+
+from constellation.bootstrapper.atomicfile import PUBLIC_MODE, SECRET_MODE, write_atomic
+from constellation.bootstrapper.kubernetes.components import InstalledComponents
+from constellation.bootstrapper.kubernetes.errors import (
+    ControlPlaneError,
+    ControlPlaneStartError,
+    ControlPlaneTimeoutError,
+)
+
+LOOPBACK = "127.0.0.1"
+SERVICE_SUBNET = "10.96.0.0/12"
+CLUSTER_NAME = "constellation"
+STATE_FILE = "controlplane.json"
+DEFAULT_READY_TIMEOUT = 120.0
+READY_POLL_INTERVAL = 0.25
+STOP_TIMEOUT = 15.0
+KUBEADM_TIMEOUT = 120.0
+_LOG_TAIL_LINES = 25
+_PORT_NAMES = ("etcd_client", "etcd_peer", "etcd_metrics", "apiserver", "controller_manager")
+
+
+@dataclass(frozen=True)
+class ControlPlaneBinaries:
+    """Paths of the binaries a control plane runs; take them from hash-verified components."""
+
+    kubeadm: Path
+    etcd: Path
+    kube_apiserver: Path
+    kube_controller_manager: Path | None = None
+
+    @classmethod
+    def from_components(cls, installed: InstalledComponents) -> ControlPlaneBinaries:
+        """Use binaries that :func:`verified_components` checked against their hashes."""
+        manager = installed.paths.get("kube-controller-manager")
+        return cls(
+            kubeadm=installed.path("kubeadm"),
+            etcd=installed.path("etcd"),
+            kube_apiserver=installed.path("kube-apiserver"),
+            kube_controller_manager=manager,
+        )
+
+
+@dataclass(frozen=True)
+class Ports:
+    """The loopback ports of one control plane."""
+
+    etcd_client: int
+    etcd_peer: int
+    etcd_metrics: int
+    apiserver: int
+    controller_manager: int
+
+    @classmethod
+    def allocate(cls) -> Ports:
+        """Pick distinct free ports (the kernel chooses; all sockets are held until chosen)."""
+        sockets: list[socket.socket] = []
+        try:
+            for _ in _PORT_NAMES:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.bind((LOOPBACK, 0))
+                sockets.append(sock)
+            numbers = [s.getsockname()[1] for s in sockets]
+        finally:
+            for sock in sockets:
+                sock.close()
+        return cls(**dict(zip(_PORT_NAMES, numbers, strict=True)))
+
+    def all_free(self) -> bool:
+        """True if every port can be bound right now (a warm start may then reuse them)."""
+        for port in (getattr(self, name) for name in _PORT_NAMES):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((LOOPBACK, port))
+                except OSError:
+                    return False
+        return True
+
+
+def kubeadm_config(
+    *,
+    ports: Ports,
+    pki_dir: Path,
+    etcd_data_dir: Path,
+    kubernetes_version: str,
+    node_name: str,
+    cluster_name: str = CLUSTER_NAME,
+) -> str:
+    """Render the kubeadm v1beta4 Init+Cluster configuration for a loopback control plane."""
+    endpoint = f"{LOOPBACK}:{ports.apiserver}"
+    init = {
+        "apiVersion": "kubeadm.k8s.io/v1beta4",
+        "kind": "InitConfiguration",
+        "localAPIEndpoint": {"advertiseAddress": LOOPBACK, "bindPort": ports.apiserver},
+        "nodeRegistration": {"name": node_name},
+    }
+    cluster = {
+        "apiVersion": "kubeadm.k8s.io/v1beta4",
+        "kind": "ClusterConfiguration",
+        "clusterName": cluster_name,
+        "kubernetesVersion": kubernetes_version,
+        "certificatesDir": str(pki_dir),
+        # The JoinService signs kubelet certificates with ECDSA (DESIGN.md §3).
+        "encryptionAlgorithm": "ECDSA-P256",
+        "controlPlaneEndpoint": endpoint,
+        "apiServer": {"certSANs": [LOOPBACK, "localhost"]},
+        "networking": {"serviceSubnet": SERVICE_SUBNET, "dnsDomain": "cluster.local"},
+        "etcd": {
+            "local": {
+                "dataDir": str(etcd_data_dir),
+                "serverCertSANs": [LOOPBACK, "localhost"],
+                "peerCertSANs": [LOOPBACK, "localhost"],
+            }
+        },
+    }
+    return yaml.safe_dump_all([init, cluster], sort_keys=False)
+
+
+class ControlPlane:
+    """etcd + kube-apiserver (+ kube-controller-manager) as child processes on loopback.
+
+    Use as a context manager; ``__exit__`` always tears everything down. The directory keeps
+    the PKI, kubeconfigs, etcd data and logs, so a later start there is "warm".
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        binaries: ControlPlaneBinaries,
+        *,
+        kubernetes_version: str,
+        node_name: str = "constellation-control-plane",
+        with_controller_manager: bool = True,
+        ready_timeout: float = DEFAULT_READY_TIMEOUT,
+        unsafe_no_fsync: bool = False,
+    ) -> None:
+        self.directory = directory.resolve()
+        self.binaries = binaries
+        self.kubernetes_version = kubernetes_version
+        self.node_name = node_name
+        self.with_controller_manager = (
+            with_controller_manager and binaries.kube_controller_manager is not None
+        )
+        self.ready_timeout = ready_timeout
+        self.unsafe_no_fsync = unsafe_no_fsync
+        self._ports: Ports | None = None
+        self._children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._log_handles: list[IO[bytes]] = []
+
+    # -- public paths -------------------------------------------------------------------
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.directory / "pki"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.directory / "logs"
+
+    @property
+    def etcd_data_dir(self) -> Path:
+        return self.directory / "etcd"
+
+    @property
+    def kubeconfig_dir(self) -> Path:
+        return self.directory / "kubeconfig"
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        """``admin.conf``: group ``kubeadm:cluster-admins``, bound to cluster-admin on start."""
+        return self.kubeconfig_dir / "admin.conf"
+
+    @property
+    def super_admin_kubeconfig(self) -> Path:
+        """``super-admin.conf``: group ``system:masters``; bypasses RBAC, use sparingly."""
+        return self.kubeconfig_dir / "super-admin.conf"
+
+    @property
+    def ca_cert_path(self) -> Path:
+        return self.pki_dir / "ca.crt"
+
+    @property
+    def ca_key_path(self) -> Path:
+        return self.pki_dir / "ca.key"
+
+    @property
+    def ports(self) -> Ports:
+        if self._ports is None:
+            raise ControlPlaneError("the control plane has not been started")
+        return self._ports
+
+    @property
+    def server(self) -> str:
+        """The API server URL, ``https://127.0.0.1:<port>``."""
+        return f"https://{LOOPBACK}:{self.ports.apiserver}"
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """PIDs of the running children by component name (for diagnostics and tests)."""
+        return {name: proc.pid for name, proc in self._children}
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def __enter__(self) -> ControlPlane:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Bring the control plane up and wait until it is ready; tear down on any failure."""
+        if self._children:
+            raise ControlPlaneError("the control plane is already running")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.directory, 0o700)
+            self.log_dir.mkdir(exist_ok=True)
+            self._ports = self._prepare_ports_and_pki()
+            self._start_etcd()
+            self._start_apiserver()
+            self._wait_ready()
+            self._bind_cluster_admins()
+            if self.with_controller_manager:
+                self._start_controller_manager()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """End every child by PID: SIGTERM, bounded wait, SIGKILL. Safe to call twice."""
+        errors: list[str] = []
+        for name, proc in reversed(self._children):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    try:
+                        proc.wait(timeout=STOP_TIMEOUT)
+                    except subprocess.TimeoutExpired:
+                        errors.append(f"{name} (pid {proc.pid}) survived SIGKILL")
+        self._children.clear()
+        for handle in self._log_handles:
+            handle.close()
+        self._log_handles.clear()
+        if errors:
+            raise ControlPlaneError("; ".join(errors))
+
+    # -- steps --------------------------------------------------------------------------
+
+    def _prepare_ports_and_pki(self) -> Ports:
+        state = self.directory / STATE_FILE
+        previous: Ports | None = None
+        if state.is_file() and self.ca_cert_path.is_file():
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                raw = json.loads(state.read_text())
+                previous = Ports(**{name: int(raw["ports"][name]) for name in _PORT_NAMES})
+        if previous is not None and previous.all_free() and self._kubeconfigs_present():
+            return previous
+        ports = Ports.allocate()
+        config_path = self.directory / "kubeadm.yaml"
+        config = kubeadm_config(
+            ports=ports,
+            pki_dir=self.pki_dir,
+            etcd_data_dir=self.etcd_data_dir,
+            kubernetes_version=self.kubernetes_version,
+            node_name=self.node_name,
+        )
+        write_atomic(config_path, config.encode(), mode=PUBLIC_MODE)
+        if previous is not None:
+            # The PKI stays; the server URL in the kubeconfigs and etcd's peer URL change.
+            for conf in self.kubeconfig_dir.glob("*.conf"):
+                conf.unlink()
+            _remove_tree(self.etcd_data_dir)
+        else:
+            self._run_kubeadm(["init", "phase", "certs", "all", "--config", str(config_path)])
+        self._run_kubeadm(
+            [
+                "init", "phase", "kubeconfig", "all", "--config", str(config_path),
+                "--kubeconfig-dir", str(self.kubeconfig_dir),
+            ]
+        )  # fmt: skip
+        self._extract_probe_credentials()
+        body = {"ports": {name: getattr(ports, name) for name in _PORT_NAMES}}
+        write_atomic(state, (json.dumps(body, indent=2) + "\n").encode(), mode=PUBLIC_MODE)
+        return ports
+
+    def _kubeconfigs_present(self) -> bool:
+        return self.admin_kubeconfig.is_file() and self.super_admin_kubeconfig.is_file()
+
+    def _run_kubeadm(self, args: Sequence[str]) -> None:
+        log_path = self.log_dir / "kubeadm.log"
+        with log_path.open("ab") as log:
+            log.write(f"$ kubeadm {' '.join(args)}\n".encode())
+            log.flush()
+            try:
+                result = subprocess.run(
+                    [str(self.binaries.kubeadm), *args, "-v=1"],
+                    stdout=log, stderr=subprocess.STDOUT, timeout=KUBEADM_TIMEOUT, check=False,
+                )  # fmt: skip
+            except subprocess.TimeoutExpired as err:
+                raise ControlPlaneStartError(
+                    f"kubeadm {args[2] if len(args) > 2 else args} exceeded {KUBEADM_TIMEOUT} s; "
+                    f"see {log_path}"
+                ) from err
+        if result.returncode != 0:
+            raise ControlPlaneStartError(
+                f"kubeadm {' '.join(args[:4])} failed (exit {result.returncode}); see {log_path}:\n"
+                + _tail(log_path)
+            )
+
+    def _extract_probe_credentials(self) -> None:
+        """Write the super-admin client certificate as files for the readiness probe."""
+        try:
+            conf = yaml.safe_load(self.super_admin_kubeconfig.read_text())
+            user = conf["users"][0]["user"]
+            cert = base64.b64decode(user["client-certificate-data"])
+            key = base64.b64decode(user["client-key-data"])
+        except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError, ValueError) as err:
+            raise ControlPlaneStartError(
+                f"cannot read the client credentials from {self.super_admin_kubeconfig}: "
+                f"{type(err).__name__}"
+            ) from err
+        write_atomic(self._probe_cert, cert, mode=PUBLIC_MODE)
+        write_atomic(self._probe_key, key, mode=SECRET_MODE)
+
+    @property
+    def _probe_cert(self) -> Path:
+        return self.kubeconfig_dir / "probe.crt"
+
+    @property
+    def _probe_key(self) -> Path:
+        return self.kubeconfig_dir / "probe.key"
+
+    def _spawn(self, name: str, argv: Sequence[str]) -> None:
+        log = (self.log_dir / f"{name}.log").open("ab")
+        self._log_handles.append(log)
+        log.write(f"--- start {time.strftime('%Y-%m-%dT%H:%M:%S')} ---\n".encode())
+        log.flush()
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._children.append((name, proc))
+
+    def _start_etcd(self) -> None:
+        ports, pki = self.ports, self.pki_dir / "etcd"
+        client = f"https://{LOOPBACK}:{ports.etcd_client}"
+        peer = f"https://{LOOPBACK}:{ports.etcd_peer}"
+        argv = [
+            str(self.binaries.etcd),
+            f"--name={self.node_name}",
+            f"--data-dir={self.etcd_data_dir}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster={self.node_name}={peer}",
+            f"--listen-metrics-urls=http://{LOOPBACK}:{ports.etcd_metrics}",
+            f"--cert-file={pki / 'server.crt'}",
+            f"--key-file={pki / 'server.key'}",
+            "--client-cert-auth=true",
+            f"--trusted-ca-file={pki / 'ca.crt'}",
+            f"--peer-cert-file={pki / 'peer.crt'}",
+            f"--peer-key-file={pki / 'peer.key'}",
+            "--peer-client-cert-auth=true",
+            f"--peer-trusted-ca-file={pki / 'ca.crt'}",
+            "--snapshot-count=10000",
+        ]
+        if self.unsafe_no_fsync:
+            argv.append("--unsafe-no-fsync=true")
+        self._spawn("etcd", argv)
+
+    def _start_apiserver(self) -> None:
+        ports, pki = self.ports, self.pki_dir
+        argv = [
+            str(self.binaries.kube_apiserver),
+            f"--advertise-address={LOOPBACK}",
+            f"--bind-address={LOOPBACK}",
+            f"--secure-port={ports.apiserver}",
+            "--allow-privileged=true",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            "--enable-bootstrap-token-auth=true",
+            "--endpoint-reconciler-type=none",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--etcd-servers=https://{LOOPBACK}:{ports.etcd_client}",
+            f"--etcd-cafile={pki / 'etcd' / 'ca.crt'}",
+            f"--etcd-certfile={pki / 'apiserver-etcd-client.crt'}",
+            f"--etcd-keyfile={pki / 'apiserver-etcd-client.key'}",
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+            "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
+            f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+            f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+            "--requestheader-allowed-names=front-proxy-client",
+            f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-username-headers=X-Remote-User",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            f"--service-cluster-ip-range={SERVICE_SUBNET}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+        ]
+        self._spawn("kube-apiserver", argv)
+
+    def _start_controller_manager(self) -> None:
+        assert self.binaries.kube_controller_manager is not None  # checked in __init__
+        pki = self.pki_dir
+        conf = self.kubeconfig_dir / "controller-manager.conf"
+        argv = [
+            str(self.binaries.kube_controller_manager),
+            f"--kubeconfig={conf}",
+            f"--authentication-kubeconfig={conf}",
+            f"--authorization-kubeconfig={conf}",
+            f"--bind-address={LOOPBACK}",
+            f"--secure-port={self.ports.controller_manager}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+            f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+            f"--cluster-signing-key-file={pki / 'ca.key'}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--cluster-name={CLUSTER_NAME}",
+            "--controllers=*,bootstrapsigner,tokencleaner",
+            "--use-service-account-credentials=true",
+            "--leader-elect=false",
+        ]
+        self._spawn("kube-controller-manager", argv)
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca_cert_path))
+        context.load_cert_chain(str(self._probe_cert), str(self._probe_key))
+        return context
+
+    def request(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
+        """Send one request as super-admin and return the decoded JSON (for set-up steps)."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(  # noqa: S310 - the URL is our own https loopback server
+            self.server + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+        )
+        with urllib.request.urlopen(req, context=self._ssl_context(), timeout=timeout) as resp:  # noqa: S310
+            return json.loads(resp.read() or b"null")
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        max_attempts = int(self.ready_timeout / READY_POLL_INTERVAL) + 1
+        context = self._ssl_context()
+        last = "no answer yet"
+        for _ in range(max_attempts):
+            for name, proc in self._children:
+                if proc.poll() is not None:
+                    log_path = self.log_dir / f"{name}.log"
+                    raise ControlPlaneStartError(
+                        f"{name} exited with {proc.returncode} during start-up; see {log_path}:\n"
+                        + _tail(log_path)
+                    )
+            try:
+                with urllib.request.urlopen(  # noqa: S310 - https loopback
+                    f"{self.server}/readyz", context=context, timeout=2.0
+                ) as resp:
+                    if resp.status == 200:
+                        return
+                    last = f"HTTP {resp.status}"
+            except urllib.error.HTTPError as err:
+                last = f"HTTP {err.code}"
+            except (urllib.error.URLError, OSError) as err:
+                last = type(err).__name__
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(READY_POLL_INTERVAL)
+        raise ControlPlaneTimeoutError(
+            f"kube-apiserver at {self.server} not ready after {self.ready_timeout:.0f} s "
+            f"(last: {last}); logs in {self.log_dir}:\n"
+            + _tail(self.log_dir / "kube-apiserver.log")
+        )
+
+    def _bind_cluster_admins(self) -> None:
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "kubeadm:cluster-admins"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "cluster-admin",
+            },
+            "subjects": [
+                {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Group",
+                    "name": "kubeadm:cluster-admins",
+                }
+            ],
+        }
+        try:
+            self.request("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding)
+        except urllib.error.HTTPError as err:
+            if err.code != 409:  # already exists on a warm start
+                raise ControlPlaneStartError(
+                    f"cannot bind kubeadm:cluster-admins to cluster-admin: HTTP {err.code}"
+                ) from err
+
+
+def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        content = path.read_bytes().decode(errors="replace").splitlines()
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(content[-lines:])
+
+
+def _remove_tree(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
