@@ -1,0 +1,68 @@
+"""Fixtures of the SEV-SNP tests: fake AMD hierarchies (session-scoped: RSA keys are slow to
+mint) and the real vectors from ``../shared/vectors`` (skipped with a reason when absent).
+
+``fakeamd`` is loaded by path because the test tree is not a package (pytest runs with
+``--import-mode=importlib``); tests reach its classes through the ``fakeamd`` fixture.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+_HERE = Path(__file__).resolve().parent
+_REPO_ROOT = _HERE.parents[3]
+VECTORS = _REPO_ROOT.parent / "shared" / "vectors"
+
+
+def _load_fakeamd() -> ModuleType:
+    name = "constellation_snp_tests_fakeamd"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, _HERE / "fakeamd.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def fakeamd() -> ModuleType:
+    return _load_fakeamd()
+
+
+@pytest.fixture(scope="session")
+def milan(fakeamd: ModuleType):
+    return fakeamd.FakeAmd("Milan")
+
+
+@pytest.fixture(scope="session")
+def genoa(fakeamd: ModuleType):
+    return fakeamd.FakeAmd("Genoa")
+
+
+@pytest.fixture(scope="session")
+def turin(fakeamd: ModuleType):
+    return fakeamd.FakeAmd("Turin")
+
+
+@pytest.fixture(scope="session")
+def azure_dir() -> Path:
+    path = VECTORS / "azure-sev-snp"
+    if not (path / "attestation.bin").is_file():
+        pytest.skip(f"real Azure SEV-SNP vectors not found at {path} (../shared/vectors absent)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def amd_roots_dir() -> Path:
+    path = VECTORS / "amd-roots"
+    if not path.is_dir():
+        pytest.skip(f"AMD root chains not found at {path} (../shared/vectors absent)")
+    return path
