@@ -96,7 +96,8 @@ def run(args: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if args is None else args)
     debug = _debug_requested(argv)
     try:
-        root.main(args=argv, prog_name="constellation", standalone_mode=False)
+        # Without standalone mode click returns ctx.exit(code) as the value instead of raising.
+        result = root.main(args=argv, prog_name="constellation", standalone_mode=False)
     except click.exceptions.Exit as err:
         return err.exit_code
     except click.exceptions.Abort:
@@ -125,4 +126,4 @@ def run(args: Sequence[str] | None = None) -> int:
             err=True,
         )
         return EXIT_FAILURE
-    return EXIT_OK
+    return result if isinstance(result, int) else EXIT_OK

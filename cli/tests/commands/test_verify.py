@@ -1,0 +1,276 @@
+"""``constellation verify`` against a real vTPM document from swtpm.
+
+No VerificationService package exists to start here, so a tiny in-test gRPC server plays its
+part: it answers ``verify.API/GetAttestation`` with evidence issued by ``VtpmIssuer`` on a real
+swtpm whose PCR 15 was marked with the cluster ID by the real node lock. The fixture can be
+told to misbehave (replay an old document, use other user data) so each check is seen to reject.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import grpc
+import pytest
+
+from constellation.attestation.measurements import Measurement, Measurements, pcr15_for_cluster_id
+from constellation.attestation.nodelock import NodeLock
+from constellation.attestation.vtpm import VtpmIssuer, firmware_measure, open_tpm, read_pcrs
+from constellation.bootstrapper.metadata import Endpoint
+from constellation.cli.config import Provider, default_config
+from constellation.cli.workspace import ClusterState, NodeRecord, Workspace
+from constellation.proto import verify_pb2, verify_pb2_grpc
+
+pytestmark = pytest.mark.swtpm
+
+MEASURED_PCRS = (4, 9, 11)
+
+
+@dataclass
+class NodeBehaviour:
+    user_data: bytes = b"VerifyService"
+    replay_nonce: bytes | None = None  # answer with evidence for this nonce instead
+    requests: list[bytes] = field(default_factory=list)
+
+
+class _VerifyServicer(verify_pb2_grpc.APIServicer):
+    def __init__(self, issuer: VtpmIssuer, behaviour: NodeBehaviour) -> None:
+        self.issuer = issuer
+        self.behaviour = behaviour
+
+    def GetAttestation(self, request: Any, context: Any) -> Any:
+        self.behaviour.requests.append(request.nonce)
+        nonce = self.behaviour.replay_nonce or request.nonce
+        document = self.issuer.issue(self.behaviour.user_data, nonce)
+        return verify_pb2.GetAttestationResponse(attestation=document)
+
+
+@dataclass
+class Node:
+    workspace: Path
+    cluster_id: bytes
+    pcrs: dict[int, bytes]
+    endpoint: str
+    behaviour: NodeBehaviour
+    issuer: VtpmIssuer
+
+
+@pytest.fixture
+def node(swtpm: Any, tmp_path: Path) -> Iterator[Node]:
+    log = b""
+    for pcr in MEASURED_PCRS:
+        log = firmware_measure(swtpm.tcti, log, pcr, os.urandom(32), f"image part {pcr}".encode())
+    cluster_id = os.urandom(32)
+    assert NodeLock(swtpm.tcti).try_lock(cluster_id)
+    with open_tpm(swtpm.tcti) as esapi:
+        _, pcrs = read_pcrs(esapi)
+
+    issuer = VtpmIssuer(swtpm.tcti, event_log=log)
+    behaviour = NodeBehaviour()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    verify_pb2_grpc.add_APIServicer_to_server(_VerifyServicer(issuer, behaviour), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+
+    workspace = Workspace(tmp_path)
+    measurements = Measurements({i: Measurement(pcrs[i]) for i in MEASURED_PCRS})
+    workspace.save_config(
+        default_config(Provider.MINI).with_measurements(measurements), overwrite=False
+    )
+    endpoint = Endpoint("127.0.0.1", port)
+    workspace.save_state(
+        ClusterState(
+            name="mini",
+            cluster_id=cluster_id,
+            verify_endpoint=endpoint,
+            nodes=(NodeRecord("mini-cp-0", "control-plane", endpoint),),
+        )
+    )
+    try:
+        yield Node(tmp_path, cluster_id, pcrs, str(endpoint), behaviour, issuer)
+    finally:
+        server.stop(grace=None).wait(5)
+
+
+def _set_measurements(node: Node, measurements: Measurements) -> None:
+    workspace = Workspace(node.workspace)
+    config = workspace.load_config().with_measurements(measurements)
+    workspace.save_config(config, overwrite=True)
+
+
+def _checks(report: dict[str, Any]) -> set[str]:
+    return {f["check"] for f in report["failures"]}
+
+
+def test_node_of_this_cluster_is_verified(invoke: Any, node: Node) -> None:
+    result = invoke(node.workspace, "verify", "-o", "json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["verified"] is True
+    assert report["failures"] == []
+    rows = {row["pcr"]: row for row in report["pcrs"]}
+    assert set(rows) == {*MEASURED_PCRS, 15}
+    assert rows[15]["expected"] == pcr15_for_cluster_id(node.cluster_id).hex()
+    assert rows[15]["actual"] == rows[15]["expected"]
+    assert all(row["status"] == "ok" for row in rows.values())
+    # A fresh 32-byte nonce per run.
+    assert invoke(node.workspace, "verify", "-o", "json").code == 0
+    assert len(node.behaviour.requests) == 2
+    assert all(len(n) == 32 for n in node.behaviour.requests)
+    assert node.behaviour.requests[0] != node.behaviour.requests[1]
+
+
+def test_text_output_is_a_table(invoke: Any, node: Node) -> None:
+    result = invoke(node.workspace, "verify")
+    assert result.code == 0, result.stderr
+    assert "VERIFIED" in result.stdout
+    assert pcr15_for_cluster_id(node.cluster_id).hex() in result.stdout
+    assert "requesting attestation" in result.stderr
+
+
+def test_other_cluster_id_is_rejected(invoke: Any, node: Node) -> None:
+    other = base64.b64encode(os.urandom(32)).decode()
+    result = invoke(node.workspace, "verify", "--cluster-id", other, "-o", "json")
+    assert result.code == 1
+    report = json.loads(result.stdout)
+    assert report["verified"] is False
+    assert _checks(report) == {"pcr[15]"}
+    assert "pcr[15]" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_every_measurement_mismatch_is_listed(invoke: Any, node: Node) -> None:
+    wrong = Measurements(
+        {
+            4: Measurement(bytes(32)),
+            9: Measurement(b"\x01" * 32),
+            11: Measurement(node.pcrs[11]),
+        }
+    )
+    _set_measurements(node, wrong)
+    result = invoke(node.workspace, "verify", "-o", "json")
+    assert result.code == 1
+    report = json.loads(result.stdout)
+    assert _checks(report) == {"pcr[4]", "pcr[9]"}
+    rows = {row["pcr"]: row for row in report["pcrs"]}
+    assert rows[4]["actual"] == node.pcrs[4].hex()
+    assert rows[4]["status"] == "mismatch"
+    assert rows[11] == {
+        "pcr": 11,
+        "expected": node.pcrs[11].hex(),
+        "actual": node.pcrs[11].hex(),
+        "status": "ok",
+    }
+
+
+def test_warn_only_mismatch_is_accepted_with_a_warning(invoke: Any, node: Node) -> None:
+    measurements = Measurements(
+        {
+            4: Measurement(bytes(32), warn_only=True),
+            9: Measurement(node.pcrs[9]),
+            11: Measurement(node.pcrs[11]),
+        }
+    )
+    _set_measurements(node, measurements)
+    result = invoke(node.workspace, "verify", "-o", "json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [w["check"] for w in report["warnings"]] == ["pcr[4]"]
+    assert {row["pcr"]: row["status"] for row in report["pcrs"]}[4] == "warn"
+    assert "Warning: pcr[4]" in result.stderr
+
+
+def test_replayed_evidence_is_rejected(invoke: Any, node: Node) -> None:
+    node.behaviour.replay_nonce = os.urandom(32)
+    result = invoke(node.workspace, "verify", "-o", "json")
+    assert result.code == 1
+    report = json.loads(result.stdout)
+    assert any(check.startswith("quote.") for check in _checks(report))
+    # The quote did not verify, so no PCR value in the document may be shown as trusted.
+    assert {row["status"] for row in report["pcrs"]} <= {"unverified", "mismatch"}
+
+
+def test_evidence_for_other_user_data_is_rejected(invoke: Any, node: Node) -> None:
+    node.behaviour.user_data = b"some TLS key hash"
+    result = invoke(node.workspace, "verify", "-o", "json")
+    assert result.code == 1
+    assert _checks(json.loads(result.stdout)) == {"user_data"}
+
+
+def test_config_without_measurements_is_refused(invoke: Any, node: Node) -> None:
+    _set_measurements(node, Measurements())
+    result = invoke(node.workspace, "verify")
+    assert result.code == 1
+    assert "no measurements" in result.stderr
+    assert node.behaviour.requests == []
+
+
+def test_node_endpoint_by_name_and_address(invoke: Any, node: Node) -> None:
+    assert invoke(node.workspace, "verify", "--node-endpoint", "mini-cp-0").code == 0
+    assert invoke(node.workspace, "verify", "--node-endpoint", node.endpoint).code == 0
+    missing = invoke(node.workspace, "verify", "--node-endpoint", "mini-worker-9")
+    assert missing.code == 1
+    assert "knows no node" in missing.stderr
+
+
+def test_unreachable_endpoint_is_a_bounded_typed_error(invoke: Any, node: Node) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    result = invoke(node.workspace, "verify", "-e", f"127.0.0.1:{port}", "--timeout", "1")
+    assert result.code == 1
+    assert "did not answer" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--cluster-id", "!!"),
+        ("--cluster-id", base64.b64encode(b"x" * 31).decode()),
+        ("-e", "localhost"),
+    ],
+)
+def test_bad_flags_are_usage_errors(invoke: Any, node: Node, args: tuple[str, ...]) -> None:
+    assert invoke(node.workspace, "verify", *args).code == 2
+    assert node.behaviour.requests == []
+
+
+def test_http_protocol(invoke: Any, node: Node) -> None:
+    issuer = node.issuer
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            nonce = base64.urlsafe_b64decode(parse_qs(urlsplit(self.path).query)["nonce"][0])
+            body = json.dumps(
+                {"data": base64.b64encode(issuer.issue(b"VerifyService", nonce)).decode()}
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        endpoint = f"127.0.0.1:{server.server_address[1]}"
+        result = invoke(node.workspace, "verify", "--protocol", "http", "-e", endpoint)
+        assert result.code == 0, result.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
