@@ -8,20 +8,35 @@ served over aTLS where the node attests and the client verifies it.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from constellation.attestation import atls
+from constellation.attestation.atls import verified_peer
+from constellation.attestation.kdf import derive_cluster_id, derive_key, derive_measurement_secret
 from constellation.attestation.measurements import Measurement, Measurements
 from constellation.attestation.nodelock import NodeLock
 from constellation.attestation.swtpm import Swtpm
-from constellation.attestation.vtpm import VtpmIssuer, VtpmValidator
+from constellation.attestation.vtpm import (
+    VtpmIssuer,
+    VtpmValidator,
+    firmware_measure,
+    open_tpm,
+    read_pcrs,
+)
 from constellation.bootstrapper.initsecret import InitSecret, hash_init_secret
 from constellation.bootstrapper.initserver import (
     ControlPlaneStarter,
@@ -37,7 +52,7 @@ from constellation.bootstrapper.metadata import (
     write_metadata_file,
 )
 from constellation.bootstrapper.statedisk import FAST_PBKDF2, DiskKey, StateDisk
-from constellation.proto import components_pb2, init_pb2, init_pb2_grpc
+from constellation.proto import components_pb2, init_pb2, init_pb2_grpc, join_pb2, join_pb2_grpc
 
 INIT_SECRET = b"correct horse battery staple 123"
 DISK_SIZE = 20 * 1024 * 1024
@@ -183,3 +198,180 @@ def init_request(
         kubernetes_components=components,
         cluster_name="test",
     )
+
+
+# -- a JoinService for join-client tests ------------------------------------------------------
+
+
+def measure_image(tpm: Swtpm, image: bytes) -> tuple[bytes, Measurements]:
+    """Mini-mode "firmware": measure ``image`` into PCR 4; return the event log and the
+    measurements a verifier expects of that node (PCR 4 = that image, PCR 15 unmarked)."""
+    log = firmware_measure(tpm.tcti, b"", 4, hashlib.sha256(image).digest())
+    with open_tpm(tpm.tcti) as esapi:
+        _, values = read_pcrs(esapi, (4,))
+    return log, Measurements({4: Measurement(values[4]), 15: Measurement(ZERO_PCR)})
+
+
+@dataclass
+class ClusterSecrets:
+    """What a real cluster derives tickets from (DESIGN.md §3)."""
+
+    master_secret: bytes = b"M" * 32
+    master_salt: bytes = b"S" * 32
+    measurement_salt: bytes = bytes(range(100, 132))
+
+    @property
+    def measurement_secret(self) -> bytes:
+        return derive_measurement_secret(self.master_secret, self.master_salt)
+
+    @property
+    def cluster_id(self) -> bytes:
+        return derive_cluster_id(self.measurement_secret, self.measurement_salt)
+
+    def disk_key(self, disk_uuid: str) -> bytes:
+        return derive_key(self.master_secret, self.master_salt, "key-" + disk_uuid.lower(), 32)
+
+
+@dataclass
+class ClusterCA:
+    """A cluster CA (the control plane's, in Kubernetes tests) that signs kubelet CSRs."""
+
+    key: ec.EllipticCurvePrivateKey
+    cert_pem: bytes
+
+    @classmethod
+    def generate(cls) -> ClusterCA:
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes")])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        return cls(key, cert.public_bytes(serialization.Encoding.PEM))
+
+    @classmethod
+    def load(cls, cert_path: Path, key_path: Path) -> ClusterCA:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+            raise TypeError("unsupported CA key type")
+        return cls(key, cert_path.read_bytes())  # type: ignore[arg-type]
+
+    def sign_kubelet_csr(self, csr_pem: bytes) -> bytes:
+        """Sign like the JoinService: subject and IP SANs from the CSR, client+server auth."""
+        csr = x509.load_pem_x509_csr(csr_pem)
+        ca = x509.load_pem_x509_certificate(self.cert_pem)
+        now = datetime.datetime.now(datetime.UTC)
+        sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(csr.subject)
+            .issuer_name(ca.subject)
+            .public_key(csr.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        return cert.public_bytes(serialization.Encoding.PEM)
+
+
+TicketEdit = Callable[[join_pb2.IssueJoinTicketResponse], None]
+
+
+class TicketAuthority(join_pb2_grpc.APIServicer):
+    """The JoinService's ticket semantics for join-client tests, behind real mutual aTLS.
+
+    Keys come from the real derivations, kubelet certificates are really signed by ``ca``, and
+    no handler runs before the aTLS gate verified the caller (``verified_peer()``). ``edit``
+    lets a test corrupt a ticket to check that the client refuses it. ``calls`` records which
+    methods ran (a test asserts that a refused server never received a ticket request).
+    """
+
+    def __init__(
+        self,
+        cluster: ClusterSecrets,
+        ca: ClusterCA,
+        api_server_endpoint: str,
+        components: Sequence[components_pb2.Component] = (),
+        edit: TicketEdit | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.ca = ca
+        self.api_server_endpoint = api_server_endpoint
+        self.components = list(components)
+        self.edit = edit
+        self.calls: list[str] = []
+
+    def IssueJoinTicket(
+        self, request: join_pb2.IssueJoinTicketRequest, context: grpc.ServicerContext
+    ) -> join_pb2.IssueJoinTicketResponse:
+        verified_peer()
+        self.calls.append("IssueJoinTicket")
+        response = join_pb2.IssueJoinTicketResponse(
+            state_disk_key=self.cluster.disk_key(request.disk_uuid),
+            measurement_salt=self.cluster.measurement_salt,
+            measurement_secret=self.cluster.measurement_secret,
+            kubelet_cert=self.ca.sign_kubelet_csr(request.certificate_request),
+            api_server_endpoint=self.api_server_endpoint,
+            token=f"{secrets.token_hex(3)}.{secrets.token_hex(8)}",
+            kubernetes_components=self.components,
+            ca_cert=self.ca.cert_pem,
+        )
+        if self.edit is not None:
+            self.edit(response)
+        return response
+
+    def IssueRejoinTicket(
+        self, request: join_pb2.IssueRejoinTicketRequest, context: grpc.ServicerContext
+    ) -> join_pb2.IssueRejoinTicketResponse:
+        verified_peer()
+        self.calls.append("IssueRejoinTicket")
+        return join_pb2.IssueRejoinTicketResponse(
+            state_disk_key=self.cluster.disk_key(request.disk_uuid),
+            measurement_secret=self.cluster.measurement_secret,
+        )
+
+
+@contextmanager
+def serve_join(
+    authority: TicketAuthority, tpm: Swtpm, event_log: bytes, client_validator: VtpmValidator
+) -> Iterator[Endpoint]:
+    """Serve ``authority`` over mutual aTLS, attesting with ``tpm`` and verifying clients."""
+    server = atls.AttestedServer(
+        VtpmIssuer(tpm.tcti, event_log=event_log), client_validators=[client_validator]
+    )
+    join_pb2_grpc.add_APIServicer_to_server(authority, server.grpc_server)
+    port = server.add_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield Endpoint("127.0.0.1", port)
+    finally:
+        server.stop(None).wait(5)
+
+
+def join_channel_factory(
+    node_tpm: Swtpm, joinservice_measurements: Measurements, *, timeout: float = 10.0
+) -> Callable[[str], atls.AttestedChannel]:
+    """What the bootstrapper wires: mutual aTLS, the node attests, it verifies the service."""
+    issuer = VtpmIssuer(node_tpm.tcti)
+    validator = VtpmValidator(joinservice_measurements)
+
+    def connect(target: str) -> atls.AttestedChannel:
+        return atls.connect(target, [validator], issuer=issuer, timeout=timeout)
+
+    return connect
