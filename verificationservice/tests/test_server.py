@@ -1,0 +1,140 @@
+"""VerificationService endpoints with a real swtpm: evidence validates for the caller's nonce."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+
+from constellation.attestation.errors import ValidationError
+from constellation.attestation.service.metrics import ServiceMetrics
+from constellation.attestation.vtpm import VtpmIssuer
+from constellation.proto import verify_pb2, verify_pb2_grpc
+from constellation.verificationservice.evidence import EvidenceSource
+from constellation.verificationservice.server import (
+    HTTP_METHOD_LABEL,
+    VerificationGrpcServer,
+    VerificationHttpServer,
+)
+
+pytestmark = pytest.mark.swtpm
+
+
+@dataclass
+class Running:
+    grpc_target: str
+    http_base: str
+    metrics: ServiceMetrics
+
+
+def _start(tcti: str) -> tuple[Running, VerificationGrpcServer, VerificationHttpServer]:
+    metrics = ServiceMetrics("verificationservice")
+    source = EvidenceSource(VtpmIssuer(tcti), metrics)
+    grpc_server = VerificationGrpcServer(source, metrics)
+    port = grpc_server.add_port("127.0.0.1:0")
+    http_server = VerificationHttpServer(source, metrics, "127.0.0.1", 0)
+    grpc_server.start()
+    http_server.start()
+    running = Running(f"127.0.0.1:{port}", f"http://127.0.0.1:{http_server.port}", metrics)
+    return running, grpc_server, http_server
+
+
+@pytest.fixture
+def service(swtpm) -> Iterator[Running]:
+    running, grpc_server, http_server = _start(swtpm.tcti)
+    try:
+        yield running
+    finally:
+        http_server.close()
+        grpc_server.grpc_server.stop(None).wait(5)
+
+
+def _get(url: str) -> tuple[int, dict[str, str]]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - loopback only
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_grpc_evidence_validates_for_nonce_and_user_data(swtpm, service, validator_for):
+    validator = validator_for(swtpm.tcti)
+    nonce = os.urandom(32)
+    with grpc.insecure_channel(service.grpc_target) as channel:
+        answer = verify_pb2_grpc.APIStub(channel).GetAttestation(
+            verify_pb2.GetAttestationRequest(nonce=nonce), timeout=30
+        )
+    verified = validator.verify(answer.attestation, nonce)
+    assert verified.user_data == b"VerifyService"
+    with pytest.raises(ValidationError):
+        validator.verify(answer.attestation, os.urandom(32))  # bound to *our* nonce only
+
+
+def test_http_evidence_validates_for_nonce_and_user_data(swtpm, service, validator_for):
+    validator = validator_for(swtpm.tcti)
+    nonce = os.urandom(32)
+    query = base64.urlsafe_b64encode(nonce).decode().rstrip("=")
+    status, body = _get(f"{service.http_base}/?nonce={query}")
+    assert status == 200
+    document = base64.b64decode(body["data"], validate=True)
+    assert validator.validate(document, nonce) == b"VerifyService"
+    assert service.metrics.requests(HTTP_METHOD_LABEL, "200") == 1
+
+
+@pytest.mark.parametrize(
+    "query", ["", "?nonce=", "?nonce=AAAA&nonce=BBBB", "?nonce=%%%", "?nonce=" + "A" * 200]
+)
+def test_http_bad_nonce_is_400(service, query):
+    status, body = _get(f"{service.http_base}/{query}")
+    assert status == 400
+    assert body["error"]
+    assert service.metrics.requests(HTTP_METHOD_LABEL, "400") == 1
+
+
+def test_http_other_paths_and_methods_refused(service):
+    status, _ = _get(f"{service.http_base}/metrics?nonce=AAAA")
+    assert status == 404
+    request = urllib.request.Request(  # noqa: S310 - loopback only
+        f"{service.http_base}/?nonce=AAAA", data=b"", method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)  # noqa: S310 - loopback only
+    assert refused.value.code == 405
+
+
+@pytest.mark.parametrize("nonce", [b"", b"x" * 65])
+def test_grpc_bad_nonce_is_invalid_argument(service, nonce):
+    with grpc.insecure_channel(service.grpc_target) as channel, pytest.raises(grpc.RpcError) as bad:
+        verify_pb2_grpc.APIStub(channel).GetAttestation(
+            verify_pb2.GetAttestationRequest(nonce=nonce), timeout=30
+        )
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert service.metrics.requests("/verify.API/GetAttestation", "INVALID_ARGUMENT") == 1
+
+
+def test_tpm_failure_is_unavailable_without_details(swtpm_factory):
+    (tpm,) = swtpm_factory(1)
+    running, grpc_server, http_server = _start(tpm.tcti)
+    tpm.stop()
+    try:
+        with (
+            grpc.insecure_channel(running.grpc_target) as channel,
+            pytest.raises(grpc.RpcError) as failed,
+        ):
+            verify_pb2_grpc.APIStub(channel).GetAttestation(
+                verify_pb2.GetAttestationRequest(nonce=b"n" * 32), timeout=30
+            )
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        status, body = _get(f"{running.http_base}/?nonce=AAAA")
+        assert status == 503
+        assert body == {"error": "evidence could not be issued"}
+    finally:
+        http_server.close()
+        grpc_server.grpc_server.stop(None).wait(5)
