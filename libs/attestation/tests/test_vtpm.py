@@ -365,3 +365,33 @@ def test_ak_is_stable_across_a_restart_with_kept_state(tmp_path: Path) -> None:
         assert VtpmValidator(Measurements(), trusted_ak_keys={pinned}).validate(document, n)
     finally:
         second.stop()
+
+
+def test_concurrent_extends_never_yield_an_inconsistent_document(swtpm: Swtpm) -> None:
+    import threading
+
+    stop = threading.Event()
+
+    def extend_pcr16() -> None:
+        for _ in range(2000):
+            if stop.is_set():
+                return
+            firmware_measure(swtpm.tcti, b"", 16, hashlib.sha256(b"noise").digest())
+
+    noise = threading.Thread(target=extend_pcr16)
+    noise.start()
+    outcomes = []
+    try:
+        for _ in range(20):
+            n = nonce()
+            try:
+                document = VtpmIssuer(swtpm.tcti).issue(USER_DATA, n)
+            except TpmError as exc:
+                outcomes.append(str(exc))
+                continue
+            assert VtpmValidator(Measurements()).validate(document, n) == USER_DATA
+            outcomes.append("ok")
+    finally:
+        stop.set()
+        noise.join(timeout=60)
+    assert all(o == "ok" or "kept changing" in o for o in outcomes)

@@ -55,6 +55,7 @@ from constellation.attestation.tpm import (
     parse_attest,
     parse_signature,
     parse_tpmt_public,
+    pcr_digest,
 )
 
 DOCUMENT_VERSION = 1
@@ -74,6 +75,10 @@ EventLogSource = bytes | Callable[[], bytes | None] | None
 
 class TpmError(AttestationError):
     """Talking to the TPM failed (not reachable, or a command returned an error)."""
+
+
+class PcrsChangedError(TpmError):
+    """PCRs were extended while they were being read or quoted; reading again may succeed."""
 
 
 def qualifying_data(instance_info: bytes, user_data: bytes, nonce: bytes) -> bytes:
@@ -120,11 +125,13 @@ def read_pcrs(
             break
         update, selection, digests = esapi.pcr_read(_selection(bank, pending))
         if counter not in (-1, update):
-            raise TpmError("PCRs changed while they were being read; try again")
+            raise PcrsChangedError("PCRs changed while they were being read")
         counter = update
         returned = [i for s in selection for i in _selected(s)]
         if not returned:
             break
+        if len(returned) != len(digests):
+            raise TpmError("TPM returned a PCR selection that does not match its values")
         for index, digest in zip(returned, digests, strict=True):
             values[index] = bytes(digest)
         pending = [i for i in pending if i not in values]
@@ -216,11 +223,38 @@ class VtpmIssuer:
         log = source() if callable(source) else source
         return bytes(log) if log else None
 
-    def issue(self, user_data: bytes, nonce: bytes) -> bytes:
-        """Quote PCRs 0..23 with qualifying data bound to ``user_data`` and ``nonce``."""
+    def _quote_once(
+        self, esapi: Any, handle: Any, qualifying: bytes
+    ) -> tuple[dict[int, bytes], list[dict[str, str]]]:
+        """Read PCRs, quote every bank, and make sure the quote covers the values read.
+
+        The PCR update counter is not enough for this: a TPM does not count extends of some
+        PCRs (16 and 21..23 on PC-client TPMs). So the SHA-256 quote's digest is compared with
+        the digest of the values read, and a mismatch means "read again".
+        """
         from tpm2_pytss.constants import TPM2_ALG
         from tpm2_pytss.types import TPM2B_DATA, TPMT_SIG_SCHEME
 
+        _, pcrs = read_pcrs(esapi)
+        read_digest = pcr_digest(pcrs, QUOTED_PCRS, TPM_ALG_SHA256)
+        quotes = []
+        for bank in self._quote_banks:
+            attest, signature = esapi.quote(
+                handle,
+                _selection(bank, QUOTED_PCRS),
+                TPM2B_DATA(qualifying),
+                TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL),
+            )
+            attest_bytes = bytes(attest.attestationData)
+            if bank == "sha256" and parse_attest(attest_bytes).pcr_digest != read_digest:
+                raise PcrsChangedError("PCRs changed between reading and quoting")
+            quotes.append(
+                {"attest": _b64(attest_bytes), "signature": _b64(bytes(signature.marshal()))}
+            )
+        return pcrs, quotes
+
+    def issue(self, user_data: bytes, nonce: bytes) -> bytes:
+        """Quote PCRs 0..23 with qualifying data bound to ``user_data`` and ``nonce``."""
         qualifying = qualifying_data(self._instance_info, user_data, nonce)
         with (
             self._lock,
@@ -228,24 +262,11 @@ class VtpmIssuer:
             _attestation_key(esapi, self._ak_template) as (handle, ak_public),
         ):
             for _ in range(MAX_QUOTE_ATTEMPTS):
-                before, pcrs = read_pcrs(esapi)
-                quotes = []
-                for bank in self._quote_banks:
-                    attest, signature = esapi.quote(
-                        handle,
-                        _selection(bank, QUOTED_PCRS),
-                        TPM2B_DATA(qualifying),
-                        TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL),
-                    )
-                    quotes.append(
-                        {
-                            "attest": _b64(bytes(attest.attestationData)),
-                            "signature": _b64(bytes(signature.marshal())),
-                        }
-                    )
-                after, _ = read_pcrs(esapi, (0,))
-                if before == after:
+                try:
+                    pcrs, quotes = self._quote_once(esapi, handle, qualifying)
                     break
+                except PcrsChangedError:
+                    continue
             else:
                 raise TpmError("PCRs kept changing while quoting; giving up")
         event_log = self._current_event_log()
