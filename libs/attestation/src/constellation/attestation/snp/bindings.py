@@ -17,6 +17,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,11 +32,12 @@ from constellation.attestation.snp.report import Report
 AZURE_AK_KID = "HCLAkPub"
 SHA256_SIZE = 32
 GCP_EXTRA_DATA_SIZE = 32
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _b64url_int(value: Any, name: str) -> int:
-    if not isinstance(value, str) or not value:
-        raise MalformedEvidenceError(f"HCLAkPub.{name} is not a base64url string")
+    if not isinstance(value, str) or not _BASE64URL.fullmatch(value):
+        raise MalformedEvidenceError(f"HCLAkPub.{name} is not an unpadded base64url string")
     try:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
     except (binascii.Error, ValueError):
