@@ -1,0 +1,246 @@
+"""Properties every chart keeps: lint-clean, renders to manifests that validate offline against
+the pinned Kubernetes version, pass yamllint, harden every pod, and refuse invalid values."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from yamllint import linter
+from yamllint.config import YamlLintConfig
+
+REPO = Path(__file__).resolve().parents[2]
+CHARTS = ("keyservice", "joinservice", "verificationservice")
+
+# Values that differ from the defaults in every switch the templates branch on.
+NON_DEFAULT_VALUES: dict[str, dict[str, Any]] = {
+    "keyservice": {
+        "image": {"repository": "registry.example/constellation/keyservice", "tag": "v9.9.9"},
+        "replicas": 3,
+        "metrics": {"enabled": False},
+        "networkPolicy": {"enabled": False},
+        "extraArgs": ["--verbose"],
+        "logLevel": "debug",
+        "commonLabels": {"team": "platform"},
+        "podAnnotations": {"example.com/owner": "platform"},
+    },
+    "joinservice": {
+        "image": {"tag": "v9.9.9", "pullPolicy": "Never"},
+        "healthPort": 9191,
+        "service": {"nodePort": 31090},
+        "keyService": {"endpoint": "keyservice.example.svc:9000"},
+        "metrics": {"enabled": False},
+        "nodeSelector": {},
+        "tolerations": [],
+    },
+    "verificationservice": {
+        "attestationVariant": "azure-sev-snp",
+        "service": {"externalTrafficPolicy": "Cluster", "grpcNodePort": 31081},
+        "tpm": {"privileged": False, "runAsUser": 65532, "supplementalGroups": [59]},
+        "metrics": {"enabled": False},
+        "extraArgs": ["--flag=with space"],
+    },
+}
+VALUE_SETS = ("default", "non-default")
+
+# The rendered output is machine-written YAML: check structure (duplicate keys, syntax,
+# indentation consistency), not human layout.
+YAMLLINT = YamlLintConfig(
+    "extends: default\n"
+    "rules:\n"
+    "  line-length: disable\n"
+    "  document-start: disable\n"
+    "  comments: disable\n"
+    "  comments-indentation: disable\n"
+    "  indentation: {spaces: consistent, indent-sequences: whatever}\n"
+)
+
+WORKLOAD_KINDS = ("Deployment", "DaemonSet", "StatefulSet")
+
+
+def values_for(chart: str, value_set: str) -> dict[str, Any] | None:
+    return copy.deepcopy(NON_DEFAULT_VALUES[chart]) if value_set == "non-default" else None
+
+
+def effective_values(chart: str, value_set: str) -> dict[str, Any]:
+    """The chart's defaults merged with the value set, as helm merges them (maps deep)."""
+    merged: dict[str, Any] = yaml.safe_load((REPO / "charts" / chart / "values.yaml").read_text())
+
+    def merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
+        for key, value in extra.items():
+            if isinstance(value, dict) and value and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+
+    merge(merged, values_for(chart, value_set) or {})
+    return merged
+
+
+def workloads(manifests: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    return (m for m in manifests if m["kind"] in WORKLOAD_KINDS)
+
+
+@pytest.fixture(params=CHARTS)
+def chart(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(params=VALUE_SETS)
+def value_set(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_helm_lint_strict(helm: Path, chart: str, value_set: str, tmp_path: Path) -> None:
+    args = [
+        str(helm),
+        "lint",
+        "--strict",
+        str(REPO / "charts" / chart),
+        "--namespace",
+        "kube-system",
+    ]
+    values = values_for(chart, value_set)
+    if values is not None:
+        (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+        args += ["--values", str(tmp_path / "values.yaml")]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
+
+
+def test_rendered_manifests_validate_against_the_pinned_kubernetes(
+    render: Any, kube_version: str, chart: str, value_set: str
+) -> None:
+    manifests = render(chart, values=values_for(chart, value_set))
+    assert manifests
+    for manifest in manifests:
+        kubernetes_validate.validate(manifest, kube_version, strict=True)
+
+
+def test_offline_validation_rejects_a_broken_manifest(render: Any, kube_version: str) -> None:
+    """The validation above can fail: a wrong type and an unknown field are both caught."""
+    (deployment,) = (m for m in render("keyservice") if m["kind"] == "Deployment")
+    wrong_type = copy.deepcopy(deployment)
+    wrong_type["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "grpc"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(wrong_type, kube_version, strict=True)
+    unknown_field = copy.deepcopy(deployment)
+    unknown_field["spec"]["template"]["spec"]["containers"][0]["readOnlyRootFilesystem"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(unknown_field, kube_version, strict=True)
+
+
+def test_rendered_output_and_values_pass_yamllint(
+    helm_template: Any, chart: str, value_set: str
+) -> None:
+    result = helm_template(chart, values=values_for(chart, value_set))
+    assert result.returncode == 0, result.stderr
+    problems = list(linter.run(result.stdout, YAMLLINT))
+    assert problems == [], "\n".join(map(str, problems))
+    for plain_yaml in ("Chart.yaml", "values.yaml"):
+        text = (REPO / "charts" / chart / plain_yaml).read_text()
+        problems = list(
+            linter.run(
+                text,
+                YamlLintConfig(
+                    "extends: default\nrules: {document-start: disable, line-length: {max: 100}}"
+                ),
+            )
+        )
+        assert problems == [], f"{plain_yaml}: " + "\n".join(map(str, problems))
+
+
+def test_yamllint_rejects_duplicate_keys() -> None:
+    """The yamllint gate can fail on what a template bug typically produces."""
+    problems = list(linter.run("a: 1\na: 2\n", YAMLLINT))
+    assert [p.rule for p in problems] == ["key-duplicates"]
+
+
+def test_every_pod_is_hardened(render: Any, chart: str, value_set: str) -> None:
+    values = effective_values(chart, value_set)
+    manifests = render(chart, values=values_for(chart, value_set))
+    (workload,) = workloads(manifests)
+    pod = workload["spec"]["template"]
+    spec = pod["spec"]
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["enableServiceLinks"] is False
+    for container in spec["containers"]:
+        context = container["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+        if not context.get("privileged", False):
+            assert context["allowPrivilegeEscalation"] is False
+        for kind in ("requests", "limits"):
+            assert set(container["resources"][kind]) >= {"cpu", "memory"}
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert set(container[probe]["grpc"]) == {"port"}
+        tag = values["image"]["tag"] or "0.1.0"
+        assert container["image"] == f"{values['image']['repository']}:{tag}"
+        assert container["image"].startswith("localhost/constellation/") == (
+            "repository" not in (values_for(chart, value_set) or {}).get("image", {})
+        )
+
+
+def test_prometheus_annotations_follow_metrics_port(
+    render: Any, chart: str, value_set: str
+) -> None:
+    values = effective_values(chart, value_set)
+    (workload,) = workloads(render(chart, values=values_for(chart, value_set)))
+    pod = workload["spec"]["template"]
+    annotations = pod["metadata"].get("annotations") or {}
+    ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+    if values["metrics"]["enabled"]:
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == str(ports["metrics"])
+        assert annotations["prometheus.io/path"] == "/metrics"
+        assert ports["metrics"] == values["metrics"]["port"]
+    else:
+        assert "prometheus.io/scrape" not in annotations
+        assert "metrics" not in ports
+
+
+def test_labels_and_names_are_stable(render: Any, chart: str, value_set: str) -> None:
+    for manifest in render(chart, values=values_for(chart, value_set)):
+        labels = manifest["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == chart
+        assert labels["app.kubernetes.io/part-of"] == "constellation"
+        if value_set == "non-default" and chart == "keyservice":
+            assert labels["team"] == "platform"
+
+
+@pytest.mark.parametrize(
+    ("chart_name", "values", "complaint"),
+    [
+        ("keyservice", {"port": 70000}, "port"),
+        ("keyservice", {"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
+        ("keyservice", {"replicas": 0}, "replicas"),
+        ("keyservice", {"masterSecret": {"mountPath": "relative/path"}}, "mountPath"),
+        ("keyservice", {"unknownKey": True}, "unknownKey"),
+        ("keyservice", {"resources": {"requests": {"memory": 64}}}, "memory"),
+        ("joinservice", {"service": {"nodePort": 9090}}, "nodePort"),
+        ("joinservice", {"keyService": {"endpoint": "no port here"}}, "endpoint"),
+        ("joinservice", {"clusterCA": {"secretName": "Not_A_DNS_Name"}}, "secretName"),
+        ("verificationservice", {"attestationVariant": "sgx"}, "attestationVariant"),
+        ("verificationservice", {"tpm": {"devicePath": "/tmp/tpm"}}, "devicePath"),
+        (
+            "verificationservice",
+            {"service": {"externalTrafficPolicy": "Nearby"}},
+            "externalTraffic",
+        ),
+        ("verificationservice", {"tpm": {"runAsUser": -1}}, "runAsUser"),
+    ],
+)
+def test_schema_rejects_invalid_values(
+    helm_template: Any, chart_name: str, values: dict[str, Any], complaint: str
+) -> None:
+    result = helm_template(chart_name, values=values)
+    assert result.returncode != 0
+    assert complaint in result.stderr

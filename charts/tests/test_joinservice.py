@@ -1,0 +1,107 @@
+"""JoinService chart: a DaemonSet on control-plane nodes in kube-system, NodePort 30090 -> 9090,
+join-config mounted so updates reach the pods, cluster CA from kube-system, and RBAC that can
+create Secrets in kube-system and nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+
+def by_kind(manifests: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [m for m in manifests if m["kind"] == kind]
+
+
+@pytest.fixture(scope="module")
+def manifests(render: Any) -> list[dict[str, Any]]:
+    return render("joinservice")
+
+
+def pod_spec(manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    (daemonset,) = by_kind(manifests, "DaemonSet")
+    return dict(daemonset["spec"]["template"]["spec"])
+
+
+def test_daemonset_on_control_plane_nodes(manifests: list[dict[str, Any]]) -> None:
+    spec = pod_spec(manifests)
+    assert spec["nodeSelector"] == {"node-role.kubernetes.io/control-plane": ""}
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert by_kind(manifests, "Deployment") == []
+
+
+def test_nodeport_30090_reaches_the_atls_port(manifests: list[dict[str, Any]]) -> None:
+    (service,) = by_kind(manifests, "Service")
+    assert service["spec"]["type"] == "NodePort"
+    (port,) = service["spec"]["ports"]
+    assert (port["nodePort"], port["port"], port["targetPort"]) == (30090, 9090, "grpc")
+    container = pod_spec(manifests)["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["grpc"] == 9090
+
+
+def test_probes_use_the_plaintext_health_port_not_the_atls_port(
+    manifests: list[dict[str, Any]],
+) -> None:
+    container = pod_spec(manifests)["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["health"] != ports["grpc"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["grpc"]["port"] == ports["health"]
+    assert f"--health-port={ports['health']}" in container["args"]
+
+
+def test_join_config_salt_and_cluster_ca_are_mounted(manifests: list[dict[str, Any]]) -> None:
+    spec = pod_spec(manifests)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["join-config"]["configMap"]["name"] == "join-config"
+    assert {i["key"] for i in volumes["join-config"]["configMap"]["items"]} == {
+        "attestationVariant",
+        "measurements",
+    }
+    assert volumes["measurement-salt"]["secret"]["items"] == [
+        {"key": "measurementSalt", "path": "measurementSalt"}
+    ]
+    assert volumes["cluster-ca"]["secret"]["secretName"] == "constellation-cluster-ca"
+    assert {i["key"] for i in volumes["cluster-ca"]["secret"]["items"]} == {"ca.crt", "ca.key"}
+    mounts = spec["containers"][0]["volumeMounts"]
+    assert {m["name"] for m in mounts} == set(volumes)
+    for mount in mounts:
+        assert mount["readOnly"] is True
+        # A subPath mount never sees ConfigMap updates: the validator could not reload.
+        assert "subPath" not in mount
+
+
+def test_keyservice_endpoint_defaults_to_the_release_namespace(
+    manifests: list[dict[str, Any]], render: Any
+) -> None:
+    args = pod_spec(manifests)["containers"][0]["args"]
+    assert "--keyservice-endpoint=keyservice.kube-system.svc:9000" in args
+    custom = pod_spec(render("joinservice", values={"keyService": {"endpoint": "ks.x.svc:9000"}}))
+    assert "--keyservice-endpoint=ks.x.svc:9000" in custom["containers"][0]["args"]
+
+
+def test_rbac_can_only_create_secrets_in_kube_system(manifests: list[dict[str, Any]]) -> None:
+    assert by_kind(manifests, "ClusterRole") == []
+    assert by_kind(manifests, "ClusterRoleBinding") == []
+    (role,) = by_kind(manifests, "Role")
+    assert role["metadata"]["namespace"] == "kube-system"
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}]
+    (binding,) = by_kind(manifests, "RoleBinding")
+    assert binding["metadata"]["namespace"] == "kube-system"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    (account,) = by_kind(manifests, "ServiceAccount")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "kube-system"}
+    ]
+    assert pod_spec(manifests)["serviceAccountName"] == account["metadata"]["name"]
+
+
+def test_refuses_to_render_outside_kube_system(helm_template: Any) -> None:
+    result = helm_template("joinservice", namespace="default")
+    assert result.returncode != 0
+    assert "must run there; install with --namespace kube-system" in result.stderr
