@@ -21,6 +21,7 @@ from pathlib import Path
 import click
 
 from constellation.attestation.errors import ConstellationError, ValidationError
+from constellation.attestation.measurements import MeasurementsError, MeasurementsSignatureError
 from constellation.cli.context import CLIContext
 from constellation.cli.errors import CLIError
 from constellation.cli.output import Reporter
@@ -81,6 +82,13 @@ def render_error(err: BaseException) -> str:
     """One readable message: what happened and what to do next."""
     if isinstance(err, CLIError):
         hint = err.hint
+    elif isinstance(err, MeasurementsSignatureError):
+        hint = (
+            "the measurements are not signed by the trusted key; check the source and "
+            "--public-key. Nothing was changed"
+        )
+    elif isinstance(err, MeasurementsError):
+        hint = "check the measurements source and the configuration. Nothing was changed"
     elif isinstance(err, ValidationError):
         hint = "the node is not trusted; compare the failed checks with your measurements"
     else:

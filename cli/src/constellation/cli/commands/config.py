@@ -142,6 +142,10 @@ def fetch_measurements_command(
         signature_bytes = fetch_bytes(
             signature_location, max_size=MAX_SIGNATURE_SIZE, timeout=timeout, base=Path.cwd()
         )
+    ctx.reporter.debug(
+        f"fetched {len(data)} bytes from {location}, "
+        f"{len(signature_bytes)} signature bytes from {signature_location}"
+    )
     with ctx.reporter.step("verifying the signature and merging"):
         result = verify_and_merge(config, data, signature_bytes, public_key_pem)
         workspace.save_config(result.config, overwrite=True)

@@ -83,9 +83,11 @@ def verify_command(
     validator = build_validator(config.attestation.variant, measurements)
 
     nonce = fresh_nonce()
+    ctx.reporter.debug(f"nonce {nonce.hex()} (fresh), expecting PCR 15 for the cluster ID")
     with ctx.reporter.step(f"requesting attestation from {target} ({protocol})"):
         request = request_attestation_grpc if protocol == "grpc" else request_attestation_http
         document = request(target, nonce, timeout=timeout)
+    ctx.reporter.debug(f"received a {len(document)}-byte attestation document")
     report = judge(
         validator, measurements, document, nonce, endpoint=str(target), cluster_id=expected_id
     )
