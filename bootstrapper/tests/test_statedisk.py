@@ -163,3 +163,18 @@ def test_default_pbkdf_is_argon2id(disk_file: Path) -> None:
     initial = disk.format()
     assert "argon2id" in disk.dump()
     disk.check_key(initial)
+
+
+def test_rekey_to_the_key_the_cluster_derives_for_this_uuid(disk: StateDisk) -> None:
+    """DESIGN.md §3: disk key = derive_key(master_key, master_salt, "key-" + lowercase(u), 32)."""
+    from constellation.attestation.kdf import derive_key
+
+    master_key, master_salt = secrets.token_bytes(32), secrets.token_bytes(32)
+    initial = disk.format()
+    uuid = disk.uuid()
+    key = DiskKey(derive_key(master_key, master_salt, "key-" + uuid, 32))
+    disk.rekey(initial, key)
+    # A reboot: the node gets the same key again from the cluster for the same UUID.
+    disk.check_key(DiskKey(derive_key(master_key, master_salt, "key-" + disk.uuid(), 32)))
+    other_uuid = DiskKey(derive_key(master_key, master_salt, "key-" + uuid.upper(), 32))
+    assert not disk.key_matches(other_uuid)
