@@ -14,6 +14,7 @@ the verifier, which lists those findings with every other failed check.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,14 +108,41 @@ SIGNING_KEYS: dict[int, str] = {0: "vcek", 1: "vlek", 7: "none"}
 NO_MIGRATION_AGENT = b"\xff" * 32
 
 
-def _int(raw: bytes, name: str) -> int:
-    offset, size = FIELDS[name]
-    return int.from_bytes(raw[offset : offset + size], "little")
+# Integer fields of these sizes unpack natively; everything else is bytes (R and S are
+# 72-byte integers, converted after unpacking).
+_STRUCT_INT_CODES = {1: "B", 4: "I", 8: "Q"}
+_BYTE_FIELDS = frozenset(
+    {
+        "family_id",
+        "image_id",
+        "report_data",
+        "measurement",
+        "host_data",
+        "id_key_digest",
+        "author_key_digest",
+        "report_id",
+        "report_id_ma",
+        "chip_id",
+        "signature_r",
+        "signature_s",
+    }
+)
 
 
-def _bytes(raw: bytes, name: str) -> bytes:
-    offset, size = FIELDS[name]
-    return bytes(raw[offset : offset + size])
+def _layout_struct() -> tuple[struct.Struct, tuple[str, ...]]:
+    """One ``struct`` format covering every field in offset order (gaps as padding)."""
+    fmt, names, cursor = "<", [], 0
+    for name, (offset, size) in sorted(FIELDS.items(), key=lambda item: item[1][0]):
+        if offset < cursor:
+            raise AssertionError(f"report field {name} overlaps its predecessor")
+        fmt += f"{offset - cursor}x" if offset > cursor else ""
+        fmt += f"{size}s" if name in _BYTE_FIELDS else _STRUCT_INT_CODES[size]
+        names.append(name)
+        cursor = offset + size
+    return struct.Struct(fmt), tuple(names)
+
+
+_LAYOUT, _LAYOUT_NAMES = _layout_struct()
 
 
 @dataclass(frozen=True)
@@ -302,55 +330,20 @@ def parse_report(raw: bytes, *, product: str | None = None) -> Report:
         raise MalformedReportError(
             f"an SEV-SNP report is {REPORT_SIZE} bytes, got {len(data)}: truncated or not a report"
         )
-    version = _int(data, "version")
-    has_cpuid = version >= CPUID_MIN_VERSION
-    has_mit = version >= MIT_VECTOR_MIN_VERSION
-    family = _int(data, "cpuid_family") if has_cpuid else None
-    model = _int(data, "cpuid_model") if has_cpuid else None
-    if product is None and family is not None and model is not None:
-        product = product_from_cpuid(family, model)
+    values = dict(zip(_LAYOUT_NAMES, _LAYOUT.unpack_from(data), strict=True))
+    version = values["version"]
+    if version < CPUID_MIN_VERSION:
+        values["cpuid_family"] = values["cpuid_model"] = values["cpuid_stepping"] = None
+    if version < MIT_VECTOR_MIN_VERSION:
+        values["launch_mit_vector"] = values["current_mit_vector"] = None
+    if product is None and values["cpuid_family"] is not None:
+        product = product_from_cpuid(values["cpuid_family"], values["cpuid_model"])
     turin = product == TURIN
-
-    def tcb(name: str) -> TcbVersion:
-        return TcbVersion(_int(data, name), turin=turin)
-
-    return Report(
-        raw=data,
-        version=version,
-        guest_svn=_int(data, "guest_svn"),
-        policy=_int(data, "policy"),
-        family_id=_bytes(data, "family_id"),
-        image_id=_bytes(data, "image_id"),
-        vmpl=_int(data, "vmpl"),
-        signature_algo=_int(data, "signature_algo"),
-        current_tcb=tcb("current_tcb"),
-        platform_info=_int(data, "platform_info"),
-        signer_info=_int(data, "signer_info"),
-        report_data=_bytes(data, "report_data"),
-        measurement=_bytes(data, "measurement"),
-        host_data=_bytes(data, "host_data"),
-        id_key_digest=_bytes(data, "id_key_digest"),
-        author_key_digest=_bytes(data, "author_key_digest"),
-        report_id=_bytes(data, "report_id"),
-        report_id_ma=_bytes(data, "report_id_ma"),
-        reported_tcb=tcb("reported_tcb"),
-        cpuid_family=family,
-        cpuid_model=model,
-        cpuid_stepping=_int(data, "cpuid_stepping") if has_cpuid else None,
-        chip_id=_bytes(data, "chip_id"),
-        committed_tcb=tcb("committed_tcb"),
-        current_build=_int(data, "current_build"),
-        current_minor=_int(data, "current_minor"),
-        current_major=_int(data, "current_major"),
-        committed_build=_int(data, "committed_build"),
-        committed_minor=_int(data, "committed_minor"),
-        committed_major=_int(data, "committed_major"),
-        launch_tcb=tcb("launch_tcb"),
-        launch_mit_vector=_int(data, "launch_mit_vector") if has_mit else None,
-        current_mit_vector=_int(data, "current_mit_vector") if has_mit else None,
-        signature_r=_int(data, "signature_r"),
-        signature_s=_int(data, "signature_s"),
-    )
+    for name in ("current_tcb", "reported_tcb", "committed_tcb", "launch_tcb"):
+        values[name] = TcbVersion(values[name], turin=turin)
+    for name in ("signature_r", "signature_s"):
+        values[name] = int.from_bytes(values[name], "little")
+    return Report(raw=data, **values)
 
 
 def signature_der(report: Report) -> bytes | None:
