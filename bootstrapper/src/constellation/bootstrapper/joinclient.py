@@ -155,8 +155,10 @@ class JoinClient:
             ticket = self._with_retries(
                 "IssueJoinTicket",
                 lambda stub: stub.IssueJoinTicket(request, timeout=self._retry.rpc_timeout_s),
+                stop_when_locked=True,
             )
-        except JoinStoppedError:
+        except JoinStoppedError as exc:
+            _log.info("join.stopped", reason=str(exc))
             return None
         check_join_ticket(ticket, identity)
         cluster_id = derive_cluster_id(ticket.measurement_secret, ticket.measurement_salt)
@@ -221,12 +223,25 @@ class JoinClient:
 
     # -- the bounded retry loop ------------------------------------------------------------
 
-    def _with_retries(self, what: str, call: Callable[[join_pb2_grpc.APIStub], T]) -> T:
+    def _with_retries(
+        self,
+        what: str,
+        call: Callable[[join_pb2_grpc.APIStub], T],
+        *,
+        stop_when_locked: bool = False,
+    ) -> T:
+        """Try every endpoint per attempt; back off between attempts; give up at the bounds.
+
+        With ``stop_when_locked`` (first join) a node lock taken meanwhile (the init server
+        committed) ends the loop at once: this node will never be allowed to join.
+        """
         start = time.monotonic()
         last = "no attempt made"
         for attempt in range(self._retry.max_attempts):
             if self._stop.is_set():
                 raise JoinStoppedError(f"{what}: stopped")
+            if stop_when_locked and self._lock.is_initialized():
+                raise JoinStoppedError(f"{what}: the node lock was taken by the init server")
             endpoints = [str(e) for e in self._metadata.control_plane_endpoints()]
             if not endpoints:
                 last = "the instance metadata lists no control-plane endpoints yet"
