@@ -124,7 +124,7 @@ def _double() -> Attester:
 HAVE_VTPM = importlib.util.find_spec("constellation.attestation.vtpm") is not None
 
 
-@pytest.fixture(params=["ecdsa-double", "qemu-vtpm"])
+@pytest.fixture(params=["ecdsa-double", pytest.param("qemu-vtpm", marks=pytest.mark.swtpm)])
 def attester(request: pytest.FixtureRequest) -> Attester:
     if request.param == "ecdsa-double":
         return _double()

@@ -10,7 +10,7 @@ import pytest
 
 from constellation.attestation import atls
 from constellation.attestation.atls.protocol import HANDSHAKE_METHOD
-from constellation.attestation.errors import ValidationError
+from constellation.attestation.errors import MalformedEvidenceError, ValidationError
 from constellation.proto import atls_pb2, atls_pb2_grpc
 
 
@@ -132,6 +132,19 @@ def test_server_without_evidence_refused(start_server, double):
     running = start_server(Silent())
     with pytest.raises(atls.ATLSHandshakeError):
         atls.connect(running.target, [double.validator()], timeout=5)
+
+
+def test_server_with_malformed_evidence_refused(start_server, double):
+    class Garbage:
+        variant = double.issuer().variant
+
+        def issue(self, user_data: bytes, nonce: bytes) -> bytes:
+            return b"\x00not a document"
+
+    running = start_server(Garbage())
+    with pytest.raises(MalformedEvidenceError):
+        atls.connect(running.target, [double.validator()], timeout=5)
+    assert running.echo.calls == 0
 
 
 def test_server_with_unknown_variant_refused(start_server, double, kit):

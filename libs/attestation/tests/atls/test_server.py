@@ -124,6 +124,18 @@ def test_client_evidence_bound_to_another_key_refused(attester, start_server, ki
     assert running.echo.calls == 0
 
 
+def test_client_with_malformed_evidence_refused(double, start_server, kit):
+    running = start_server(double.issuer(), client_validators=[double.validator()])
+    me = atls.new_client_identity()
+    der = atls.fetch_server_certificate(running.target, me)
+    with _channel(running.target, der, me) as channel:
+        nonce = _server_nonce(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            _call_with(channel, kit.echo_method, double.issuer().variant, b"{garbage", nonce)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert running.echo.calls == 0
+
+
 def test_client_with_wrong_measurements_refused(attester, start_server, kit):
     running = start_server(attester.issuer(), client_validators=[attester.wrong_validator()])
     with (
