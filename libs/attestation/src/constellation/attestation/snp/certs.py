@@ -13,7 +13,9 @@ deprecates (a warning now, an exception "in a future release"). ``load_certifica
 this deliberately: it silences exactly that deprecation warning while parsing and, should the
 library refuse the certificate outright, re-parses a copy whose serial byte is set to 1 while
 keeping the original DER, TBS bytes and fingerprint, so signatures are checked over exactly
-what AMD signed. The serial number is never read.
+what AMD signed. The serial number is never read. (``warnings.catch_warnings`` is process-wide;
+the filter only hides that one deprecation for the duration of a parse, and parsed
+certificates are memoized by the verifier, so this happens once per certificate.)
 
 Chain checks depend only on the certificates, so ``verify_chain`` returns a time-independent
 ``VerifiedChain`` (cacheable by certificate hashes); validity windows are checked per call
