@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -80,3 +81,18 @@ def test_serves_then_shuts_down_gracefully_on_sigterm(run_service, secret_files)
     records = [json.loads(line) for line in log]  # every stderr line is a JSON object
     assert any(r["event"] == "keyservice.data_key_issued" for r in records)
     assert key.data_key.hex() not in "\n".join(log)
+
+
+def test_port_in_use_is_a_clear_error(secret_files):
+    key_file, salt_file = secret_files(b"\x11" * 32, b"\x22" * 32)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run(
+            *("--master-secret-file", str(key_file), "--salt-file", str(salt_file)),
+            *("--listen", "127.0.0.1", "--port", str(port), "--metrics-port", "0"),
+        )
+    assert result.returncode == 2
+    assert "service.listen_failed" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = ServiceMetrics("keyservice")
     server = KeyServiceServer(DataKeys(config.secret), metrics)
     try:
-        port = server.add_port(f"{config.listen}:{config.port}")
+        port = server.add_port(config.address(config.port))
         metrics_server = MetricsServer.start(metrics, config.listen, config.metrics_port)
     except (RuntimeError, OSError) as exc:
         log.error("service.listen_failed", error=str(exc))

@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = EvidenceSource(_issuer(config), metrics)
     grpc_server = VerificationGrpcServer(source, metrics)
     try:
-        grpc_port = grpc_server.add_port(f"{config.listen}:{config.grpc_port}")
+        grpc_port = grpc_server.add_port(config.address(config.grpc_port))
         http_server = VerificationHttpServer(source, metrics, config.listen, config.http_port)
         metrics_server = MetricsServer.start(metrics, config.listen, config.metrics_port)
     except (RuntimeError, OSError) as exc:

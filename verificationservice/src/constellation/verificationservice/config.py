@@ -45,6 +45,11 @@ class VerificationServiceConfig:
     log_level: str
     grace: float
 
+    def address(self, port: int) -> str:
+        """``host:port`` for gRPC, with IPv6 literals bracketed."""
+        host = f"[{self.listen}]" if ":" in self.listen else self.listen
+        return f"{host}:{port}"
+
 
 def _port(text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
