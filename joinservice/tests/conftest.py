@@ -9,14 +9,25 @@ which is what the disk-binding tests rely on.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from constellation.attestation.measurements import Measurements
 from constellation.attestation.swtpm import Swtpm
 from constellation.attestation.vtpm import VtpmIssuer, firmware_measure, open_tpm, read_pcrs
+from constellation.bootstrapper.kubernetes import testing as kube_fixtures
+
+# The loopback control plane (etcd + kube-apiserver from the pinned binaries; skipped with the
+# command that provides them when they are missing). Bound here until the root conftest loads
+# the fixture module for the whole repository.
+kubernetes_lock = kube_fixtures.kubernetes_lock
+kubernetes_components = kube_fixtures.kubernetes_components
+control_plane = kube_fixtures.control_plane
+kube_client = kube_fixtures.kube_client
 
 IMAGE = (b"kernel", b"initrd", b"uki")
 IMAGE_PCRS = (4, 9, 11)
@@ -43,6 +54,22 @@ def image_measurements(node: Node) -> Measurements:
     """The measurements of the node's image (PCRs 4, 9, 11, enforced)."""
     pcrs = node.pcrs()
     return Measurements.from_dict({str(i): pcrs[i].hex() for i in IMAGE_PCRS})
+
+
+def write_mount(directory: Path, generation: str, files: dict[str, bytes]) -> None:
+    """Write files the way the kubelet updates a ConfigMap volume: a new hidden directory,
+    then an atomic swap of the ``..data`` symlink the visible names point through."""
+    target = directory / f"..{generation}"
+    target.mkdir()
+    for name, data in files.items():
+        (target / name).write_bytes(data)
+    tmp = directory / "..data_tmp"
+    tmp.symlink_to(target.name)
+    os.replace(tmp, directory / "..data")
+    for name in files:
+        link = directory / name
+        if not link.is_symlink():
+            link.symlink_to(f"..data/{name}")
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ out."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,8 @@ from constellation.joinservice.joinconfig import (
     parse_join_config,
 )
 
+from .conftest import write_mount
+
 SALT = bytes(range(32))
 
 
@@ -29,22 +30,6 @@ def measurements_json(pcr4: str = "aa" * 32, pcr15: str | None = None) -> bytes:
     if pcr15 is not None:
         doc["15"] = {"expected": pcr15, "warnOnly": True}
     return json.dumps(doc).encode()
-
-
-def write_mount(directory: Path, generation: str, files: dict[str, bytes]) -> None:
-    """Write files the way the kubelet updates a ConfigMap volume: a new timestamped directory,
-    then an atomic swap of the ``..data`` symlink the visible names point through."""
-    target = directory / f"..{generation}"
-    target.mkdir()
-    for name, data in files.items():
-        (target / name).write_bytes(data)
-    tmp = directory / "..data_tmp"
-    tmp.symlink_to(target.name)
-    os.replace(tmp, directory / "..data")
-    for name in files:
-        link = directory / name
-        if not link.is_symlink():
-            link.symlink_to(f"..data/{name}")
 
 
 def good_files(pcr4: str = "aa" * 32) -> dict[str, bytes]:
@@ -172,3 +157,18 @@ def test_watcher_thread_picks_up_change(tmp_path: Path) -> None:
         assert watcher.current.built == "dd" * 32
     finally:
         watcher.stop()
+
+
+def test_salt_from_a_separate_file(tmp_path: Path) -> None:
+    mount = tmp_path / "join-config"
+    mount.mkdir()
+    files = good_files()
+    del files[SALT_FILE]
+    write_mount(mount, "1", files)
+    salt_file = tmp_path / "salt"
+    salt_file.write_bytes(SALT)
+    watcher = JoinConfigWatcher(mount, Builds(), interval=1, salt_file=salt_file)
+    assert watcher.current.config.measurement_salt == SALT
+    salt_file.write_bytes(b"short")
+    assert watcher.poll() is False
+    assert watcher.current.config.measurement_salt == SALT

@@ -24,9 +24,11 @@ from constellation.attestation.service import (
     configure_logging,
     run_until_shutdown,
 )
+from constellation.attestation.service.logging import LEVELS
 from constellation.attestation.variants import get_variant
 from constellation.attestation.vtpm import QEMU_VTPM, VtpmValidator
 from constellation.joinservice.config import (
+    DEFAULT_HEALTH_PORT,
     DEFAULT_METRICS_PORT,
     DEFAULT_NAMESPACE,
     DEFAULT_PORT,
@@ -69,6 +71,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--listen", default="0.0.0.0", help="IP address to serve on")  # noqa: S104
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="aTLS gRPC port")
     parser.add_argument(
+        "--health-port",
+        type=int,
+        default=DEFAULT_HEALTH_PORT,
+        help="plaintext gRPC health port for kubelet probes (0 disables)",
+    )
+    parser.add_argument(
         "--metrics-port",
         type=int,
         default=DEFAULT_METRICS_PORT,
@@ -76,14 +84,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--join-config-dir", type=Path, required=True)
     parser.add_argument(
+        "--measurement-salt-file",
+        type=Path,
+        default=None,
+        help="measurement salt (default: measurementSalt in the join-config dir)",
+    )
+    parser.add_argument(
         "--poll-interval", type=float, default=2.0, help="join-config check interval, seconds"
     )
     parser.add_argument("--keyservice-endpoint", required=True, help="host:port of the KeyService")
     parser.add_argument(
         "--kubeconfig", type=Path, default=None, help="kubeconfig (default: in-cluster account)"
     )
-    parser.add_argument("--ca-cert", type=Path, required=True, help="cluster CA certificate")
-    parser.add_argument("--ca-key", type=Path, required=True, help="cluster CA private key")
+    parser.add_argument(
+        "--ca-cert", "--ca-cert-file", type=Path, required=True, help="cluster CA certificate"
+    )
+    parser.add_argument(
+        "--ca-key", "--ca-key-file", type=Path, required=True, help="cluster CA private key"
+    )
     parser.add_argument(
         "--pki-dir", type=Path, default=None, help="control-plane PKI (default: the CA's dir)"
     )
@@ -91,6 +109,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--components-file", type=Path, required=True)
     parser.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="for disk bindings")
     parser.add_argument("--tpm-tcti", default=DEFAULT_TCTI, help="this node's (v)TPM")
+    parser.add_argument("--log-level", default="info", choices=LEVELS)
     return parser.parse_args(argv)
 
 
@@ -103,7 +122,7 @@ def validator_for(variant: str, measurements: Measurements) -> Validator:
 
 def own_issuer(settings: Settings) -> Issuer:
     """The JoinService attests itself with the variant the cluster runs on."""
-    variant = load_join_config(settings.join_config_dir).variant
+    variant = load_join_config(settings.join_config_dir, settings.measurement_salt_file).variant
     return get_variant(variant).issuer(settings.tpm_tcti)
 
 
@@ -111,8 +130,10 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.create(
         listen_host=args.listen,
         port=args.port,
+        health_port=args.health_port or None,
         metrics_port=args.metrics_port or None,
         join_config_dir=args.join_config_dir,
+        measurement_salt_file=args.measurement_salt_file,
         poll_interval=args.poll_interval,
         keyservice_endpoint=args.keyservice_endpoint,
         kubeconfig=args.kubeconfig,
@@ -139,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
             metrics=metrics,
         )
         port = server.add_port(f"{settings.listen_host}:{settings.port}")
+        if settings.health_port is not None:
+            server.add_health_port(f"{settings.listen_host}:{settings.health_port}")
         closers.insert(0, watcher.stop)
         if settings.metrics_port is not None:
             endpoint = MetricsServer.start(metrics, settings.listen_host, settings.metrics_port)
@@ -147,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         server.start()
         log.info("joinservice.listening", address=settings.listen_host, port=port)
         return run_until_shutdown(
-            shutdown, servers=[server.grpc_server], health=server.health, closers=closers
+            shutdown, servers=server.grpc_servers, health=server.health, closers=closers
         )
     except BaseException:
         for close in closers:
@@ -156,8 +179,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    configure_logging()
     args = parse_args(argv)
+    configure_logging(args.log_level)
     try:
         return run(args)
     except ConstellationError as err:

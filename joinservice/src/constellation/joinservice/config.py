@@ -17,7 +17,9 @@ from typing import Final
 from constellation.joinservice.errors import ConfigError
 
 DEFAULT_PORT: Final = 9090
-DEFAULT_METRICS_PORT: Final = 9091
+#: Plaintext gRPC health only: kubelet probes cannot speak (mutual) aTLS.
+DEFAULT_HEALTH_PORT: Final = 9091
+DEFAULT_METRICS_PORT: Final = 9100
 DEFAULT_NAMESPACE: Final = "kube-system"
 #: The node's own (v)TPM, through the kernel's resource manager; the JoinService attests itself
 #: to joining nodes with it.
@@ -34,8 +36,10 @@ class Settings:
 
     listen_host: str
     port: int
+    health_port: int | None
     metrics_port: int | None
     join_config_dir: Path
+    measurement_salt_file: Path | None
     poll_interval: float
     keyservice_endpoint: str
     kubeconfig: Path | None
@@ -59,7 +63,9 @@ class Settings:
         components_file: Path,
         listen_host: str = "0.0.0.0",  # noqa: S104 - a pod serves on all its interfaces
         port: int = DEFAULT_PORT,
+        health_port: int | None = DEFAULT_HEALTH_PORT,
         metrics_port: int | None = DEFAULT_METRICS_PORT,
+        measurement_salt_file: Path | None = None,
         poll_interval: float = 2.0,
         kubeconfig: Path | None = None,
         pki_dir: Path | None = None,
@@ -71,7 +77,11 @@ class Settings:
             ipaddress.ip_address(listen_host)
         except ValueError:
             problems.append(f"listen host must be an IP address, got {listen_host!r}")
-        for name, value in (("port", port), ("metrics port", metrics_port)):
+        for name, value in (
+            ("port", port),
+            ("health port", health_port),
+            ("metrics port", metrics_port),
+        ):
             if value is not None and not 0 <= value <= 65535:
                 problems.append(f"{name} must be in 0..65535, got {value}")
         if not MIN_POLL_INTERVAL <= poll_interval <= MAX_POLL_INTERVAL:
@@ -95,6 +105,8 @@ class Settings:
         ]
         if kubeconfig is not None:
             files.append(("kubeconfig", kubeconfig))
+        if measurement_salt_file is not None:
+            files.append(("measurement salt", measurement_salt_file))
         for name, path in files:
             if not path.is_file():
                 problems.append(f"{name} file {path} does not exist")
@@ -110,8 +122,10 @@ class Settings:
         return cls(
             listen_host=listen_host,
             port=port,
+            health_port=health_port,
             metrics_port=metrics_port,
             join_config_dir=join_config_dir,
+            measurement_salt_file=measurement_salt_file,
             poll_interval=poll_interval,
             keyservice_endpoint=keyservice_endpoint,
             kubeconfig=kubeconfig,

@@ -8,7 +8,8 @@ mounts it into the JoinService as a directory with one file per key:
 - ``measurements``: the expected measurements as JSON (``{"4": {"expected": "<hex>",
   "warnOnly": false}, ...}``); PCR 15 is always enforced as zero for a join, whatever the file
   says, because a node whose PCR 15 is set has already committed to a cluster;
-- ``measurementSalt``: the cluster's 32-byte measurement salt, raw (``binaryData``).
+- ``measurementSalt``: the cluster's 32-byte measurement salt, raw (``binaryData``). It may
+  instead come from a separate file (``salt_file``), e.g. when it is mounted from a Secret.
 
 ``parse_join_config`` is pure (bytes in, ``JoinConfig`` out or ``JoinConfigError``).
 ``JoinConfigWatcher`` polls the directory at a bounded interval and compares a content digest
@@ -101,21 +102,26 @@ def _read_bounded(path: Path) -> bytes:
     return data
 
 
-def read_join_config_files(directory: Path) -> tuple[bytes, bytes, bytes]:
+def read_join_config_files(
+    directory: Path, salt_file: Path | None = None
+) -> tuple[bytes, bytes, bytes]:
     """Read the three files (following the ConfigMap mount's symlinks)."""
     contents: list[bytes] = []
-    for name in (VARIANT_FILE, MEASUREMENTS_FILE, SALT_FILE):
+    paths = (
+        directory / VARIANT_FILE,
+        directory / MEASUREMENTS_FILE,
+        salt_file if salt_file is not None else directory / SALT_FILE,
+    )
+    for path in paths:
         try:
-            contents.append(_read_bounded(directory / name))
+            contents.append(_read_bounded(path))
         except OSError as exc:
-            raise JoinConfigError(
-                f"cannot read join-config file {name} in {directory}: {exc.strerror}"
-            ) from None
+            raise JoinConfigError(f"cannot read join-config file {path}: {exc.strerror}") from None
     return contents[0], contents[1], contents[2]
 
 
-def load_join_config(directory: Path) -> JoinConfig:
-    return parse_join_config(*read_join_config_files(directory))
+def load_join_config(directory: Path, salt_file: Path | None = None) -> JoinConfig:
+    return parse_join_config(*read_join_config_files(directory, salt_file))
 
 
 @dataclass(frozen=True)
@@ -140,9 +146,11 @@ class JoinConfigWatcher(Generic[T]):
         build: Callable[[JoinConfig], T],
         *,
         interval: float,
+        salt_file: Path | None = None,
         on_change: Callable[[Loaded[T]], None] | None = None,
     ) -> None:
         self._directory = directory
+        self._salt_file = salt_file
         self._build = build
         self._interval = interval
         self._on_change = on_change
@@ -150,7 +158,7 @@ class JoinConfigWatcher(Generic[T]):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_seen = ""
-        config = load_join_config(directory)
+        config = load_join_config(directory, salt_file)
         self._current = Loaded(config, build(config))
         self._last_seen = config.digest
         log.info("joinconfig.loaded", variant=config.variant, digest=config.digest)
@@ -163,7 +171,7 @@ class JoinConfigWatcher(Generic[T]):
     def poll(self) -> bool:
         """Check the mount once; return True if a new config was taken into use."""
         try:
-            raw = read_join_config_files(self._directory)
+            raw = read_join_config_files(self._directory, self._salt_file)
         except JoinConfigError as exc:
             # A half-swapped mount or a deleted ConfigMap: keep serving what we have.
             if self._last_seen != "unreadable":

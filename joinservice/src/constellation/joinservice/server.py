@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from concurrent import futures
 from pathlib import Path
 from typing import Any, Final
 
@@ -151,17 +152,36 @@ class JoinServer:
         )
         join_pb2_grpc.add_APIServicer_to_server(JoinServicer(tickets), self.atls.grpc_server)
         self.health.attach(self.atls.grpc_server)
+        # Kubelet gRPC probes speak neither TLS nor aTLS: health also gets a plaintext server
+        # that serves nothing else (see ``add_health_port``).
+        self.health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        self.health.attach(self.health_server)
+        self._health_ports = 0
         self._stopped = threading.Event()
 
     @property
-    def grpc_server(self) -> grpc.Server:
-        return self.atls.grpc_server
+    def grpc_servers(self) -> list[grpc.Server]:
+        servers = [self.atls.grpc_server]
+        if self._health_ports:
+            servers.append(self.health_server)
+        return servers
 
     def add_port(self, address: str) -> int:
+        """Serve the attested API (and health) on ``address``; returns the bound port."""
         return self.atls.add_port(address)
+
+    def add_health_port(self, address: str) -> int:
+        """Serve only ``grpc.health.v1``, in plaintext, on ``address``."""
+        port = self.health_server.add_insecure_port(address)
+        if port == 0:
+            raise ConfigError(f"cannot listen for health checks on {address}")
+        self._health_ports += 1
+        return port
 
     def start(self) -> None:
         self.atls.start()
+        if self._health_ports:
+            self.health_server.start()
         self.health.serving()
         log.info("joinservice.started")
 
@@ -171,7 +191,9 @@ class JoinServer:
             return
         self._stopped.set()
         self.health.not_serving()
-        self.atls.stop(grace).wait(grace + 1.0)
+        stopping = [server.stop(grace) for server in self.grpc_servers]
+        for event in stopping:
+            event.wait(grace + 1.0)
         log.info("joinservice.stopped")
 
 
@@ -198,6 +220,7 @@ def build_join_server(
         settings.join_config_dir,
         lambda config: build_expectations(config, measurement_secret, validator_factory),
         interval=settings.poll_interval,
+        salt_file=settings.measurement_salt_file,
     )
     ca = SigningCA.from_pem(
         _read_file(settings.ca_cert_file, "CA certificate"),

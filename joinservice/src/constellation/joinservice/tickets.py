@@ -4,15 +4,16 @@ By the time a handler runs, the mutual-aTLS server has validated the caller's fr
 against the current ``join-config`` (``expectations.PeerValidator``). A ticket is then issued
 in this order, each step able to refuse before anything is created in the cluster:
 
-1. the request is well-formed (disk UUID format, CSR size and content): else
-   INVALID_ARGUMENT;
-2. the peer attested in the right state: PCR 15 zero for a join, the cluster's node-lock
+1. the request is well-formed (disk UUID format, CSR size): else INVALID_ARGUMENT;
+2. the peer has an identity, the SHA-256 of its attestation key's public key (named in every
+   later log line);
+3. the peer attested in the right state: PCR 15 zero for a join, the cluster's node-lock
    marker for a rejoin (``expectations.require``);
-3. the peer has an identity (SHA-256 of its attestation key's public key) and the disk UUID is
-   bound to that identity, or becomes bound to it now (``kubernetes.DiskBindings``): a disk
-   key is never handed to a second machine;
-4. keys from the KeyService (disk key, measurement secret), a bootstrap token through the
-   API, the kubelet certificate signed by the cluster CA, the cluster files.
+4. (join) the kubelet CSR is valid and signed by the cluster CA (``kubelet_cert``);
+5. the disk UUID is bound to that identity, or becomes bound to it now
+   (``kubernetes.DiskBindings``): a disk key is never handed to a second machine;
+6. keys from the KeyService (disk key, measurement secret), the cluster files and, last, a
+   bootstrap token created through the API.
 
 Every decision is logged once, as ``join.issued`` or ``join.refused``, with the peer identity,
 the variant, the outcome and, for a refusal, every failed check. Keys and tokens never reach
@@ -210,9 +211,9 @@ class TicketIssuer:
             uuid_text = canonical_disk_uuid(disk_uuid)
             expectations = self._expectations()
             context["join_config"] = expectations.config.digest
-            require(peer, Expectation.REJOIN, expectations)
             identity = node_identity(peer)
             context["peer"] = identity
+            require(peer, Expectation.REJOIN, expectations)
             binding = self._bindings.bind(uuid_text, identity)
             ticket = RejoinTicket(
                 state_disk_key=self._keys.state_disk_key(uuid_text),
@@ -231,9 +232,9 @@ class TicketIssuer:
         check_csr_size(request.csr_pem)
         expectations = self._expectations()
         context["join_config"] = expectations.config.digest
-        require(peer, Expectation.JOIN, expectations)
         identity = node_identity(peer)
         context["peer"] = identity
+        require(peer, Expectation.JOIN, expectations)
         signed = self._signer.sign(request.csr_pem)
         context["node"] = signed.node_name
         binding = self._bindings.bind(uuid_text, identity)
