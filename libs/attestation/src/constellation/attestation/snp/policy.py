@@ -96,6 +96,9 @@ def _expected_report_data(value: bytes) -> bytes:
 class Policy:
     """The standard SEV-SNP policy. Defaults are the strict ones.
 
+    ``minimum_tcb`` applies to REPORTED_TCB: that is the TCB whose key signed the report (the
+    verifier demands it equal the V[CL]EK's and not exceed CURRENT_TCB), so a host cannot
+    satisfy the minimum with a current TCB while signing with an older key.
     ``report_data`` shorter than 64 bytes is compared zero-padded (how SNP guests place a
     32-byte value). ``vmpl=None`` accepts any VMPL.
     """
