@@ -33,7 +33,7 @@ from constellation.bootstrapper.joinclient import (
 from constellation.bootstrapper.kubernetes import testing as kube_fixtures
 from constellation.bootstrapper.metadata import Endpoint, Role, write_metadata_file
 from constellation.bootstrapper.nodestate import NodeState, load_node_state, save_node_state
-from constellation.bootstrapper.registration import KubeletFiles, register_node
+from constellation.bootstrapper.registration import KubeletFiles, RegistrationError, register_node
 from constellation.bootstrapper.statedisk import DiskKey, StateDiskKeyError
 from constellation.bootstrapper.testing import (
     ZERO_PCR,
@@ -337,3 +337,16 @@ def test_join_registers_the_node_with_its_kubelet_certificate(
 
     node = k8s.CoreV1Api(kube_client).read_node("worker-1")
     assert node.metadata.name == "worker-1"
+
+    # The kubelet certificate is an identity, not a master key: the API server's Node
+    # authorizer refuses it for any other node's object.
+    with pytest.raises(RegistrationError, match="HTTP 403"):
+        register_node(
+            api_server_endpoint=control_plane.server,
+            files=KubeletFiles(setup.node.directory / "state" / "kubelet"),
+            node_name="worker-2",
+            node_ip="127.0.0.3",
+        )
+    # No kubelet runs here, so nothing reports the node Ready (documented in registration).
+    conditions = node.status.conditions or []
+    assert not any(c.type == "Ready" and c.status == "True" for c in conditions)
