@@ -274,3 +274,23 @@ def test_http_protocol(invoke: Any, node: Node) -> None:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def test_flags_replace_the_state_file(invoke: Any, node: Node) -> None:
+    Workspace(node.workspace).state_path.unlink()
+    cluster_id = base64.b64encode(node.cluster_id).decode()
+    result = invoke(node.workspace, "verify", "-e", node.endpoint, "--cluster-id", cluster_id)
+    assert result.code == 0, result.stderr
+    missing = invoke(node.workspace, "verify", "-e", node.endpoint)
+    assert missing.code == 1
+    assert "constellation-state.yaml does not exist" in missing.stderr
+
+
+def test_state_without_cluster_id_is_refused(invoke: Any, node: Node) -> None:
+    workspace = Workspace(node.workspace)
+    workspace.save_state(ClusterState(name="mini", verify_endpoint=Endpoint.parse(node.endpoint)))
+    result = invoke(node.workspace, "verify")
+    assert result.code == 1
+    assert "no cluster ID" in result.stderr
+    assert "--cluster-id" in result.stderr
+    assert node.behaviour.requests == []

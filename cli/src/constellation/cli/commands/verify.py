@@ -120,8 +120,7 @@ def _target(state: ClusterState | None, endpoint: str | None, node: str | None) 
         if node is not None:
             if ":" in node:
                 return Endpoint.parse(node, where="--node-endpoint")
-            assert state is not None
-            for record in state.nodes:
+            for record in _required(state).nodes:
                 if record.name == node and record.verify_endpoint is not None:
                     return record.verify_endpoint
             raise VerifyError(
@@ -132,12 +131,12 @@ def _target(state: ClusterState | None, endpoint: str | None, node: str | None) 
             return Endpoint.parse(endpoint, where="--endpoint")
     except MetadataError as err:
         raise click.BadParameter(str(err)) from None
-    assert state is not None
-    if state.verify_endpoint is None:
+    verify_endpoint = _required(state).verify_endpoint
+    if verify_endpoint is None:
         raise WorkspaceError(
             "the state file has no verification endpoint", hint="pass -e/--endpoint host:port"
         )
-    return state.verify_endpoint
+    return verify_endpoint
 
 
 def _cluster_id(state: ClusterState | None, text: str | None) -> bytes:
@@ -151,13 +150,20 @@ def _cluster_id(state: ClusterState | None, text: str | None) -> bytes:
                 f"a cluster ID has 32 bytes, got {len(value)}", param_hint="--cluster-id"
             )
         return value
-    assert state is not None
-    if state.cluster_id is None:
+    cluster_id = _required(state).cluster_id
+    if cluster_id is None:
         raise WorkspaceError(
             "the state file has no cluster ID (the cluster was not initialized)",
             hint="pass --cluster-id <base64>",
         )
-    return state.cluster_id
+    return cluster_id
+
+
+def _required(state: ClusterState | None) -> ClusterState:
+    # _state_if_needed loads the state whenever a value has to come from it.
+    if state is None:
+        raise WorkspaceError("the state file was not loaded", hint="pass the value as a flag")
+    return state
 
 
 def _print_report(ctx: CLIContext, report: VerifyReport) -> None:
