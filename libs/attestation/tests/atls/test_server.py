@@ -202,10 +202,19 @@ def test_client_nonce_chosen_by_client_is_refused(double, start_server, kit):
     assert running.echo.calls == 0
 
 
-def test_validators_can_be_replaced_without_restart(double, start_server, kit):
+def test_replacing_validators_applies_to_new_and_remembered_clients(double, start_server, kit):
     running = start_server(double.issuer(), client_validators=[double.validator()])
-    assert running.server.client_gate is not None
-    running.server.client_gate.set_validators(lambda: [double.wrong_validator()])
+    gate = running.server.client_gate
+    assert gate is not None
+    with atls.connect(
+        running.target, [double.validator()], issuer=double.issuer(), timeout=20
+    ) as remembered:
+        kit.call_echo(remembered.channel)
+        gate.set_validators(lambda: [double.wrong_validator()])
+        # The remembered client must attest again; its nonce is used up, so it is refused.
+        with pytest.raises(grpc.RpcError) as again:
+            kit.call_echo(remembered.channel)
+    assert again.value.code() == grpc.StatusCode.UNAUTHENTICATED
     with (
         atls.connect(
             running.target, [double.validator()], issuer=double.issuer(), timeout=20
@@ -214,6 +223,7 @@ def test_validators_can_be_replaced_without_restart(double, start_server, kit):
     ):
         kit.call_echo(conn.channel)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert running.echo.calls == 1
 
 
 def test_issuing_client_needs_a_mutual_server(double, start_server):

@@ -68,6 +68,10 @@ class _ExpiringMap(Generic[_V]):
         with self._lock:
             return len(self._entries)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
     def _expire(self, now: float) -> None:
         # Entries are in insertion order and share one ttl, so expired ones are at the front.
         while self._entries:
@@ -112,3 +116,7 @@ class VerifiedPeers:
 
     def lookup(self, cert_fingerprint: bytes) -> VerifiedEvidence | None:
         return self._peers.get(cert_fingerprint, remove=False)
+
+    def forget_all(self) -> None:
+        """Drop every remembered client, so each must attest again (new trusted inputs)."""
+        self._peers.clear()

@@ -122,8 +122,14 @@ class ClientAttestationInterceptor(grpc.ServerInterceptor):  # type: ignore[type
         self._unprotected = unprotected_methods
 
     def set_validators(self, validators: ValidatorSource) -> None:
-        """Replace the validators (e.g. after new measurements were published)."""
+        """Replace the validators (e.g. after new measurements were published).
+
+        Clients verified under the old validators must attest again. (A callable source is
+        consulted for every new piece of evidence; clients already remembered keep their
+        verdict until it expires, so call this when the trusted inputs change.)
+        """
         self._validators = validators
+        self._peers.forget_all()
 
     def intercept_service(
         self,

@@ -1,0 +1,64 @@
+"""Ephemeral aTLS identities: SPKI binding, the public client CA, redaction."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from constellation.attestation import atls
+from constellation.attestation.atls.certificates import (
+    CLIENT_CA_CERT_PEM,
+    CertificateError,
+    spki_hash_of_der,
+    spki_hash_of_pem,
+)
+
+
+def test_spki_hash_is_sha256_of_der_public_key():
+    identity = atls.new_server_identity()
+    cert = x509.load_der_x509_certificate(identity.cert_der)
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert identity.spki_hash == hashlib.sha256(spki).digest()
+    assert spki_hash_of_pem(identity.cert_pem) == identity.spki_hash
+
+
+def test_every_identity_has_a_fresh_key():
+    assert atls.new_server_identity().spki_hash != atls.new_server_identity().spki_hash
+    assert atls.new_client_identity().spki_hash != atls.new_client_identity().spki_hash
+
+
+def test_server_certificate_names_the_pinned_server_name():
+    cert = x509.load_der_x509_certificate(atls.new_server_identity().cert_der)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == [atls.SERVER_NAME]
+
+
+def test_client_certificate_chains_to_the_public_client_ca():
+    ca = x509.load_pem_x509_certificate(CLIENT_CA_CERT_PEM)
+    client = x509.load_der_x509_certificate(atls.new_client_identity().cert_der)
+    assert client.issuer == ca.subject
+    public_key = ca.public_key()
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    client.verify_directly_issued_by(ca)
+
+
+@pytest.mark.parametrize("der", [b"", b"\x30\x03\x02\x01\x00", b"not a certificate"])
+def test_unparsable_certificates_are_typed_errors(der):
+    with pytest.raises(CertificateError):
+        spki_hash_of_der(der)
+    with pytest.raises(CertificateError):
+        spki_hash_of_pem(der)
+
+
+def test_identity_repr_hides_the_private_key():
+    identity = atls.new_client_identity()
+    text = repr(identity)
+    assert "redacted" in text
+    assert "PRIVATE" not in text
+    assert identity.key_pem.decode() not in text
