@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from constellation.attestation import atls
 from constellation.attestation.atls.certificates import (
     CLIENT_CA_CERT_PEM,
+    INSPECTION_NONCE,
     CertificateError,
     spki_hash_of_der,
     spki_hash_of_pem,
@@ -62,3 +63,21 @@ def test_identity_repr_hides_the_private_key():
     assert "redacted" in text
     assert "PRIVATE" not in text
     assert identity.key_pem.decode() not in text
+
+
+@pytest.mark.swtpm
+def test_inspection_attestation_is_embedded_under_the_variant_oid(
+    vtpm_attester_factory, start_server
+):
+    attester = vtpm_attester_factory()  # the registry knows OIDs of real variants only
+    running = start_server(attester.issuer(), embed_inspection_attestation=True)
+    der = atls.fetch_server_certificate(running.target, atls.new_client_identity())
+    cert = x509.load_der_x509_certificate(der)
+    extension = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier("1.3.9900.5.1"))
+    assert not extension.critical
+    document = extension.value.value
+    verified = attester.validator().verify(document, INSPECTION_NONCE)
+    assert verified.user_data == running.server.identity.spki_hash
+    # the handshake still demands fresh evidence; the embedded one is for display only
+    with atls.connect(running.target, [attester.validator()], timeout=20) as conn:
+        assert conn.server.user_data == verified.user_data

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -126,14 +127,39 @@ def _identity(key: ec.EllipticCurvePrivateKey, certificate: x509.Certificate) ->
     )
 
 
-def new_server_identity(now: datetime.datetime | None = None) -> TLSIdentity:
-    """A fresh P-256 key with a self-signed certificate for :data:`SERVER_NAME`."""
+#: Nonce of the inspection-only attestation embedded in a server certificate. It is constant,
+#: so that evidence is *not fresh* and the protocol never relies on it (see
+#: ``new_server_identity``).
+INSPECTION_NONCE = bytes(32)
+
+InspectionEvidence = Callable[[bytes], tuple[str, bytes]]
+
+
+def new_server_identity(
+    now: datetime.datetime | None = None, *, inspection_evidence: InspectionEvidence | None = None
+) -> TLSIdentity:
+    """A fresh P-256 key with a self-signed certificate for :data:`SERVER_NAME`.
+
+    ``inspection_evidence(spki_hash) -> (variant OID, document)`` embeds a static attestation
+    (over the key's SPKI hash and :data:`INSPECTION_NONCE`) as a non-critical extension under
+    the variant's OID, so tools such as ``openssl x509 -text`` can show what the server claims
+    to run. It is for inspection only: with a constant nonce it proves nothing about freshness,
+    and clients always demand fresh evidence through the handshake.
+    """
     now = now or datetime.datetime.now(datetime.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Constellation aTLS server")])
+    builder = x509.CertificateBuilder()
+    if inspection_evidence is not None:
+        spki = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        oid, document = inspection_evidence(hashlib.sha256(spki).digest())
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), document), critical=False
+        )
     certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
+        builder.subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())

@@ -24,6 +24,7 @@ from cryptography import x509
 
 from constellation.attestation.atls.certificates import (
     CLIENT_CA_CERT_PEM,
+    INSPECTION_NONCE,
     TLSIdentity,
     new_server_identity,
     spki_hash,
@@ -44,6 +45,7 @@ from constellation.attestation.errors import (
     ValidationError,
 )
 from constellation.attestation.evidence import Issuer, Validator, VerifiedEvidence
+from constellation.attestation.variants import get_variant
 from constellation.proto import atls_pb2, atls_pb2_grpc
 
 _log = structlog.get_logger("constellation.atls")
@@ -250,11 +252,20 @@ def _gate_handler(
     return handler
 
 
+def _inspection_evidence(issuer: Issuer) -> Callable[[bytes], tuple[str, bytes]]:
+    def evidence(spki_hash: bytes) -> tuple[str, bytes]:
+        oid = get_variant(issuer.variant).oid
+        return oid, issuer.issue(spki_hash, INSPECTION_NONCE)
+
+    return evidence
+
+
 class AttestedServer:
     """A grpc server that attests itself (and, if ``client_validators`` is given, its clients).
 
     ``interceptors`` run before the client-attestation gate, so metrics and error mapping see
-    refused calls too.
+    refused calls too. ``embed_inspection_attestation`` puts a static, non-fresh attestation
+    into the certificate for tools to display (``certificates.new_server_identity``).
     """
 
     def __init__(
@@ -269,8 +280,15 @@ class AttestedServer:
         nonces: NonceStore | None = None,
         peers: VerifiedPeers | None = None,
         identity: TLSIdentity | None = None,
+        embed_inspection_attestation: bool = False,
     ) -> None:
-        self.identity = identity or new_server_identity()
+        if identity is None:
+            identity = new_server_identity(
+                inspection_evidence=_inspection_evidence(issuer)
+                if embed_inspection_attestation
+                else None
+            )
+        self.identity = identity
         self.mutual = client_validators is not None
         self._nonces = (nonces or NonceStore()) if self.mutual else None
         chain = list(interceptors)
