@@ -40,7 +40,7 @@ from kubernetes import config as k8s_config
 
 from constellation.attestation.atls import connect
 from constellation.attestation.measurements import Measurements
-from constellation.attestation.service import ServiceMetrics
+from constellation.attestation.service import ServiceMetrics, configure_logging
 from constellation.attestation.swtpm import SwtpmManager
 from constellation.attestation.vtpm import (
     VtpmIssuer,
@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=16, help="JoinService gRPC workers")
     args = parser.parse_args()
+    configure_logging("warning")  # decisions are logged per join; keep the figures readable
 
     lock_path = find_lock()
     if lock_path is None:
@@ -164,6 +165,7 @@ def main() -> None:
                 core=k8s.CoreV1Api(api),
                 keyservice=ks_channel,
                 metrics=metrics,
+                max_workers=args.workers,
             )
             target = f"127.0.0.1:{server.add_port('127.0.0.1:0')}"
             server.start()

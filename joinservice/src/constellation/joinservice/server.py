@@ -206,6 +206,7 @@ def build_join_server(
     keyservice: grpc.Channel,
     metrics: ServiceMetrics | None = None,
     token_issuer: TokenIssuer | None = None,
+    max_workers: int = 16,
 ) -> tuple[JoinServer, JoinConfigWatcher[Expectations]]:
     """Assemble the service from its settings and its collaborators.
 
@@ -238,7 +239,11 @@ def build_join_server(
     )
     peer_validator = PeerValidator(lambda: watcher.current.built, timer=metrics.time_attestation)
     server = JoinServer(
-        issuer=issuer, tickets=tickets, peer_validator=peer_validator, metrics=metrics
+        issuer=issuer,
+        tickets=tickets,
+        peer_validator=peer_validator,
+        metrics=metrics,
+        max_workers=max_workers,
     )
     return server, watcher
 
