@@ -1,14 +1,15 @@
-"""``constellation verify`` against a real vTPM document from swtpm.
+"""``constellation verify`` against real vTPM evidence from swtpm.
 
-No VerificationService package exists to start here, so a tiny in-test gRPC server plays its
-part: it answers ``verify.API/GetAttestation`` with evidence issued by ``VtpmIssuer`` on a real
-swtpm whose PCR 15 was marked with the cluster ID by the real node lock. The fixture can be
-told to misbehave (replay an old document, use other user data) so each check is seen to reject.
+Two kinds of node: the real VerificationService command (a subprocess quoting with the swtpm),
+and a small in-test gRPC server that issues with ``VtpmIssuer`` on the same kind of swtpm but
+can be told to misbehave (replay an old document, use other user data), so every check is seen
+to reject. In both, PCR 15 was marked with the cluster ID by the real node lock.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.server
 import json
 import os
@@ -64,6 +65,7 @@ class Node:
     endpoint: str
     behaviour: NodeBehaviour
     issuer: VtpmIssuer
+    event_log: bytes
 
 
 @pytest.fixture
@@ -98,7 +100,7 @@ def node(swtpm: Any, tmp_path: Path) -> Iterator[Node]:
         )
     )
     try:
-        yield Node(tmp_path, cluster_id, pcrs, str(endpoint), behaviour, issuer)
+        yield Node(tmp_path, cluster_id, pcrs, str(endpoint), behaviour, issuer, log)
     finally:
         server.stop(grace=None).wait(5)
 
@@ -294,3 +296,93 @@ def test_state_without_cluster_id_is_refused(invoke: Any, node: Node) -> None:
     assert "no cluster ID" in result.stderr
     assert "--cluster-id" in result.stderr
     assert node.behaviour.requests == []
+
+
+@dataclass
+class RealService:
+    grpc_endpoint: str
+    http_endpoint: str
+
+
+@pytest.fixture
+def real_service(node: Node, swtpm: Any, tmp_path: Path) -> Iterator[RealService]:
+    """The real VerificationService command, quoting with the node's swtpm; killed by PID."""
+    import queue
+    import subprocess
+    import sys
+    import time
+
+    event_log = tmp_path / "event.log"
+    event_log.write_bytes(node.event_log)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "constellation.verificationservice",
+            *("--tpm", swtpm.tcti, "--event-log", str(event_log), "--listen", "127.0.0.1"),
+            *("--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 30
+        started: dict[str, Any] | None = None
+        seen: list[str] = []
+        while started is None and (left := deadline - time.monotonic()) > 0:
+            try:
+                line = lines.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                if process.poll() is not None:
+                    break
+                continue
+            seen.append(line)
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if record.get("event") == "service.started":
+                    started = record
+        if started is None:
+            pytest.fail(f"the VerificationService did not start: {seen}")
+        yield RealService(f"127.0.0.1:{started['grpc_port']}", f"127.0.0.1:{started['http_port']}")
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+
+
+def test_real_verification_service_over_grpc_and_http(
+    invoke: Any, node: Node, real_service: RealService
+) -> None:
+    grpc_result = invoke(node.workspace, "verify", "-e", real_service.grpc_endpoint, "-o", "json")
+    assert grpc_result.code == 0, grpc_result.stderr
+    assert json.loads(grpc_result.stdout)["verified"] is True
+    http_result = invoke(
+        node.workspace, "verify", "--protocol", "http", "-e", real_service.http_endpoint
+    )
+    assert http_result.code == 0, http_result.stderr
+
+
+def test_real_verification_service_on_a_tampered_node_is_refused(
+    invoke: Any, node: Node, real_service: RealService, swtpm: Any, tmp_path: Path
+) -> None:
+    # Something outside the measured boot chain extends PCR 4 after boot (the event log
+    # the service attaches does not know it): both the replay and PCR 4 must fail.
+    with open_tpm(swtpm.tcti) as esapi:
+        from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
+        from tpm2_pytss.types import TPML_DIGEST_VALUES, TPMT_HA, TPMU_HA
+
+        digest = TPMU_HA(sha256=os.urandom(32))
+        values = TPML_DIGEST_VALUES([TPMT_HA(hashAlg=TPM2_ALG.SHA256, digest=digest)])
+        esapi.pcr_extend(ESYS_TR.parse("PCR4"), values)
+    result = invoke(node.workspace, "verify", "-e", real_service.grpc_endpoint, "-o", "json")
+    assert result.code == 1
+    assert _checks(json.loads(result.stdout)) == {"pcr[4]", "eventlog.replay[pcr4]"}
