@@ -18,7 +18,9 @@ The protocol, step by step
 Server start (``AttestedServer``):
   S1. Generate an ephemeral ECDSA P-256 key and a self-signed certificate for the DNS name
       ``SERVER_NAME`` (``certificates.new_server_identity``). Nothing trusts this certificate
-      by chain; its key is what the evidence will name.
+      by chain; its key is what the evidence will name. Optionally it carries a static
+      attestation under the variant's OID for tools to display; it is never trusted (its
+      nonce is constant, so it is not fresh).
   S2. Serve TLS with it. A *mutual* server (``client_validators`` given) also demands a client
       certificate chaining to the public aTLS client CA (see ``certificates`` for why that
       CA's key may be public) and installs the client-attestation gate (S5).

@@ -107,7 +107,7 @@ class VerifiedPeers:
     """Evidence already verified for a client certificate (keyed by SHA-256 of its DER)."""
 
     def __init__(
-        self, capacity: int = 1024, ttl: float = 3600.0, clock: Clock = time.monotonic
+        self, capacity: int = 1024, ttl: float = 600.0, clock: Clock = time.monotonic
     ) -> None:
         self._peers: _ExpiringMap[VerifiedEvidence] = _ExpiringMap(capacity, ttl, clock)
 
