@@ -89,3 +89,16 @@ def test_console_script_exit_codes(tmp_path: Path) -> None:
     assert "Traceback" not in failed.stderr
     usage = subprocess.run([*command, "--bogus"], capture_output=True, text=True, check=False)
     assert usage.returncode == 2
+
+
+def test_library_logs_go_to_stderr(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import structlog
+
+    from constellation.cli.root import run
+
+    assert run(["-C", str(tmp_path), "--debug", "version", "-o", "json"]) == 0
+    capsys.readouterr()
+    structlog.get_logger("constellation.test").debug("probe.event")
+    captured = capsys.readouterr()
+    assert "probe.event" in captured.err
+    assert captured.out == ""

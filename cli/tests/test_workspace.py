@@ -118,3 +118,13 @@ def test_corrupt_state_is_a_typed_error(tmp_path: Path, content: str, message: s
     workspace.state_path.write_text(content)
     with pytest.raises(WorkspaceError, match=message):
         workspace.load_state()
+
+
+def test_log_path_creates_private_logs_dir(tmp_path: Path) -> None:
+    workspace = Workspace(tmp_path)
+    path = workspace.log_path("mini-up.log")
+    assert path == tmp_path / "logs" / "mini-up.log"
+    assert stat.S_IMODE((tmp_path / "logs").stat().st_mode) == 0o700
+    for bad in ("", "../escape", ".."):
+        with pytest.raises(WorkspaceError):
+            workspace.log_path(bad)

@@ -22,6 +22,7 @@ import click
 
 from constellation.attestation.errors import ConstellationError, ValidationError
 from constellation.attestation.measurements import MeasurementsError, MeasurementsSignatureError
+from constellation.attestation.service.logging import configure_logging
 from constellation.cli.context import CLIContext
 from constellation.cli.errors import CLIError
 from constellation.cli.output import Reporter
@@ -53,6 +54,8 @@ Examples:
 @click.option("--debug", is_flag=True, help="Verbose logs and tracebacks on errors.")
 @click.pass_context
 def root(ctx: click.Context, workspace: Path, debug: bool) -> None:
+    # Library logs (structlog and stdlib) go to stderr, never into the data on stdout.
+    configure_logging("debug" if debug else "warning", stream=sys.stderr)
     ctx.obj = CLIContext(
         workspace=Workspace(workspace), reporter=Reporter(debug=debug), debug=debug
     )

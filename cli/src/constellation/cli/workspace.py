@@ -246,6 +246,20 @@ class Workspace:
     def logs_dir(self) -> Path:
         return self.root / LOGS_DIR
 
+    def log_path(self, name: str) -> Path:
+        """A file under ``logs/`` for a long-running command (the directory is created 0700)."""
+        if not name or "/" in name or name in (".", ".."):
+            raise WorkspaceError(f"invalid log file name {name!r}")
+        self.ensure_root()
+        try:
+            self.logs_dir.mkdir(mode=0o700, exist_ok=True)
+        except OSError as err:
+            raise WorkspaceError(
+                f"cannot create {self.logs_dir}: {err.strerror or err}",
+                hint="check the workspace directory",
+            ) from None
+        return self.logs_dir / name
+
     def ensure_root(self) -> None:
         if not self.root.is_dir():
             raise WorkspaceError(
