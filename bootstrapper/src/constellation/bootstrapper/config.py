@@ -68,8 +68,10 @@ class BootstrapperConfig:
     attestation_variant: str = "qemu-vtpm"
     init_host: str = "127.0.0.1"
     init_port: int = DEFAULT_INIT_PORT
-    # Expected measurements of the JoinService's node (mini mode: the CLI's signed file).
+    # Expected measurements of the JoinService's node (mini mode: written by the CLI).
     join_measurements_path: Path | None = None
+    # TCG event log the node's "firmware" wrote; attached to every attestation.
+    event_log_path: Path | None = None
     join_retry: RetryPolicy = field(default_factory=RetryPolicy)
     component_http_timeout_s: float = 30.0
     component_total_timeout_s: float = 600.0
@@ -116,6 +118,7 @@ _PATH_FIELDS = (
     "state_dir",
     "install_root",
     "join_measurements_path",
+    "event_log_path",
     "control_plane_dir",
 )
 

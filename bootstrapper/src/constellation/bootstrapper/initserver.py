@@ -260,6 +260,10 @@ class InitServer(init_pb2_grpc.APIServicer):
             code, message = status_for(error)
             _log.warning("init.refused", code=code.name, error=message)
             context.abort(code, message)
+        except Exception:
+            # A bug, not a refusal: details go to the node's log only, never to the caller.
+            _log.exception("init.internal_error")
+            context.abort(grpc.StatusCode.INTERNAL, "internal error; see the node's log")
 
     def _init(self, request: init_pb2.InitRequest) -> Iterator[init_pb2.InitResponse]:
         """The steps before the point of no return raise; the rest stream ``InitFailure``."""

@@ -43,6 +43,8 @@ from cryptography import x509
 from constellation.attestation.atls import AttestedChannel
 from constellation.attestation.errors import ConstellationError
 from constellation.attestation.kdf import derive_cluster_id
+from constellation.attestation.measurements import Measurements
+from constellation.attestation.nodelock import PCR_NODE_LOCK
 from constellation.bootstrapper.config import RetryPolicy
 from constellation.bootstrapper.errors import BootstrapperError
 from constellation.bootstrapper.initserver import NodeLatch
@@ -269,6 +271,15 @@ class JoinClient:
             f"{what}: no JoinService answered after {attempt + 1} attempts in {elapsed:.1f}s; "
             f"last failure: {last}"
         )
+
+
+def joinservice_measurements(image: Measurements) -> Measurements:
+    """What a joining node expects of the JoinService's node: the image, PCR 15 unchecked.
+
+    The JoinService runs on an initialized control-plane node, whose PCR 15 carries the mark of
+    a cluster ID the joining node does not know yet; every other expected PCR is enforced.
+    """
+    return Measurements({i: m for i, m in image.items() if i != PCR_NODE_LOCK})
 
 
 def check_join_ticket(ticket: join_pb2.IssueJoinTicketResponse, identity: KubeletIdentity) -> None:

@@ -1,0 +1,178 @@
+"""``constellation-bootstrapper --config FILE``: process wiring only, no logic.
+
+Builds the node's collaborators from the configuration (its vTPM, node lock, state disk,
+instance metadata, installer, control plane) and hands them to :class:`Node`, which runs the
+init server and the join client under the node lock. After a path committed, the process stays
+up (on the first node it is the parent of the control-plane processes) until SIGTERM/SIGINT.
+Exit codes: 0 after a clean shutdown, 1 on a refused configuration or a node error, 2 on usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import structlog
+
+from constellation.attestation import atls
+from constellation.attestation.errors import ConstellationError
+from constellation.attestation.measurements import Measurements
+from constellation.attestation.nodelock import NodeLock
+from constellation.attestation.service import Health, Shutdown, configure_logging
+from constellation.attestation.vtpm import VtpmIssuer, VtpmValidator
+from constellation.bootstrapper.config import BootstrapperConfig, ConfigError, load_config
+from constellation.bootstrapper.initserver import InitCallbacks, InitServer, LocalControlPlane
+from constellation.bootstrapper.installer import ComponentInstaller
+from constellation.bootstrapper.joinclient import JoinClient, joinservice_measurements
+from constellation.bootstrapper.metadata import FileMetadata
+from constellation.bootstrapper.node import Node
+from constellation.bootstrapper.registration import KubeletFiles
+from constellation.bootstrapper.statedisk import ARGON2ID, FAST_PBKDF2, DiskKey, StateDisk
+from constellation.proto import init_pb2_grpc
+
+_log = structlog.get_logger("constellation.bootstrapper")
+INIT_SERVICE = "init.API"
+MAX_MEASUREMENTS_FILE = 1 << 20
+
+
+def _event_log(path: Path | None) -> Callable[[], bytes | None] | None:
+    if path is None:
+        return None
+    return lambda: path.read_bytes() if path.exists() else None
+
+
+def _join_validator(config: BootstrapperConfig) -> VtpmValidator:
+    if config.join_measurements_path is None:
+        raise ConfigError(
+            "join_measurements_path is required: the node must verify the JoinService"
+        )
+    try:
+        raw = config.join_measurements_path.read_bytes()[: MAX_MEASUREMENTS_FILE + 1]
+    except OSError as exc:
+        raise ConfigError(f"cannot read {config.join_measurements_path}: {exc.strerror}") from None
+    if len(raw) > MAX_MEASUREMENTS_FILE:
+        raise ConfigError(f"{config.join_measurements_path} is larger than 1 MiB")
+    image = Measurements.from_json(raw)
+    return VtpmValidator(joinservice_measurements(image), variant=config.attestation_variant)
+
+
+def build_node(config: BootstrapperConfig) -> tuple[Node, LocalControlPlane]:
+    """Wire the node from its configuration (no I/O beyond reading files and the TPM)."""
+    metadata = FileMetadata(config.metadata_path)
+    issuer = VtpmIssuer(
+        config.tpm_tcti,
+        variant=config.attestation_variant,
+        event_log=_event_log(config.event_log_path),
+    )
+    node_lock = NodeLock(config.tpm_tcti)
+    disk = StateDisk(
+        config.state_disk_path, pbkdf=FAST_PBKDF2 if config.fast_luks_pbkdf else ARGON2ID
+    )
+    installer = ComponentInstaller(
+        config.install_root,
+        http_timeout_s=config.component_http_timeout_s,
+        total_timeout_s=config.component_total_timeout_s,
+    )
+    control_plane = LocalControlPlane(config.control_plane_root)
+    join_validator = _join_validator(config)
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def make_init_server(initial_key: DiskKey, callbacks: InitCallbacks) -> InitServer:
+        return InitServer(
+            metadata=metadata,
+            node_lock=node_lock,
+            state_disk=disk,
+            initial_disk_key=initial_key,
+            installer=installer,
+            control_plane=control_plane,
+            node_state_path=config.node_state_path,
+            callbacks=callbacks,
+        )
+
+    def serve_init(servicer: InitServer) -> Callable[[float], None]:
+        health = Health([INIT_SERVICE])
+        server = atls.AttestedServer(issuer)
+        init_pb2_grpc.add_APIServicer_to_server(servicer, server.grpc_server)
+        health.attach(server.grpc_server)
+        server.add_port(f"{config.init_host}:{config.init_port}")
+        server.start()
+        health.serving()
+        _log.info("init_server.listening", host=config.init_host, port=config.init_port)
+
+        def stop(grace: float) -> None:
+            health.not_serving()
+            server.stop(grace).wait(grace + 1.0)
+
+        return stop
+
+    def connect(target: str) -> atls.AttestedChannel:
+        return atls.connect(
+            target, [join_validator], issuer=issuer, timeout=config.join_retry.rpc_timeout_s
+        )
+
+    def make_join_client(stop: threading.Event) -> JoinClient:
+        return JoinClient(
+            metadata=metadata,
+            connect=connect,
+            node_lock=node_lock,
+            state_disk=disk,
+            installer=installer,
+            kubelet_files=KubeletFiles(config.kubelet_dir),
+            node_state_path=config.node_state_path,
+            retry=config.join_retry,
+            stop=stop,
+        )
+
+    node = Node(
+        node_lock=node_lock,
+        state_disk=disk,
+        node_state_path=config.node_state_path,
+        make_init_server=make_init_server,
+        serve_init=serve_init,
+        make_join_client=make_join_client,
+    )
+    return node, control_plane
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="constellation-bootstrapper",
+        description="First service on a node: initialize the cluster (init server) or join it "
+        "(join client), whichever commits first under the node lock.",
+    )
+    parser.add_argument("--config", type=Path, required=True, help="JSON configuration file")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+
+    shutdown = Shutdown()
+    shutdown.install_signal_handlers()
+    control_plane: LocalControlPlane | None = None
+    try:
+        config = load_config(args.config)
+        node, control_plane = build_node(config)
+
+        def forward_shutdown() -> None:
+            shutdown.wait()
+            node.shutdown.set()
+
+        threading.Thread(target=forward_shutdown, name="shutdown", daemon=True).start()
+        outcome = node.run()
+        if outcome is not None:
+            _log.info("node.ready", path=str(outcome.path), cluster_id=outcome.cluster_id.hex())
+            shutdown.wait()
+        return 0
+    except ConstellationError as exc:
+        _log.error("bootstrapper.failed", error=str(exc), kind=type(exc).__name__)
+        return 1
+    finally:
+        if control_plane is not None:
+            control_plane.stop()
+        _log.info("bootstrapper.stopped", reason=shutdown.reason or "done")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
