@@ -35,6 +35,8 @@ NON_DEFAULT_VALUES: dict[str, dict[str, Any]] = {
         "healthPort": 9191,
         "service": {"nodePort": 31090},
         "keyService": {"endpoint": "keyservice.example.svc:9000"},
+        "apiServerEndpoint": "10.0.0.1:6443",
+        "tpm": {"privileged": False, "runAsUser": 65532, "supplementalGroups": [59]},
         "metrics": {"enabled": False},
         "nodeSelector": {},
         "tolerations": [],
@@ -43,6 +45,7 @@ NON_DEFAULT_VALUES: dict[str, dict[str, Any]] = {
         "attestationVariant": "azure-sev-snp",
         "service": {"externalTrafficPolicy": "Cluster", "grpcNodePort": 31081},
         "tpm": {"privileged": False, "runAsUser": 65532, "supplementalGroups": [59]},
+        "eventLog": {"enabled": False},
         "metrics": {"enabled": False},
         "extraArgs": ["--flag=with space"],
     },
@@ -227,7 +230,9 @@ def test_labels_and_names_are_stable(render: Any, chart: str, value_set: str) ->
         ("keyservice", {"resources": {"requests": {"memory": 64}}}, "memory"),
         ("joinservice", {"service": {"nodePort": 9090}}, "nodePort"),
         ("joinservice", {"keyService": {"endpoint": "no port here"}}, "endpoint"),
-        ("joinservice", {"clusterCA": {"secretName": "Not_A_DNS_Name"}}, "secretName"),
+        ("joinservice", {"clusterPKI": {"secretName": "Not_A_DNS_Name"}}, "secretName"),
+        ("joinservice", {"apiServerEndpoint": "https://10.0.0.1"}, "apiServerEndpoint"),
+        ("joinservice", {"tpm": {"supplementalGroups": ["tss"]}}, "supplementalGroups"),
         ("verificationservice", {"attestationVariant": "sgx"}, "attestationVariant"),
         ("verificationservice", {"tpm": {"devicePath": "/tmp/tpm"}}, "devicePath"),
         (
@@ -236,6 +241,7 @@ def test_labels_and_names_are_stable(render: Any, chart: str, value_set: str) ->
             "externalTraffic",
         ),
         ("verificationservice", {"tpm": {"runAsUser": -1}}, "runAsUser"),
+        ("verificationservice", {"eventLog": {"path": "relative"}}, "path"),
     ],
 )
 def test_schema_rejects_invalid_values(

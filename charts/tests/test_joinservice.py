@@ -26,8 +26,40 @@ def pod_spec(manifests: list[dict[str, Any]]) -> dict[str, Any]:
 def test_daemonset_on_control_plane_nodes(manifests: list[dict[str, Any]]) -> None:
     spec = pod_spec(manifests)
     assert spec["nodeSelector"] == {"node-role.kubernetes.io/control-plane": ""}
-    assert spec["securityContext"]["runAsNonRoot"] is True
     assert by_kind(manifests, "Deployment") == []
+
+
+def test_tpm_for_self_attestation(manifests: list[dict[str, Any]], render: Any) -> None:
+    """The JoinService attests itself to joining nodes (mutual aTLS) with the node's TPM."""
+    spec = pod_spec(manifests)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["tpm"]["hostPath"] == {"path": "/dev/tpmrm0", "type": "CharDevice"}
+    assert "--tpm-tcti=device:/dev/tpmrm0" in spec["containers"][0]["args"]
+    # Default: root and privileged, as the device needs (see values.yaml).
+    assert spec["securityContext"]["runAsNonRoot"] is False
+    assert spec["containers"][0]["securityContext"]["privileged"] is True
+    unprivileged = pod_spec(
+        render(
+            "joinservice",
+            values={"tpm": {"runAsUser": 65532, "supplementalGroups": [59], "privileged": False}},
+        )
+    )
+    assert unprivileged["securityContext"]["runAsNonRoot"] is True
+    assert unprivileged["securityContext"]["fsGroup"] == 65532
+    assert unprivileged["securityContext"]["supplementalGroups"] == [59]
+    context = unprivileged["containers"][0]["securityContext"]
+    assert (context["privileged"], context["allowPrivilegeEscalation"]) == (False, False)
+
+
+def test_api_server_endpoint_defaults_to_this_node(
+    manifests: list[dict[str, Any]], render: Any
+) -> None:
+    container = pod_spec(manifests)["containers"][0]
+    assert "--api-server-endpoint=$(HOST_IP):6443" in container["args"]
+    host_ip = next(e for e in container["env"] if e["name"] == "HOST_IP")
+    assert host_ip["valueFrom"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
+    custom = pod_spec(render("joinservice", values={"apiServerEndpoint": "10.9.9.9:6443"}))
+    assert "--api-server-endpoint=10.9.9.9:6443" in custom["containers"][0]["args"]
 
 
 def test_nodeport_30090_reaches_the_atls_port(manifests: list[dict[str, Any]]) -> None:
@@ -62,14 +94,44 @@ def test_join_config_salt_and_cluster_ca_are_mounted(manifests: list[dict[str, A
     assert volumes["measurement-salt"]["secret"]["items"] == [
         {"key": "measurementSalt", "path": "measurementSalt"}
     ]
-    assert volumes["cluster-ca"]["secret"]["secretName"] == "constellation-cluster-ca"
-    assert {i["key"] for i in volumes["cluster-ca"]["secret"]["items"]} == {"ca.crt", "ca.key"}
-    mounts = spec["containers"][0]["volumeMounts"]
-    assert {m["name"] for m in mounts} == set(volumes)
-    for mount in mounts:
-        assert mount["readOnly"] is True
+    assert volumes["measurement-salt"]["secret"]["secretName"] == "constellation-measurement-salt"
+    pki = volumes["cluster-pki"]["secret"]
+    assert pki["secretName"] == "constellation-cluster-pki"
+    # kubeadm's layout, which the service hands to control-plane nodes.
+    assert {i["path"] for i in pki["items"]} == {
+        "ca.crt",
+        "ca.key",
+        "sa.key",
+        "sa.pub",
+        "front-proxy-ca.crt",
+        "front-proxy-ca.key",
+        "etcd/ca.crt",
+        "etcd/ca.key",
+    }
+    assert all("/" not in i["key"] for i in pki["items"])
+    assert volumes["components"]["configMap"] == {
+        "name": "kubernetes-components",
+        "items": [{"key": "components.json", "path": "components.json"}],
+    }
+    container = spec["containers"][0]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert set(mounts) == set(volumes)
+    for name, mount in mounts.items():
+        assert mount.get("readOnly") is (None if name == "tpm" else True)
         # A subPath mount never sees ConfigMap updates: the validator could not reload.
         assert "subPath" not in mount
+    args = container["args"]
+    pki_dir = mounts["cluster-pki"]["mountPath"]
+    for flag in (
+        f"--join-config-dir={mounts['join-config']['mountPath']}",
+        f"--measurement-salt-file={mounts['measurement-salt']['mountPath']}/measurementSalt",
+        f"--ca-cert-file={pki_dir}/ca.crt",
+        f"--ca-key-file={pki_dir}/ca.key",
+        f"--pki-dir={pki_dir}",
+        f"--components-file={mounts['components']['mountPath']}/components.json",
+        "--namespace=kube-system",
+    ):
+        assert flag in args
 
 
 def test_keyservice_endpoint_defaults_to_the_release_namespace(

@@ -45,12 +45,27 @@ def test_nodeports_and_local_traffic_policy(manifests: list[dict[str, Any]]) -> 
 
 def test_tpm_device_from_the_host(manifests: list[dict[str, Any]]) -> None:
     spec = pod_spec(manifests)
-    (volume,) = spec["volumes"]
-    assert volume["hostPath"] == {"path": "/dev/tpmrm0", "type": "CharDevice"}
-    (mount,) = spec["containers"][0]["volumeMounts"]
-    assert mount["mountPath"] == "/dev/tpmrm0"
-    assert "--tpm-device=/dev/tpmrm0" in spec["containers"][0]["args"]
-    assert "--attestation-variant=qemu-vtpm" in spec["containers"][0]["args"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["tpm"]["hostPath"] == {"path": "/dev/tpmrm0", "type": "CharDevice"}
+    mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+    assert mounts["tpm"]["mountPath"] == "/dev/tpmrm0"
+    args = spec["containers"][0]["args"]
+    assert "--tpm=device:/dev/tpmrm0" in args
+    assert "--variant=qemu-vtpm" in args
+
+
+def test_event_log_file_is_mounted_read_only(manifests: list[dict[str, Any]], render: Any) -> None:
+    log = "/sys/kernel/security/tpm0/binary_bios_measurements"
+    spec = pod_spec(manifests)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    # Only the one file, never the whole of securityfs.
+    assert volumes["event-log"]["hostPath"] == {"path": log, "type": "File"}
+    mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+    assert mounts["event-log"] == {"name": "event-log", "mountPath": log, "readOnly": True}
+    assert f"--event-log={log}" in spec["containers"][0]["args"]
+    without = pod_spec(render("verificationservice", values={"eventLog": {"enabled": False}}))
+    assert [v["name"] for v in without["volumes"]] == ["tpm"]
+    assert not any(a.startswith("--event-log") for a in without["containers"][0]["args"])
 
 
 def test_default_is_root_and_privileged_for_the_device(manifests: list[dict[str, Any]]) -> None:
