@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 
 import grpc
@@ -235,3 +236,20 @@ def test_issuing_client_needs_a_mutual_server(double, start_server):
 def test_verified_peer_outside_a_call_raises():
     with pytest.raises(atls.ATLSError):
         atls.verified_peer()
+
+
+def test_large_client_evidence_fits_in_metadata(double, start_server, kit):
+    """vTPM documents with long event logs are tens of KiB; gRPC's default limit is 8 KiB."""
+
+    class Padded:
+        variant = double.issuer().variant
+
+        def issue(self, user_data: bytes, nonce: bytes) -> bytes:
+            document = json.loads(double.issuer().issue(user_data, nonce))
+            document["event_log"] = "A" * 200_000
+            return json.dumps(document).encode()
+
+    running = start_server(double.issuer(), client_validators=[double.validator()])
+    with atls.connect(running.target, [double.validator()], issuer=Padded(), timeout=20) as conn:
+        assert len(kit.call_echo(conn.channel)) == 32
+    assert running.echo.calls == 1
