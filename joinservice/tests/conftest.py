@@ -37,6 +37,7 @@ IMAGE_PCRS = (4, 9, 11)
 class Node:
     tpm: Swtpm
     issuer: VtpmIssuer
+    event_log: bytes
 
     def pcrs(self) -> dict[int, bytes]:
         with open_tpm(self.tpm.tcti) as esapi:
@@ -47,7 +48,7 @@ def measure(tpm: Swtpm, image: tuple[bytes, ...] = IMAGE) -> Node:
     log = b""
     for pcr, part in zip(IMAGE_PCRS, image, strict=True):
         log = firmware_measure(tpm.tcti, log, pcr, hashlib.sha256(part).digest(), part)
-    return Node(tpm, VtpmIssuer(tpm.tcti, event_log=log))
+    return Node(tpm, VtpmIssuer(tpm.tcti, event_log=log), log)
 
 
 def image_measurements(node: Node) -> Measurements:

@@ -8,11 +8,17 @@ and then prove what they got by authenticating to the API server with it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import ipaddress
 import json
 import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -88,6 +94,26 @@ def join_config_files(measurements: Measurements, salt: bytes) -> dict[str, byte
     }
 
 
+def server_validator(host: Node) -> VtpmValidator:
+    """What a joining node trusts: the image measurements of the JoinService's host."""
+    return VtpmValidator(image_measurements(host), require_event_log=True)
+
+
+def stub_call(target: str, host: Node, node: Node, method: str, request: Any) -> Any:
+    with connect(target, [server_validator(host)], issuer=node.issuer) as channel:
+        return getattr(join_pb2_grpc.APIStub(channel.channel), method)(request, timeout=60)
+
+
+def join_via(
+    target: str, host: Node, node: Node, disk_uuid: str, name: str, *, control_plane: bool = False
+) -> tuple[join_pb2.IssueJoinTicketResponse, ec.EllipticCurvePrivateKey]:
+    key, csr = kubelet_csr(name)
+    request = join_pb2.IssueJoinTicketRequest(
+        disk_uuid=disk_uuid, certificate_request=csr, is_control_plane=control_plane
+    )
+    return stub_call(target, host, node, "IssueJoinTicket", request), key
+
+
 @dataclass
 class Service:
     """A running JoinService and what a node needs to talk to it."""
@@ -102,21 +128,15 @@ class Service:
     keyservice: KeyService
 
     def server_validator(self) -> VtpmValidator:
-        """What a joining node trusts: the image measurements of the JoinService's host."""
-        return VtpmValidator(image_measurements(self.host), require_event_log=True)
+        return server_validator(self.host)
 
     def stub_call(self, node: Node, method: str, request: Any) -> Any:
-        with connect(self.target, [self.server_validator()], issuer=node.issuer) as channel:
-            return getattr(join_pb2_grpc.APIStub(channel.channel), method)(request, timeout=60)
+        return stub_call(self.target, self.host, node, method, request)
 
     def join(
         self, node: Node, disk_uuid: str, name: str, *, control_plane: bool = False
     ) -> tuple[join_pb2.IssueJoinTicketResponse, ec.EllipticCurvePrivateKey]:
-        key, csr = kubelet_csr(name)
-        request = join_pb2.IssueJoinTicketRequest(
-            disk_uuid=disk_uuid, certificate_request=csr, is_control_plane=control_plane
-        )
-        return self.stub_call(node, "IssueJoinTicket", request), key
+        return join_via(self.target, self.host, node, disk_uuid, name, control_plane=control_plane)
 
     def rejoin(self, node: Node, disk_uuid: str) -> join_pb2.IssueRejoinTicketResponse:
         request = join_pb2.IssueRejoinTicketRequest(disk_uuid=disk_uuid)
@@ -531,3 +551,79 @@ def test_certificate_validity_is_bounded(
     lifetime = certificate.not_valid_after_utc - certificate.not_valid_before_utc
     assert lifetime <= datetime.timedelta(days=366)
     assert certificate.public_key().public_numbers() == key.public_key().public_numbers()
+
+
+def read_json_lines(stream: Any, into: queue.Queue[dict[str, Any]]) -> None:
+    for line in stream:
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                into.put(json.loads(line))
+
+
+def wait_for_event(
+    lines: queue.Queue[dict[str, Any]], event: str, timeout: float
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            entry = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        if entry.get("event") == event:
+            return entry
+    raise AssertionError(f"no {event!r} log line within {timeout}s")
+
+
+def test_command_serves_and_drains_on_sigterm(
+    control_plane: Any,
+    keyservice: KeyService,
+    make_nodes: Callable[..., list[Node]],
+    tmp_path: Path,
+) -> None:
+    host, node = make_nodes(2)
+    join_config = tmp_path / "join-config"
+    join_config.mkdir()
+    salt = os.urandom(32)
+    write_mount(join_config, "1", join_config_files(image_measurements(host), salt))
+    components = tmp_path / "components.json"
+    components.write_text(json.dumps({"kubernetesVersion": "v1.31.1", "components": []}))
+    event_log = tmp_path / "binary_bios_measurements"
+    event_log.write_bytes(host.event_log)
+    command = [
+        sys.executable,
+        "-m",
+        "constellation.joinservice",
+        "--listen=127.0.0.1",
+        "--port=0",
+        "--health-port=0",
+        "--metrics-port=0",
+        f"--join-config-dir={join_config}",
+        f"--keyservice-endpoint={keyservice.target}",
+        f"--kubeconfig={control_plane.admin_kubeconfig}",
+        f"--ca-cert-file={control_plane.ca_cert_path}",
+        f"--ca-key-file={control_plane.ca_key_path}",
+        f"--api-server-endpoint={control_plane.server.removeprefix('https://')}",
+        f"--components-file={components}",
+        f"--tpm-tcti={host.tpm.tcti}",
+        f"--event-log={event_log}",
+    ]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[dict[str, Any]] = queue.Queue()
+    reader = threading.Thread(target=read_json_lines, args=(process.stderr, lines), daemon=True)
+    reader.start()
+    try:
+        port = wait_for_event(lines, "joinservice.listening", 60)["port"]
+        disk = str(uuid.uuid4())
+        response, _ = join_via(f"127.0.0.1:{port}", host, node, disk, "from-the-command")
+        assert response.state_disk_key == keyservice.data_key(disk)
+        assert response.measurement_salt == salt
+        issued = wait_for_event(lines, "join.issued", 10)
+        assert issued["variant"] == "qemu-vtpm"
+        assert response.token not in json.dumps(issued)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        wait_for_event(lines, "service.stopped", 5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)

@@ -109,6 +109,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--components-file", type=Path, required=True)
     parser.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="for disk bindings")
     parser.add_argument("--tpm-tcti", default=DEFAULT_TCTI, help="this node's (v)TPM")
+    parser.add_argument(
+        "--event-log",
+        type=Path,
+        default=None,
+        help="this node's TCG event log, attached to its evidence "
+        "(e.g. /sys/kernel/security/tpm0/binary_bios_measurements)",
+    )
     parser.add_argument("--log-level", default="info", choices=LEVELS)
     return parser.parse_args(argv)
 
@@ -121,9 +128,22 @@ def validator_for(variant: str, measurements: Measurements) -> Validator:
 
 
 def own_issuer(settings: Settings) -> Issuer:
-    """The JoinService attests itself with the variant the cluster runs on."""
+    """The JoinService attests itself with the variant the cluster runs on.
+
+    The event log is re-read for every quote: it grows while the node runs.
+    """
     variant = load_join_config(settings.join_config_dir, settings.measurement_salt_file).variant
-    return get_variant(variant).issuer(settings.tpm_tcti)
+    path = settings.event_log
+    if path is None:
+        return get_variant(variant).issuer(settings.tpm_tcti)
+
+    def current_log() -> bytes | None:
+        try:
+            return path.read_bytes()
+        except OSError:
+            return None  # validators that require a log then say so in their report
+
+    return get_variant(variant).issuer(settings.tpm_tcti, event_log=current_log)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
         components_file=args.components_file,
         namespace=args.namespace,
         tpm_tcti=args.tpm_tcti,
+        event_log=args.event_log,
     )
     metrics = ServiceMetrics(METRICS_SERVICE)
     shutdown = Shutdown()

@@ -50,6 +50,7 @@ class Settings:
     components_file: Path
     namespace: str
     tpm_tcti: str
+    event_log: Path | None
 
     @classmethod
     def create(
@@ -71,6 +72,7 @@ class Settings:
         pki_dir: Path | None = None,
         namespace: str = DEFAULT_NAMESPACE,
         tpm_tcti: str = DEFAULT_TCTI,
+        event_log: Path | None = None,
     ) -> Settings:
         problems: list[str] = []
         try:
@@ -107,6 +109,8 @@ class Settings:
             files.append(("kubeconfig", kubeconfig))
         if measurement_salt_file is not None:
             files.append(("measurement salt", measurement_salt_file))
+        if event_log is not None:
+            files.append(("event log", event_log))
         for name, path in files:
             if not path.is_file():
                 problems.append(f"{name} file {path} does not exist")
@@ -136,4 +140,5 @@ class Settings:
             components_file=components_file,
             namespace=namespace,
             tpm_tcti=tpm_tcti,
+            event_log=event_log,
         )
