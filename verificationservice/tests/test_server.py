@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
 
 from constellation.attestation.errors import ValidationError
+from constellation.attestation.measurements import Measurements
 from constellation.attestation.service.metrics import ServiceMetrics
-from constellation.attestation.vtpm import VtpmIssuer
+from constellation.attestation.vtpm import VtpmIssuer, VtpmValidator, firmware_measure
 from constellation.proto import verify_pb2, verify_pb2_grpc
-from constellation.verificationservice.evidence import EvidenceSource
+from constellation.verificationservice.evidence import EvidenceSource, event_log_reader
 from constellation.verificationservice.server import (
     HTTP_METHOD_LABEL,
     VerificationGrpcServer,
@@ -34,9 +37,12 @@ class Running:
     metrics: ServiceMetrics
 
 
-def _start(tcti: str) -> tuple[Running, VerificationGrpcServer, VerificationHttpServer]:
+def _start(
+    tcti: str, event_log: Path | None = None
+) -> tuple[Running, VerificationGrpcServer, VerificationHttpServer]:
     metrics = ServiceMetrics("verificationservice")
-    source = EvidenceSource(VtpmIssuer(tcti), metrics)
+    log = event_log_reader(event_log) if event_log is not None else None
+    source = EvidenceSource(VtpmIssuer(tcti, event_log=log), metrics)
     grpc_server = VerificationGrpcServer(source, metrics)
     port = grpc_server.add_port("127.0.0.1:0")
     http_server = VerificationHttpServer(source, metrics, "127.0.0.1", 0)
@@ -133,6 +139,33 @@ def test_tpm_failure_is_unavailable_without_details(swtpm_factory):
             )
         assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
         status, body = _get(f"{running.http_base}/?nonce=AAAA")
+        assert status == 503
+        assert body == {"error": "evidence could not be issued"}
+    finally:
+        http_server.close()
+        grpc_server.grpc_server.stop(None).wait(5)
+
+
+def test_event_log_is_attached_and_replays(swtpm, tmp_path):
+    log = b""
+    for pcr in (4, 9, 11):
+        log = firmware_measure(swtpm.tcti, log, pcr, hashlib.sha256(bytes([pcr])).digest())
+    log_file = tmp_path / "eventlog"
+    log_file.write_bytes(log)
+    running, grpc_server, http_server = _start(swtpm.tcti, log_file)
+    try:
+        nonce = os.urandom(32)
+        query = base64.urlsafe_b64encode(nonce).decode()
+        status, body = _get(f"{running.http_base}/?nonce={query}")
+        assert status == 200
+        document = base64.b64decode(body["data"])
+        probe = VtpmValidator(Measurements()).verify(document, nonce)
+        expected = Measurements.from_dict({str(i): probe.pcrs[i].hex() for i in (4, 9, 11)})
+        strict = VtpmValidator(expected, require_event_log=True)
+        assert strict.validate(document, nonce) == b"VerifyService"
+
+        log_file.unlink()  # a node whose log vanished cannot produce evidence
+        status, body = _get(f"{running.http_base}/?nonce={query}")
         assert status == 503
         assert body == {"error": "evidence could not be issued"}
     finally:

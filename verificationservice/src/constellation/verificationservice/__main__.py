@@ -13,7 +13,7 @@ from constellation.attestation.service.metrics import MetricsServer, ServiceMetr
 from constellation.attestation.vtpm import VtpmIssuer
 from constellation.verificationservice.config import VerificationServiceConfig, load_config
 from constellation.verificationservice.errors import VerificationServiceError
-from constellation.verificationservice.evidence import EvidenceSource
+from constellation.verificationservice.evidence import EvidenceSource, event_log_reader
 from constellation.verificationservice.server import (
     VerificationGrpcServer,
     VerificationHttpServer,
@@ -23,12 +23,8 @@ EXIT_CONFIG = 2
 
 
 def _issuer(config: VerificationServiceConfig) -> VtpmIssuer:
-    log_path = config.event_log
-    return VtpmIssuer(
-        config.tcti,
-        variant=config.variant,
-        event_log=(lambda: log_path.read_bytes()) if log_path is not None else None,
-    )
+    log = event_log_reader(config.event_log) if config.event_log is not None else None
+    return VtpmIssuer(config.tcti, variant=config.variant, event_log=log)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,8 @@ import base64
 import binascii
 import re
 import threading
+from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import parse_qs
 
 from constellation.attestation.errors import ConstellationError
@@ -60,6 +62,18 @@ def nonce_from_query(query: str) -> bytes:
     except (binascii.Error, ValueError):
         raise InvalidNonceError("nonce is not valid base64url") from None
     return check_nonce(nonce)
+
+
+def event_log_reader(path: Path) -> Callable[[], bytes]:
+    """Re-reads the node's TCG event log for every document (mini mode appends to it)."""
+
+    def read() -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise IssueError(f"cannot read the event log {path}: {exc.strerror}") from None
+
+    return read
 
 
 class EvidenceSource:

@@ -90,6 +90,10 @@ class _Handler(BaseHTTPRequestHandler):
             _log.error("verify.issue_failed", transport="http", error=str(exc))
             self._answer(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "evidence could not be issued"})
             return
+        except Exception:  # a bug: log it here, never hand a traceback to the caller
+            _log.exception("verify.http_failed")
+            self._answer(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"})
+            return
         _log.info("verify.attestation_issued", transport="http", size=len(document))
         self._answer(HTTPStatus.OK, {"data": base64.b64encode(document).decode()})
 
