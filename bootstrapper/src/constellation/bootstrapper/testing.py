@@ -365,11 +365,15 @@ def serve_join(
 
 
 def join_channel_factory(
-    node_tpm: Swtpm, joinservice_measurements: Measurements, *, timeout: float = 10.0
+    node_tpm: Swtpm,
+    joinservice_measurements: Measurements,
+    *,
+    event_log: bytes | None = None,
+    timeout: float = 10.0,
 ) -> Callable[[str], atls.AttestedChannel]:
     """What the bootstrapper wires: mutual aTLS, the node attests, it verifies the service."""
-    issuer = VtpmIssuer(node_tpm.tcti)
-    validator = VtpmValidator(joinservice_measurements)
+    issuer = VtpmIssuer(node_tpm.tcti, event_log=event_log)
+    validator = VtpmValidator(joinservice_measurements, require_event_log=event_log is not None)
 
     def connect(target: str) -> atls.AttestedChannel:
         return atls.connect(target, [validator], issuer=issuer, timeout=timeout)
