@@ -18,9 +18,6 @@ from constellation.bootstrapper.config import (
 
 def _base(tmp_path: Path) -> dict[str, Any]:
     return {
-        "node_name": "node-0",
-        "node_ip": "127.0.0.10",
-        "role": "control-plane",
         "metadata_path": str(tmp_path / "metadata.json"),
         "state_disk_path": str(tmp_path / "disk.img"),
         "state_dir": str(tmp_path / "state"),
@@ -34,7 +31,7 @@ def test_load_valid_config(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
     path.write_text(json.dumps(data))
     config = load_config(path)
-    assert config.is_control_plane
+    assert config.init_port == 9000
     assert config.join_retry.max_attempts == 3
     assert config.node_state_path == tmp_path / "state" / "node-state.json"
 
@@ -42,9 +39,8 @@ def test_load_valid_config(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("node_name", "Node_0", "node name"),
-        ("node_ip", "localhost", "node_ip"),
-        ("role", "master", "role"),
+        ("init_host", "localhost", "init_host"),
+        ("component_http_timeout_s", 0, "component_http_timeout_s"),
         ("init_port", 70000, "init_port"),
         ("tpm_tcti", "", "tpm_tcti"),
         ("typo_key", 1, "unknown"),

@@ -52,7 +52,7 @@ def _run(args: list[str], stderr: object = subprocess.PIPE) -> subprocess.Popen[
 
 def test_refused_configuration_exits_1_without_traceback(tmp_path: Path) -> None:
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({"node_name": "n", "bogus": 1}))
+    config.write_text(json.dumps({"tpm_tcti": "swtpm:port=1", "bogus": 1}))
     process = _run(["--config", str(config)])
     _, err = process.communicate(timeout=60)
     assert process.returncode == 1
@@ -78,9 +78,6 @@ def _write_node(tmp_path: Path, swtpm: Swtpm, port: int) -> Path:
         Measurements({4: Measurement(b"\x04" * 32)}).to_json()
     )
     config = {
-        "node_name": "node-0",
-        "node_ip": "127.0.0.1",
-        "role": "control-plane",
         "metadata_path": str(tmp_path / "metadata.json"),
         "state_disk_path": str(tmp_path / "disk.img"),
         "state_dir": str(tmp_path / "state"),

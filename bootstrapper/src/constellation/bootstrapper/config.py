@@ -5,7 +5,16 @@ A node's bootstrapper reads one JSON file (written by the node image, or by
 collaborators is here: where its vTPM is, where its state disk and state directory live, where
 the instance metadata comes from, where to install Kubernetes components, and how long the join
 client may keep trying. Secrets are never part of this file: the init-secret hash comes from the
-instance metadata, everything else from the cluster after attestation.
+instance metadata, everything else from the cluster after attestation. Who the node is (name,
+role, IP) is not configured here either: it comes from the instance metadata, like on a cloud.
+
+Example (mini mode; every path is the node's own)::
+
+    {"metadata_path": "node-1/metadata.json", "state_disk_path": "node-1/disk.img",
+     "state_dir": "node-1/state", "install_root": "node-1/root",
+     "tpm_tcti": "swtpm:host=127.0.0.1,port=2321", "init_port": 9001,
+     "join_measurements_path": "measurements.json", "event_log_path": "node-1/eventlog.bin",
+     "join_retry": {"max_attempts": 120, "total_timeout_s": 900}}
 """
 
 from __future__ import annotations
@@ -17,10 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from constellation.bootstrapper.errors import BootstrapperError
-from constellation.bootstrapper.registration import RegistrationError, validate_node_name
 
 DEFAULT_INIT_PORT = 9000
-ROLES = ("control-plane", "worker")
 
 
 class ConfigError(BootstrapperError):
@@ -57,9 +64,6 @@ class RetryPolicy:
 class BootstrapperConfig:
     """Validated settings; construct with :func:`load_config` or directly in tests."""
 
-    node_name: str
-    node_ip: str
-    role: str
     metadata_path: Path
     state_disk_path: Path
     state_dir: Path
@@ -81,23 +85,16 @@ class BootstrapperConfig:
 
     def __post_init__(self) -> None:
         try:
-            validate_node_name(self.node_name)
-        except RegistrationError as exc:
-            raise ConfigError(str(exc)) from None
-        try:
-            ipaddress.ip_address(self.node_ip)
+            ipaddress.ip_address(self.init_host)
         except ValueError:
-            raise ConfigError(f"node_ip {self.node_ip!r} is not an IP address") from None
-        if self.role not in ROLES:
-            raise ConfigError(f"role must be one of {ROLES}, got {self.role!r}")
+            raise ConfigError(f"init_host {self.init_host!r} is not an IP address") from None
         if not 0 < self.init_port < 65536:
             raise ConfigError(f"init_port must be 1..65535, got {self.init_port}")
         if not self.tpm_tcti:
             raise ConfigError("tpm_tcti must name the node's (v)TPM")
-
-    @property
-    def is_control_plane(self) -> bool:
-        return self.role == "control-plane"
+        for name in _POSITIVE_FIELDS:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0")
 
     @property
     def node_state_path(self) -> Path:
@@ -121,6 +118,7 @@ _PATH_FIELDS = (
     "event_log_path",
     "control_plane_dir",
 )
+_POSITIVE_FIELDS = ("component_http_timeout_s", "component_total_timeout_s")
 
 
 def config_from_mapping(data: dict[str, Any]) -> BootstrapperConfig:
