@@ -202,7 +202,7 @@ def connect_pinned(
     timeout: float = DEFAULT_TIMEOUT,
     client: TLSIdentity | None = None,
 ) -> AttestedChannel:
-    """Steps 2-5 of :func:`connect` for an already fetched (DER) server certificate."""
+    """Steps C3-C7 of :func:`connect` for an already fetched (DER) server certificate."""
     if not validators:
         raise ATLSError("aTLS needs at least one validator for the server's evidence")
     client = client or new_client_identity()
