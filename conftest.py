@@ -7,5 +7,5 @@ same, always-cleaned-up processes.
 
 pytest_plugins: list[str] = [
     "constellation.attestation.testing.fixtures",  # swtpm
-    # "constellation.bootstrapper.kubernetes.testing",   (control plane)
+    "constellation.bootstrapper.kubernetes.testing",  # control plane
 ]

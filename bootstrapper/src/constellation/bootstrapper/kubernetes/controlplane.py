@@ -7,7 +7,8 @@ mock. Bring-up, in order (each step logs to ``<directory>/logs/``):
    controller manager. They are saved in ``<directory>/controlplane.json`` and reused on a
    warm start when still free, so the kubeconfigs and the etcd member stay valid.
 2. PKI: ``kubeadm init phase certs all`` and ``kubeadm init phase kubeconfig all`` with a
-   generated kubeadm config (advertise 127.0.0.1, the chosen port, SANs 127.0.0.1/localhost).
+   generated kubeadm config (control-plane endpoint 127.0.0.1:<port>, SANs 127.0.0.1 and
+   localhost, ECDSA P-256 keys). The processes advertise and bind 127.0.0.1 only.
    A warm start with the same ports skips this; with new ports only the kubeconfigs (which name
    the server URL) and the etcd data (which names the peer URL) are recreated.
 3. etcd with TLS for clients and peers (kubeadm's etcd CA), then kube-apiserver with
@@ -133,10 +134,13 @@ def kubeadm_config(
 ) -> str:
     """Render the kubeadm v1beta4 Init+Cluster configuration for a loopback control plane."""
     endpoint = f"{LOOPBACK}:{ports.apiserver}"
+    # kubeadm refuses a loopback advertiseAddress unless "lo" also carries a global unicast IP
+    # (it treats loopback as "pick the global address on lo"). It is left to kubeadm, where it
+    # only adds one more SAN; every URL below and every process uses 127.0.0.1.
     init = {
         "apiVersion": "kubeadm.k8s.io/v1beta4",
         "kind": "InitConfiguration",
-        "localAPIEndpoint": {"advertiseAddress": LOOPBACK, "bindPort": ports.apiserver},
+        "localAPIEndpoint": {"bindPort": ports.apiserver},
         "nodeRegistration": {"name": node_name},
     }
     cluster = {

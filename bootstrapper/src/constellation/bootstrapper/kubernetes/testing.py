@@ -2,9 +2,10 @@
 
 Registered in the repository's root ``conftest.py``. Fixtures:
 
-* ``kubernetes_components`` (session): the pinned binaries from the cache, each checked against
-  its recorded SHA-256. Missing binaries skip the test with the command that provides them; a
-  hash mismatch is a test *error*, never a skip.
+* ``kubernetes_components`` (session): the pinned control-plane binaries from the cache, each
+  checked against its recorded SHA-256 (``helm_binary`` and ``kubectl_binary`` likewise).
+  Missing binaries skip the test with the command that provides them; a hash mismatch is a
+  test *error*, never a skip.
 * ``control_plane`` (session): a started :class:`ControlPlane` (etcd, kube-apiserver,
   kube-controller-manager) in a temporary directory; stopped by PID at the end of the session,
   also when tests fail.
@@ -35,6 +36,7 @@ from constellation.bootstrapper.kubernetes.errors import ComponentMissingError
 LOCK_ENV = "CONSTELLATION_K8S_LOCK"
 LOCK_RELATIVE = Path("hack") / "kubernetes-components.lock.json"
 ENSURE_HINT = "uv run --no-sync hack/kubernetes-components ensure"
+CONTROL_PLANE_COMPONENTS = ("kubeadm", "etcd", "kube-apiserver", "kube-controller-manager")
 
 
 def find_lock() -> Path | None:
@@ -58,13 +60,29 @@ def kubernetes_lock() -> ComponentLock:
     return load_lock(path)
 
 
-@pytest.fixture(scope="session")
-def kubernetes_components(kubernetes_lock: ComponentLock) -> InstalledComponents:
-    directory = default_cache_dir(kubernetes_lock.kubernetes_version)
+def _verified(lock: ComponentLock, names: tuple[str, ...]) -> InstalledComponents:
+    directory = default_cache_dir(lock.kubernetes_version)
     try:
-        return verified_components(kubernetes_lock, directory)
+        return verified_components(lock, directory, names)
     except ComponentMissingError as err:
         pytest.skip(f"pinned Kubernetes binaries missing ({err}); run `{ENSURE_HINT}`")
+
+
+@pytest.fixture(scope="session")
+def kubernetes_components(kubernetes_lock: ComponentLock) -> InstalledComponents:
+    return _verified(kubernetes_lock, CONTROL_PLANE_COMPONENTS)
+
+
+@pytest.fixture(scope="session")
+def helm_binary(kubernetes_lock: ComponentLock) -> Path:
+    """The pinned, hash-checked helm client."""
+    return _verified(kubernetes_lock, ("helm",)).path("helm")
+
+
+@pytest.fixture(scope="session")
+def kubectl_binary(kubernetes_lock: ComponentLock) -> Path:
+    """The pinned, hash-checked kubectl."""
+    return _verified(kubernetes_lock, ("kubectl",)).path("kubectl")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,179 @@
+"""The loopback control plane: real etcd + kube-apiserver, its objects, and its teardown."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+
+from constellation.bootstrapper.kubernetes.components import ComponentLock, InstalledComponents
+from constellation.bootstrapper.kubernetes.controlplane import (
+    ControlPlane,
+    ControlPlaneBinaries,
+    Ports,
+    kubeadm_config,
+)
+from constellation.bootstrapper.kubernetes.errors import (
+    ControlPlaneStartError,
+    ControlPlaneTimeoutError,
+)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs of live (non-zombie) processes whose command line contains ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        if text in cmdline and "State:\tZ" not in status:
+            found.append(int(entry.name))
+    return found
+
+
+def test_kubeadm_config_is_loopback_only(tmp_path: Path) -> None:
+    ports = Ports.allocate()
+    docs = list(
+        yaml.safe_load_all(
+            kubeadm_config(
+                ports=ports,
+                pki_dir=tmp_path / "pki",
+                etcd_data_dir=tmp_path / "etcd",
+                kubernetes_version="v1.36.3",
+                node_name="cp-0",
+            )
+        )
+    )
+    init, cluster = docs
+    assert init["kind"] == "InitConfiguration"
+    assert init["localAPIEndpoint"]["bindPort"] == ports.apiserver
+    assert cluster["controlPlaneEndpoint"] == f"127.0.0.1:{ports.apiserver}"
+    assert "127.0.0.1" in cluster["apiServer"]["certSANs"]
+    assert cluster["encryptionAlgorithm"] == "ECDSA-P256"
+    assert len({ports.apiserver, ports.etcd_client, ports.etcd_peer, ports.etcd_metrics}) == 4
+
+
+@pytest.mark.kube
+def test_control_plane_serves_the_pinned_version(
+    control_plane: ControlPlane, kubernetes_lock: ComponentLock
+) -> None:
+    version = control_plane.request("GET", "/version")
+    assert version["gitVersion"] == kubernetes_lock.kubernetes_version
+    assert control_plane.server.startswith("https://127.0.0.1:")
+    assert (control_plane.log_dir / "kube-apiserver.log").stat().st_size > 0
+    assert stat.S_IMODE(control_plane.directory.stat().st_mode) == 0o700
+
+
+@pytest.mark.kube
+def test_join_config_configmap_and_secret_round_trip(kube_client: object) -> None:
+    core = k8s.CoreV1Api(kube_client)
+    core.create_namespaced_config_map(
+        "kube-system",
+        k8s.V1ConfigMap(
+            metadata=k8s.V1ObjectMeta(name="join-config"),
+            data={"measurements": '{"15": {"expected": "00", "warnOnly": false}}'},
+            binary_data={"measurementSalt": "AAECAw=="},
+        ),
+    )
+    read = core.read_namespaced_config_map("join-config", "kube-system")
+    assert read.data["measurements"].startswith('{"15"')
+    assert read.binary_data["measurementSalt"] == "AAECAw=="
+
+    core.create_namespaced_secret(
+        "kube-system",
+        k8s.V1Secret(
+            metadata=k8s.V1ObjectMeta(name="constellation-mastersecret"),
+            data={"mastersecret": "c2VjcmV0"},
+        ),
+    )
+    secret = core.read_namespaced_secret("constellation-mastersecret", "kube-system")
+    assert secret.data["mastersecret"] == "c2VjcmV0"
+
+
+@pytest.mark.kube
+def test_admin_kubeconfig_is_cluster_admin_not_system_masters(kube_client: object) -> None:
+    review = k8s.AuthenticationV1Api(kube_client).create_self_subject_review(
+        k8s.V1SelfSubjectReview()
+    )
+    groups = review.status.user_info.groups
+    assert "kubeadm:cluster-admins" in groups
+    assert "system:masters" not in groups
+
+
+@pytest.fixture
+def binaries(kubernetes_components: InstalledComponents) -> ControlPlaneBinaries:
+    return ControlPlaneBinaries.from_components(kubernetes_components)
+
+
+@pytest.mark.kube
+def test_teardown_leaves_no_process_and_warm_start_reuses_the_pki(
+    tmp_path: Path, binaries: ControlPlaneBinaries, kubernetes_lock: ComponentLock
+) -> None:
+    directory = tmp_path / "cp"
+    plane = ControlPlane(
+        directory,
+        binaries,
+        kubernetes_version=kubernetes_lock.kubernetes_version,
+        unsafe_no_fsync=True,
+    )
+    with plane:
+        pids = plane.pids
+        assert set(pids) == {"etcd", "kube-apiserver", "kube-controller-manager"}
+        assert sorted(processes_mentioning(str(directory))) == sorted(pids.values())
+        ca = plane.ca_cert_path.read_bytes()
+    assert processes_mentioning(str(directory)) == []
+    for pid in pids.values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+    with plane:  # warm: same directory, same CA, ready again
+        assert plane.ca_cert_path.read_bytes() == ca
+        assert plane.request("GET", "/version")["gitVersion"] == kubernetes_lock.kubernetes_version
+    assert processes_mentioning(str(directory)) == []
+
+
+@pytest.mark.kube
+def test_failed_start_tears_down_what_was_started(
+    tmp_path: Path, binaries: ControlPlaneBinaries, kubernetes_lock: ComponentLock
+) -> None:
+    crashing = tmp_path / "kube-apiserver"
+    crashing.write_text("#!/bin/sh\necho 'refusing to start' >&2\nexit 3\n")
+    crashing.chmod(0o755)
+    directory = tmp_path / "cp"
+    plane = ControlPlane(
+        directory,
+        ControlPlaneBinaries(kubeadm=binaries.kubeadm, etcd=binaries.etcd, kube_apiserver=crashing),
+        kubernetes_version=kubernetes_lock.kubernetes_version,
+    )
+    with pytest.raises(ControlPlaneStartError, match="refusing to start"):
+        plane.start()
+    assert plane.pids == {}
+    assert processes_mentioning(str(directory)) == []
+
+
+@pytest.mark.kube
+def test_readiness_wait_is_bounded_and_cleans_up(
+    tmp_path: Path, binaries: ControlPlaneBinaries, kubernetes_lock: ComponentLock
+) -> None:
+    silent = tmp_path / "kube-apiserver"
+    silent.write_text("#!/bin/sh\nexec sleep 313.25\n")  # a command line only this test uses
+    silent.chmod(0o755)
+    directory = tmp_path / "cp"
+    plane = ControlPlane(
+        directory,
+        ControlPlaneBinaries(kubeadm=binaries.kubeadm, etcd=binaries.etcd, kube_apiserver=silent),
+        kubernetes_version=kubernetes_lock.kubernetes_version,
+        ready_timeout=3.0,
+    )
+    with pytest.raises(ControlPlaneTimeoutError, match="not ready"):
+        plane.start()
+    assert processes_mentioning(str(directory)) == []
+    assert processes_mentioning("sleep 313.25") == []
