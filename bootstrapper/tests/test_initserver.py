@@ -222,3 +222,15 @@ def test_init_happy_path_brings_up_the_control_plane(
     installed = node.installer.install_root / "usr/local/bin/kube-apiserver"
     assert installed.stat().st_mode & 0o777 == 0o755
     assert [o.cluster_id for o in outcomes] == [cluster_id]
+
+
+def test_unreadable_metadata_reveals_nothing_to_the_caller(
+    node: NodeParts, small_components: list
+) -> None:
+    node.metadata.path.unlink()
+    with serve_init(node, _not_called) as target, pytest.raises(grpc.RpcError) as info:
+        call_init(target, init_request(small_components))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert info.value.details() == "this node cannot check init secrets"
+    assert info.value.received == []
+    _assert_untouched(node)

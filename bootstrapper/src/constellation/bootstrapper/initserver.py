@@ -92,6 +92,10 @@ class NodeAlreadyInitializedError(InitError):
     """The node lock is taken: this node has joined or initialized a cluster already."""
 
 
+class InitSecretHashUnavailableError(InitSecretError):
+    """The node cannot check init secrets: its metadata (the bcrypt hash) is unreadable."""
+
+
 class InitInProgressError(InitError):
     """Another ``Init`` is running on this node right now."""
 
@@ -265,10 +269,21 @@ class InitServer(init_pb2_grpc.APIServicer):
             _log.exception("init.internal_error")
             context.abort(grpc.StatusCode.INTERNAL, "internal error; see the node's log")
 
+    def _check_secret(self, request: init_pb2.InitRequest) -> None:
+        """Step 1. Whatever fails here, an unauthenticated caller learns one sentence."""
+        try:
+            secret_hash = self._metadata.init_secret_hash()
+        except ConstellationError as error:
+            _log.error("init.metadata_unavailable", error=str(error))
+            raise InitSecretHashUnavailableError(
+                "the init-secret hash could not be read from the instance metadata"
+            ) from None
+        check_init_secret(request.init_secret, secret_hash)
+
     def _init(self, request: init_pb2.InitRequest) -> Iterator[init_pb2.InitResponse]:
         """The steps before the point of no return raise; the rest stream ``InitFailure``."""
         # Step 1: nothing (not even "busy") is revealed to a caller without the init secret.
-        check_init_secret(request.init_secret, self._metadata.init_secret_hash())
+        self._check_secret(request)
         if not self._busy.acquire(blocking=False):
             raise InitInProgressError("another Init is running on this node; try again later")
         try:
