@@ -22,9 +22,9 @@ import click
 
 from constellation.attestation.errors import ConstellationError, ValidationError
 from constellation.attestation.measurements import MeasurementsError, MeasurementsSignatureError
-from constellation.attestation.service.logging import configure_logging
 from constellation.cli.context import CLIContext
 from constellation.cli.errors import CLIError
+from constellation.cli.logconfig import configure_cli_logging
 from constellation.cli.output import Reporter
 from constellation.cli.workspace import Workspace
 
@@ -55,7 +55,7 @@ Examples:
 @click.pass_context
 def root(ctx: click.Context, workspace: Path, debug: bool) -> None:
     # Library logs (structlog and stdlib) go to stderr, never into the data on stdout.
-    configure_logging("debug" if debug else "warning", stream=sys.stderr)
+    configure_cli_logging(debug=debug, stream=sys.stderr)
     ctx.obj = CLIContext(
         workspace=Workspace(workspace), reporter=Reporter(debug=debug), debug=debug
     )
