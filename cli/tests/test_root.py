@@ -102,3 +102,23 @@ def test_library_logs_go_to_stderr(capsys: pytest.CaptureFixture[str], tmp_path:
     captured = capsys.readouterr()
     assert "probe.event" in captured.err
     assert captured.out == ""
+
+
+def test_unexpected_exception_is_one_line_without_its_text(
+    invoke: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from constellation.cli.commands import version
+
+    def broken(package: str) -> str:
+        raise RuntimeError("internal detail 0123456789abcdef")
+
+    monkeypatch.setattr(version, "_version", broken)
+    result = invoke(tmp_path, "version")
+    assert result.code == 1
+    assert "unexpected internal error (RuntimeError)" in result.stderr
+    assert "0123456789abcdef" not in result.stderr
+    assert "Traceback" not in result.stderr
+    debug = invoke(tmp_path, "--debug", "version")
+    assert debug.code == 1
+    assert "Traceback" in debug.stderr
+    assert "0123456789abcdef" in debug.stderr

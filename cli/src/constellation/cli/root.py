@@ -132,9 +132,10 @@ def run(args: Sequence[str] | None = None) -> int:
     except Exception as err:  # the last line of defence: never a raw traceback for users
         if debug:
             traceback.print_exc()
+        # An unanticipated message may quote anything (even key material): only with --debug.
         click.echo(
-            f"Error: unexpected {type(err).__name__}: {err}\nNext: rerun with --debug and "
-            "report the traceback",
+            f"Error: unexpected internal error ({type(err).__name__})\nNext: rerun with "
+            "--debug and report the traceback",
             err=True,
         )
         return EXIT_FAILURE
