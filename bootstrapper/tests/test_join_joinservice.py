@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,3 +211,74 @@ def test_worker_joins_and_rejoins_through_the_real_joinservice(
     with open_tpm(swtpm.tcti) as esapi:
         _, after = read_pcrs(esapi, (15,))
     assert after[15] == pcrs[15]
+
+
+def test_bootstrapper_wiring_joins_then_rejoins_after_restart(
+    cluster: Cluster, swtpm: Swtpm, tmp_path: Path, kube_client: Any
+) -> None:
+    """``build_node`` as the command wires it: the join path commits, the init server stops;
+    a restarted process on the same vTPM rejoins without a second mark."""
+    from kubernetes import client as k8s
+
+    from constellation.bootstrapper.__main__ import build_node
+    from constellation.bootstrapper.config import config_from_mapping
+    from constellation.bootstrapper.node import CommitPath
+
+    event_log = _measure(swtpm)
+    node = make_node(
+        tmp_path / "worker",
+        swtpm,
+        name="worker-8",
+        role=Role.WORKER,
+        ip="127.0.0.8",
+        endpoints=(cluster.target,),
+    )
+    with node.disk.device.open("r+b") as handle:  # a blank disk, as on first boot
+        handle.write(bytes(1 << 20))
+    (tmp_path / "eventlog.bin").write_bytes(event_log)
+    (tmp_path / "measurements.json").write_text(cluster.image.to_json())
+    init_port = _free_port()
+    config = config_from_mapping(
+        {
+            "metadata_path": str(node.metadata.path),
+            "state_disk_path": str(node.disk.device),
+            "state_dir": str(node.directory / "state"),
+            "install_root": str(node.installer.install_root),
+            "tpm_tcti": swtpm.tcti,
+            "init_port": init_port,
+            "join_measurements_path": str(tmp_path / "measurements.json"),
+            "event_log_path": str(tmp_path / "eventlog.bin"),
+            "join_retry": {"initial_delay_s": 0.1, "max_delay_s": 0.5, "max_attempts": 5},
+            "fast_luks_pbkdf": True,
+        }
+    )
+    supervisor, plane = build_node(config)
+    outcome = supervisor.run()
+    assert outcome is not None
+    assert outcome.path == CommitPath.JOINED
+    assert not _listening(init_port)  # the init server stopped once the join committed
+    assert k8s.CoreV1Api(kube_client).read_node("worker-8").metadata.name == "worker-8"
+    with open_tpm(swtpm.tcti) as esapi:
+        _, marked = read_pcrs(esapi, (15,))
+    assert marked[15] == pcr15_for_cluster_id(outcome.cluster_id)
+
+    restarted, _ = build_node(config)
+    again = restarted.run()
+    assert again is not None
+    assert again.path == CommitPath.REJOINED
+    assert again.cluster_id == outcome.cluster_id
+    with open_tpm(swtpm.tcti) as esapi:
+        _, after = read_pcrs(esapi, (15,))
+    assert after[15] == marked[15]
+    plane.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
