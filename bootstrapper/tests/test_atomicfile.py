@@ -65,3 +65,11 @@ def test_failed_replace_keeps_old_content_and_cleans_up(tmp_path: Path) -> None:
         write_atomic(target, b"x")
     assert (target / "keep").read_bytes() == b"keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["occupied"]
+
+
+def test_relative_path_in_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_atomic("plain.txt", b"here")
+    assert (tmp_path / "plain.txt").read_bytes() == b"here"

@@ -34,7 +34,7 @@ def write_atomic(path: Path | str, data: bytes, *, mode: int = PUBLIC_MODE) -> N
     existing file, if any, is then unchanged.
     """
     target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
+    directory = target.parent
     try:
         fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
     except OSError as err:
