@@ -1,10 +1,12 @@
 """Join tickets per second and per-join latency with many concurrently joining nodes.
 
-Usage: ``uv run python benchmarks/joinservice.py [--nodes 50] [--rounds 2]``
+Usage: ``uv run python benchmarks/joinservice.py [--nodes 50] [--rounds 2] [--in-process]``
 
 Everything is real and on loopback: a kube-apiserver + etcd (the pinned binaries, through the
 bootstrapper's ``ControlPlane``), the KeyService, the JoinService assembled as its command
-assembles it, one swtpm for the JoinService's host and one swtpm per node. Each of the
+assembles it (by default *as* its command, in a process of its own, so the node threads of this
+process do not share its interpreter lock), one swtpm for the JoinService's host and one swtpm
+per node. Each of the
 ``--nodes`` threads is one node; it joins ``--rounds`` times with a fresh disk UUID each time.
 
 One join = what a real node does: fetch the server certificate, aTLS handshake (the JoinService
@@ -22,13 +24,20 @@ import hashlib
 import json
 import os
 import platform
+import queue
+import signal
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography import x509
@@ -67,11 +76,159 @@ from constellation.proto import join_pb2, join_pb2_grpc
 IMAGE = ((4, b"kernel"), (9, b"initrd"), (11, b"uki"))
 
 
-def measured_issuer(tcti: str) -> VtpmIssuer:
+def measured_issuer(tcti: str) -> tuple[VtpmIssuer, bytes]:
     log = b""
     for pcr, part in IMAGE:
         log = firmware_measure(tcti, log, pcr, hashlib.sha256(part).digest(), part)
-    return VtpmIssuer(tcti, event_log=log)
+    return VtpmIssuer(tcti, event_log=log), log
+
+
+class JoinServiceProcess:
+    """``constellation-joinservice`` as its own process (own GIL), stopped by PID."""
+
+    def __init__(self, settings: Settings, event_log: Path) -> None:
+        self._settings = settings
+        self._event_log = event_log
+        self._metrics_port = free_port()
+        self._process: subprocess.Popen[str] | None = None
+        self._lines: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    def start(self) -> str:
+        s = self._settings
+        command = [
+            sys.executable,
+            "-m",
+            "constellation.joinservice",
+            "--listen=127.0.0.1",
+            "--port=0",
+            "--health-port=0",
+            f"--metrics-port={self._metrics_port}",
+            "--log-level=info",  # the listening line (with the port) is an info line
+            f"--join-config-dir={s.join_config_dir}",
+            f"--keyservice-endpoint={s.keyservice_endpoint}",
+            f"--kubeconfig={s.kubeconfig}",
+            f"--ca-cert-file={s.ca_cert_file}",
+            f"--ca-key-file={s.ca_key_file}",
+            f"--api-server-endpoint={s.api_server_endpoint}",
+            f"--components-file={s.components_file}",
+            f"--tpm-tcti={s.tpm_tcti}",
+            f"--event-log={self._event_log}",
+        ]
+        self._process = subprocess.Popen(
+            command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + 60
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                entry = self._lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if entry.get("event") == "joinservice.listening":
+                return f"127.0.0.1:{entry['port']}"
+        self.stop()
+        raise SystemExit("the JoinService process did not start within 60s")
+
+    def _read(self) -> None:
+        assert self._process is not None
+        assert self._process.stderr is not None
+        for line in self._process.stderr:
+            if '"joinservice.listening"' in line:
+                self._lines.put(json.loads(line))
+
+    def validation_seconds(self) -> tuple[float | None, float | None]:
+        url = f"http://127.0.0.1:{self._metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        values: dict[str, float] = {}
+        for line in text.splitlines():
+            if (
+                line.startswith("constellation_attestation_seconds_")
+                and 'operation="validate"' in line
+            ):
+                name = line.split("{", 1)[0]
+                values[name] = float(line.rsplit(" ", 1)[1])
+        return (
+            values.get("constellation_attestation_seconds_sum"),
+            values.get("constellation_attestation_seconds_count"),
+        )
+
+    def stop(self) -> None:
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._process.send_signal(signal.SIGTERM)
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(timeout=10)
+
+
+class TimedIssuer:
+    """Adds up the time the JoinService host's TPM spends quoting (handshakes are serialized
+    on it: a TPM without resource manager serves one command sequence at a time)."""
+
+    def __init__(self, inner: VtpmIssuer) -> None:
+        self._inner = inner
+        self.busy = 0.0
+        self.count = 0
+
+    @property
+    def variant(self) -> str:
+        return self._inner.variant
+
+    def issue(self, user_data: bytes, nonce: bytes) -> bytes:
+        started = time.perf_counter()
+        try:
+            return self._inner.issue(user_data, nonce)
+        finally:
+            self.busy += time.perf_counter() - started
+            self.count += 1
+
+
+class InProcessJoinService:
+    """The same service in this process (shares the GIL with the 50 node threads)."""
+
+    def __init__(self, settings: Settings, host: VtpmIssuer, workers: int) -> None:
+        self.host = TimedIssuer(host)
+        self._api = k8s_config.new_client_from_config(config_file=str(settings.kubeconfig))
+        self._api.configuration.connection_pool_maxsize = workers
+        self._channel = grpc.insecure_channel(settings.keyservice_endpoint)
+        self.metrics = ServiceMetrics(METRICS_SERVICE)
+        self._server, self._watcher = build_join_server(
+            settings,
+            issuer=self.host,
+            validator_factory=validator_for,
+            core=k8s.CoreV1Api(self._api),
+            keyservice=self._channel,
+            metrics=self.metrics,
+            max_workers=workers,
+        )
+
+    def start(self) -> str:
+        port = self._server.add_port("127.0.0.1:0")
+        self._server.start()
+        return f"127.0.0.1:{port}"
+
+    def validation_seconds(self) -> tuple[float | None, float | None]:
+        labels = {"service": METRICS_SERVICE, "operation": "validate"}
+        registry = self.metrics.registry
+        return (
+            registry.get_sample_value("constellation_attestation_seconds_sum", labels),
+            registry.get_sample_value("constellation_attestation_seconds_count", labels),
+        )
+
+    def stop(self) -> None:
+        self._watcher.stop()
+        self._server.shutdown(grace=2.0)
+        self._channel.close()
+        self._api.close()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def image_measurements(tcti: str) -> Measurements:
@@ -104,7 +261,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--nodes", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=16, help="JoinService gRPC workers")
+    parser.add_argument(
+        "--workers", type=int, default=16, help="JoinService gRPC workers (--in-process only)"
+    )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the JoinService in this process instead of as its command",
+    )
     args = parser.parse_args()
     configure_logging("warning")  # decisions are logged per join; keep the figures readable
 
@@ -129,8 +293,8 @@ def main() -> None:
             keyservice.start()
 
             host_tpm, *node_tpms = tpms.start(args.nodes + 1)
-            host = measured_issuer(host_tpm.tcti)
-            nodes = [measured_issuer(t.tcti) for t in node_tpms]
+            host, host_log = measured_issuer(host_tpm.tcti)
+            nodes = [measured_issuer(t.tcti)[0] for t in node_tpms]
             expected = image_measurements(host_tpm.tcti)
 
             join_config = root / "join-config"
@@ -154,21 +318,13 @@ def main() -> None:
                 components_file=components,
                 tpm_tcti=host_tpm.tcti,
             )
-            api = k8s_config.new_client_from_config(config_file=str(plane.admin_kubeconfig))
-            api.configuration.connection_pool_maxsize = args.workers
-            ks_channel = grpc.insecure_channel(settings.keyservice_endpoint)
-            metrics = ServiceMetrics(METRICS_SERVICE)
-            server, watcher = build_join_server(
-                settings,
-                issuer=host,
-                validator_factory=validator_for,
-                core=k8s.CoreV1Api(api),
-                keyservice=ks_channel,
-                metrics=metrics,
-                max_workers=args.workers,
-            )
-            target = f"127.0.0.1:{server.add_port('127.0.0.1:0')}"
-            server.start()
+            event_log_file = root / "host-event-log"
+            event_log_file.write_bytes(host_log)
+            if args.in_process:
+                service: Any = InProcessJoinService(settings, host, args.workers)
+            else:
+                service = JoinServiceProcess(settings, event_log_file)
+            target = service.start()
             server_validator = VtpmValidator(expected, require_event_log=True)
 
             latencies: list[float] = []
@@ -202,21 +358,12 @@ def main() -> None:
                 list(pool.map(run_node, range(args.nodes)))
             wall = time.perf_counter() - wall_start
 
-            watcher.stop()
-            server.shutdown(grace=2.0)
+            attest, attest_n = service.validation_seconds()
+            service.stop()
             keyservice.grpc_server.stop(None)
-            ks_channel.close()
-            api.close()
 
-    attest = metrics.registry.get_sample_value(
-        "constellation_attestation_seconds_sum",
-        {"service": METRICS_SERVICE, "operation": "validate"},
-    )
-    attest_n = metrics.registry.get_sample_value(
-        "constellation_attestation_seconds_count",
-        {"service": METRICS_SERVICE, "operation": "validate"},
-    )
-    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs")
+    mode = "in-process" if args.in_process else "separate process (the command)"
+    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, JoinService {mode}")
     print(f"nodes {args.nodes} concurrent, rounds {args.rounds}, server workers {args.workers}")
     print(f"joins ok {len(latencies)}, failed {len(failures)}, wall {wall:.2f}s")
     if latencies:
@@ -228,6 +375,12 @@ def main() -> None:
         )
     if attest and attest_n:
         print(f"server-side validation mean {attest / attest_n * 1000:.1f} ms ({attest_n:.0f})")
+    if args.in_process:
+        busy, count = service.host.busy, service.host.count
+        print(
+            f"host TPM busy quoting {busy:.2f}s of {wall:.2f}s wall "
+            f"({count} quotes, mean {busy / max(count, 1) * 1000:.1f} ms)"
+        )
     for failure in failures[:5]:
         print("failure:", failure)
 
