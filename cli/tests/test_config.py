@@ -132,3 +132,10 @@ def test_duplicate_yaml_keys_are_refused() -> None:
 def test_not_a_config_is_refused(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_config(text)
+
+
+def test_empty_measurements_come_with_a_commented_example() -> None:
+    text = render_config(default_config(Provider.MINI))
+    assert "measurements: {}" in text
+    assert "#     warnOnly: false" in text
+    assert parse_config(text).attestation.measurements == {}

@@ -246,7 +246,14 @@ def render_config(config: Config) -> str:
             lines.append(f"      expected: {_scalar(entry.expected)}")
             lines.append(f"      warnOnly: {_scalar(entry.warnOnly)}")
     else:
-        lines.append("  measurements: {}")
+        lines += [
+            "  measurements: {}",
+            "  # Shape of an entry (one per PCR, values of one bank: 32-byte SHA-256 hex):",
+            "  # measurements:",
+            '  #   "4":',
+            '  #     expected: "<64 hex digits>"',
+            "  #     warnOnly: false",
+        ]
     lines.append("  # Public key (ECDSA P-256) that signs published measurements: a PEM inline")
     lines.append("  # (measurementServicePublicKey) or a file (measurementServicePublicKeyPath,")
     lines.append("  # relative to the workspace).")
