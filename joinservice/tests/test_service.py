@@ -69,6 +69,7 @@ NAMESPACE = "kube-system"
 class KeyService:
     target: str
     secret: MasterSecret
+    server: KeyServiceServer
 
     def data_key(self, data_key_id: str) -> bytes:
         return derive_key(self.secret.key, self.secret.salt, "key-" + data_key_id, 32)
@@ -81,7 +82,7 @@ def keyservice() -> Iterator[KeyService]:
     port = server.add_port("127.0.0.1:0")
     server.start()
     try:
-        yield KeyService(f"127.0.0.1:{port}", secret)
+        yield KeyService(f"127.0.0.1:{port}", secret, server)
     finally:
         server.grpc_server.stop(None).wait(5)
 
@@ -341,6 +342,59 @@ def test_ten_nodes_join_concurrently(
         assert "system:nodes" in groups
     assert len(tokens) == 10
     assert service.metrics.requests("/join.API/IssueJoinTicket", "OK") == 10
+
+
+def test_no_secret_reaches_the_log(
+    start_service: Callable[..., Service], make_nodes: Callable[..., list[Node]]
+) -> None:
+    service = start_service()
+    (node,) = make_nodes(1)
+    disk = str(uuid.uuid4())
+    with structlog.testing.capture_logs() as logs:
+        response, _ = service.join(node, disk, "quiet", control_plane=True)
+    (issued,) = [entry for entry in logs if entry["event"] == "join.issued"]
+    assert issued["peer"] == issued["peer"].lower()
+    assert len(issued["peer"]) == 64
+    assert issued["node"] == "quiet"
+    assert issued["token_id"] == response.token.split(".")[0]
+    dump = json.dumps(logs, default=repr)
+    secret_half = response.token.split(".")[1]
+    for value in (
+        secret_half,
+        response.state_disk_key.hex(),
+        response.measurement_secret.hex(),
+        repr(response.state_disk_key)[2:-1],
+    ):
+        assert value not in dump
+    ca_key = {f.name: f.data for f in response.control_plane_files}["ca.key"]
+    assert ca_key.decode().splitlines()[1] not in dump
+
+
+def test_keyservice_outage_is_unavailable(
+    start_service: Callable[..., Service],
+    make_nodes: Callable[..., list[Node]],
+    keyservice: KeyService,
+    kube_client: Any,
+) -> None:
+    service = start_service()
+    (node,) = make_nodes(1)
+    core = k8s.CoreV1Api(kube_client)
+
+    def tokens() -> set[str]:
+        listed = core.list_namespaced_secret(
+            NAMESPACE, field_selector="type=bootstrap.kubernetes.io/token"
+        )
+        return {item.metadata.name for item in listed.items}
+
+    before = tokens()
+    keyservice.server.grpc_server.stop(None).wait(5)
+    with pytest.raises(grpc.RpcError) as info:
+        service.join(node, str(uuid.uuid4()), "no-keys")
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "KeyService" in info.value.details()
+    assert service.metrics.requests("/join.API/IssueJoinTicket", "UNAVAILABLE") == 1
+    # The bootstrap token is created last, so a failed join leaves none behind.
+    assert tokens() == before
 
 
 def test_control_plane_node_gets_the_pki(
