@@ -67,6 +67,14 @@ def test_parse_reports_every_problem() -> None:
         (b"qemu-vtpm", b'{"24": "' + b"aa" * 32 + b'"}', SALT, "out of range"),
         (b"qemu-vtpm", measurements_json(pcr4="aa" * 31), SALT, "31 bytes"),
         (b"qemu-vtpm", measurements_json(), SALT + b"x", "33 bytes"),
+        (b"qemu-vtpm", b"{}", SALT, "enforce no PCR besides 15"),
+        (b"qemu-vtpm", b'{"15": "' + b"00" * 32 + b'"}', SALT, "enforce no PCR besides 15"),
+        (
+            b"qemu-vtpm",
+            b'{"4": {"expected": "' + b"aa" * 32 + b'", "warnOnly": true}}',
+            SALT,
+            "enforce no PCR besides 15",
+        ),
     ],
 )
 def test_parse_rejects(variant: bytes, measurements: bytes, salt: bytes, fragment: str) -> None:

@@ -7,7 +7,8 @@ mounts it into the JoinService as a directory with one file per key:
   ignored);
 - ``measurements``: the expected measurements as JSON (``{"4": {"expected": "<hex>",
   "warnOnly": false}, ...}``); PCR 15 is always enforced as zero for a join, whatever the file
-  says, because a node whose PCR 15 is set has already committed to a cluster;
+  says, because a node whose PCR 15 is set has already committed to a cluster; a file that
+  enforces nothing else is refused (it would admit any machine);
 - ``measurementSalt``: the cluster's 32-byte measurement salt, raw (``binaryData``). It may
   instead come from a separate file (``salt_file``), e.g. when it is mounted from a Secret.
 
@@ -32,7 +33,11 @@ from typing import Final, Generic, TypeVar
 import structlog
 
 from constellation.attestation.errors import ConstellationError
-from constellation.attestation.measurements import Measurements, MeasurementsError
+from constellation.attestation.measurements import (
+    PCR_NODE_LOCK,
+    Measurements,
+    MeasurementsError,
+)
 from constellation.joinservice.errors import JoinConfigError
 
 VARIANT_FILE: Final = "attestationVariant"
@@ -85,6 +90,13 @@ def parse_join_config(variant: bytes, measurements: bytes, salt: bytes) -> JoinC
         parsed = Measurements.from_json(measurements).with_pcr15(None)
     except MeasurementsError as exc:
         problems.append(f"{MEASUREMENTS_FILE}: {exc}")
+    else:
+        enforced = [i for i, m in parsed.items() if not m.warn_only and i != PCR_NODE_LOCK]
+        if not enforced:
+            problems.append(
+                f"{MEASUREMENTS_FILE} enforce no PCR besides 15, so any machine with a fresh "
+                "TPM would pass; publish the image's measurements (e.g. PCRs 4, 9, 11)"
+            )
     if len(salt) != MEASUREMENT_SALT_LENGTH:
         problems.append(
             f"{SALT_FILE} must be {MEASUREMENT_SALT_LENGTH} raw bytes, got {len(salt)} bytes"
