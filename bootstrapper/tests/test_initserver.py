@@ -7,11 +7,13 @@ Kubernetes binaries (it brings up the real control plane) and is skipped without
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import grpc
 import pytest
 
+from constellation.attestation import atls
 from constellation.attestation.kdf import derive_cluster_id, derive_key, derive_measurement_secret
 from constellation.attestation.measurements import Measurement, Measurements, pcr15_for_cluster_id
 from constellation.attestation.nodelock import NodeLock
@@ -28,8 +30,9 @@ from constellation.bootstrapper.testing import (
     init_request,
     make_node,
     serve_init,
+    uninitialized_node_validator,
 )
-from constellation.proto import init_pb2
+from constellation.proto import init_pb2, init_pb2_grpc
 
 pytestmark = pytest.mark.swtpm
 # The pinned Kubernetes binaries (skips with the command that provides them when missing).
@@ -234,3 +237,32 @@ def test_unreadable_metadata_reveals_nothing_to_the_caller(
     assert info.value.details() == "this node cannot check init secrets"
     assert info.value.received == []
     _assert_untouched(node)
+
+
+def test_init_completes_when_the_caller_disconnects_after_the_lock(
+    node: NodeParts, small_components: list
+) -> None:
+    """Past the point of no return the node finishes on its own (here: up to the control
+    plane, which fails for lack of binaries and is reported through the callback)."""
+    failed: list[str] = []
+    done = threading.Event()
+
+    def on_failed(reason: str) -> None:
+        failed.append(reason)
+        done.set()
+
+    request = init_request(small_components)
+    callbacks = InitCallbacks(on_failed=on_failed)
+    with serve_init(node, LocalControlPlane(node.directory / "cp"), callbacks) as target:
+        with atls.connect(target, [uninitialized_node_validator()], timeout=30) as channel:
+            stream = init_pb2_grpc.APIStub(channel.channel).Init(request, timeout=60)
+            for response in stream:
+                if response.progress.phase == "node-lock":
+                    stream.cancel()
+                    break
+        assert done.wait(60)
+    assert "lacks" in failed[0]
+    uuid = node.disk.uuid()
+    key = derive_key(request.master_secret, request.master_salt, "key-" + uuid, 32)
+    node.disk.check_key(DiskKey(key))  # the rekey ran after the caller had gone
+    assert (node.installer.install_root / "usr/bin/kubeadm").exists()

@@ -31,6 +31,7 @@ codes in one place, :func:`status_for`.
 from __future__ import annotations
 
 import ipaddress
+import queue
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -281,15 +282,32 @@ class InitServer(init_pb2_grpc.APIServicer):
         check_init_secret(request.init_secret, secret_hash)
 
     def _init(self, request: init_pb2.InitRequest) -> Iterator[init_pb2.InitResponse]:
-        """The steps before the point of no return raise; the rest stream ``InitFailure``."""
+        """The steps before the point of no return raise; the rest stream ``InitFailure``.
+
+        The work runs in its own thread and the stream only relays its messages: a caller that
+        disconnects after the node lock was taken cannot leave the node half-initialized.
+        """
         # Step 1: nothing (not even "busy") is revealed to a caller without the init secret.
         self._check_secret(request)
         if not self._busy.acquire(blocking=False):
             raise InitInProgressError("another Init is running on this node; try again later")
-        try:
-            yield from self._init_authorized(request)
-        finally:
-            self._busy.release()
+        messages: queue.Queue[init_pb2.InitResponse | Exception | None] = queue.Queue()
+
+        def work() -> None:
+            try:
+                for message in self._init_authorized(request):
+                    messages.put(message)
+            except Exception as exc:  # relayed to the stream, which maps it to a status
+                messages.put(exc)
+            finally:
+                self._busy.release()
+                messages.put(None)
+
+        threading.Thread(target=work, name="init", daemon=True).start()
+        while (item := messages.get()) is not None:
+            if isinstance(item, Exception):
+                raise item
+            yield item
 
     def _init_authorized(self, request: init_pb2.InitRequest) -> Iterator[init_pb2.InitResponse]:
         if self._lock.is_initialized():
