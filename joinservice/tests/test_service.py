@@ -421,6 +421,7 @@ def test_node_with_wrong_pcr_is_refused_and_logged(
     (refusal,) = refusals(logs)
     assert checks_of(refusal) == {"pcr[9]"}
     assert refusal["stage"] == "attestation"
+    assert refusal["outcome"] == "refused"
     assert refusal["variant"] == "qemu-vtpm"
     failure = refusal["failures"][0]
     assert failure["expected"] == image_measurements(service.host)[9].expected.hex()
@@ -487,6 +488,8 @@ def test_disk_bound_to_one_node_is_refused_to_another(
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     (refusal,) = refusals(logs)
     assert checks_of(refusal) == {"disk_binding"}
+    assert refusal["outcome"] == "refused"
+    assert refusal["error"] == "DiskBindingError"
     # Node A itself may ask again (a retried join is not a second machine).
     again, _ = service.join(node_a, disk, "node-a")
     assert again.state_disk_key == joined.state_disk_key
@@ -518,9 +521,11 @@ def test_bad_requests_are_invalid_argument_and_create_nothing(
         join_pb2.IssueJoinTicketRequest(disk_uuid=disk, certificate_request=bad_csr),
     ]
     for request in cases:
-        with pytest.raises(grpc.RpcError) as info:
+        with structlog.testing.capture_logs() as logs, pytest.raises(grpc.RpcError) as info:
             service.stub_call(node, "IssueJoinTicket", request)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        (refusal,) = refusals(logs)
+        assert refusal["outcome"] == "invalid"
     with pytest.raises(grpc.RpcError) as info:
         service.rejoin(node, "../etc")
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -122,6 +122,7 @@ class PeerValidator:
             log.warning(
                 "join.refused",
                 stage="attestation",
+                outcome="refused",
                 variant=expectations.variant,
                 join_config=expectations.config.digest,
                 failures=[f.to_dict() for f in err.failures],
@@ -134,6 +135,7 @@ class PeerValidator:
             log.warning(
                 "join.refused",
                 stage="attestation",
+                outcome="invalid",
                 variant=expectations.variant,
                 join_config=expectations.config.digest,
                 error=type(err).__name__,

@@ -264,11 +264,23 @@ class TicketIssuer:
         return ticket, {"binding": binding.outcome.value, "token_id": token.token_id}
 
 
+def outcome_of(err: JoinServiceError) -> str:
+    """A stable label for why nothing was issued: the node was refused, its request was
+    malformed, or a collaborator failed (the node may retry)."""
+    if isinstance(err, RefusedError):
+        return "refused"
+    if isinstance(err, InvalidRequestError):
+        return "invalid"
+    return "failed"
+
+
 def _log_refusal(err: JoinServiceError, context: Mapping[str, Any]) -> None:
     failures = getattr(err, "failures", ())
     log.warning(
         "join.refused",
-        outcome=type(err).__name__,
+        stage="ticket",
+        outcome=outcome_of(err),
+        error=type(err).__name__,
         reason=str(err),
         failures=[f.to_dict() for f in failures],
         **context,
