@@ -131,6 +131,8 @@ def test_keyservice_image_builds_and_runs() -> None:
     labels = config["Labels"]
     assert labels["org.opencontainers.image.version"] == "0.1.0"
     assert len(labels["org.opencontainers.image.revision"]) == 40
+    assert labels["org.opencontainers.image.title"] == "constellation-keyservice"
+    assert labels["org.opencontainers.image.base.name"].startswith("localhost/constellation/")
 
     help_run = subprocess.run(
         [*PODMAN_RUN, tag, "--help"], capture_output=True, text=True, timeout=300, check=False
