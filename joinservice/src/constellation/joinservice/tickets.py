@@ -241,12 +241,13 @@ class TicketIssuer:
         state_disk_key = self._keys.state_disk_key(uuid_text)
         measurement_secret = self._keys.measurement_secret()
         ca_cert_pem = self._cluster.ca_cert_pem()
+        discovery_hash = self._discovery(ca_cert_pem)
         components = self._cluster.components()
         control_plane_files = (
             self._cluster.control_plane_files() if request.is_control_plane else ()
         )
-        # The token is the only thing created in the cluster for this request; create it last
-        # so that a refusal or an upstream failure above leaves nothing behind.
+        # The binding must exist before any key leaves; the token is the one other object this
+        # request creates, and it is created last so a failure above leaves no live credential.
         token = self._tokens.create()
         ticket = JoinTicket(
             state_disk_key=state_disk_key,
@@ -255,7 +256,7 @@ class TicketIssuer:
             kubelet_cert_pem=signed.cert_pem,
             api_server_endpoint=self._api_server_endpoint,
             token=token.token,
-            discovery_hash=self._discovery(ca_cert_pem),
+            discovery_hash=discovery_hash,
             control_plane_files=control_plane_files,
             kubernetes_version=components.kubernetes_version,
             components=components.components,
