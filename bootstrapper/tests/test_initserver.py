@@ -6,8 +6,11 @@ Kubernetes binaries (it brings up the real control plane) and is skipped without
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import os
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -32,7 +35,7 @@ from constellation.bootstrapper.testing import (
     serve_init,
     uninitialized_node_validator,
 )
-from constellation.proto import init_pb2, init_pb2_grpc
+from constellation.proto import components_pb2, init_pb2, init_pb2_grpc
 
 pytestmark = pytest.mark.swtpm
 # The pinned Kubernetes binaries (skips with the command that provides them when missing).
@@ -266,3 +269,49 @@ def test_init_completes_when_the_caller_disconnects_after_the_lock(
     key = derive_key(request.master_secret, request.master_salt, "key-" + uuid, 32)
     node.disk.check_key(DiskKey(key))  # the rekey ran after the caller had gone
     assert (node.installer.install_root / "usr/bin/kubeadm").exists()
+
+
+def test_second_concurrent_init_is_aborted(node: NodeParts, tmp_path: Path) -> None:
+    """While one Init fetches its components, another (authorized) Init gets ABORTED."""
+    release = threading.Event()
+    payload = b"#!/bin/sh\nexit 0\n"
+
+    class SlowHandler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            release.wait(30)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    component = components_pb2.Component(
+        name="kubeadm",
+        url=f"http://127.0.0.1:{server.server_address[1]}/kubeadm",
+        hash="sha256:" + hashlib.sha256(payload).hexdigest(),
+        install_path="/usr/bin/kubeadm",
+    )
+    first: list[object] = []
+    try:
+        # The first Init ends at the control plane (no binaries in its request): irrelevant.
+        with serve_init(node, LocalControlPlane(tmp_path / "cp")) as target:
+            runner = threading.Thread(
+                target=lambda: first.append(call_init(target, init_request([component])))
+            )
+            runner.start()
+            time.sleep(1.0)
+            with pytest.raises(grpc.RpcError) as info:
+                call_init(target, init_request([component]))
+            assert info.value.code() == grpc.StatusCode.ABORTED
+            assert info.value.received == []
+            release.set()
+            runner.join(timeout=60)
+        assert first[0][-1].WhichOneof("kind") == "init_failure"  # type: ignore[index]
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()

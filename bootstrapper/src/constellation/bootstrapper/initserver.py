@@ -336,12 +336,17 @@ class InitServer(init_pb2_grpc.APIServicer):
             yield _progress("node-lock", "node lock taken (PCR 15 marked with the cluster ID)")
             try:
                 yield from self._after_lock(request, staged, cluster_id, owner_id)
-            except ConstellationError as error:
-                _log.error("init.failed_after_lock", error=str(error))
-                self._callbacks.on_failed(str(error))
+            except Exception as error:
+                if isinstance(error, ConstellationError):
+                    reason = str(error)
+                    _log.error("init.failed_after_lock", error=reason)
+                else:  # a bug: the details stay in the node's log
+                    reason = "internal error; see the node's log"
+                    _log.exception("init.failed_after_lock")
+                self._callbacks.on_failed(reason)
                 yield init_pb2.InitResponse(
                     init_failure=init_pb2.InitFailure(
-                        error=f"init failed after the node lock was taken: {error}"
+                        error=f"init failed after the node lock was taken: {reason}"
                     )
                 )
 
