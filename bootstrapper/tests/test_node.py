@@ -20,7 +20,7 @@ from constellation.attestation import atls
 from constellation.attestation.kdf import derive_cluster_id, derive_key, derive_measurement_secret
 from constellation.attestation.measurements import Measurement, Measurements, pcr15_for_cluster_id
 from constellation.attestation.swtpm import Swtpm
-from constellation.attestation.vtpm import VtpmValidator, open_tpm, read_pcrs
+from constellation.attestation.vtpm import VtpmIssuer, VtpmValidator, open_tpm, read_pcrs
 from constellation.bootstrapper.config import RetryPolicy
 from constellation.bootstrapper.initserver import InitCallbacks, InitServer, LocalControlPlane
 from constellation.bootstrapper.joinclient import JoinClient
@@ -240,3 +240,119 @@ def test_formatted_disk_without_state_is_refused(make_cluster: Callable[..., Clu
     cluster = make_cluster()  # make_node formatted the disk already; the passphrase is lost
     with pytest.raises(NodeError, match="LUKS header"):
         _node(cluster, []).run()
+
+
+def _wipe(node: NodeParts) -> None:
+    """A blank state disk, as on a first boot (the supervisor formats it itself)."""
+    with node.disk.device.open("r+b") as handle:
+        handle.write(bytes(1 << 20))
+
+
+class RacingNode:
+    """A supervisor with the real init server (aTLS on loopback) and the real join client."""
+
+    def __init__(self, cluster: Cluster, tmp_path: Path) -> None:
+        self.cluster = cluster
+        self.port: int | None = None
+        self.outcome: object = None
+        node = cluster.node
+
+        def make_init_server(key: DiskKey, callbacks: InitCallbacks) -> InitServer:
+            return InitServer(
+                metadata=node.metadata,
+                node_lock=node.lock,
+                state_disk=node.disk,
+                initial_disk_key=key,
+                installer=node.installer,
+                control_plane=LocalControlPlane(tmp_path / "cp"),
+                node_state_path=node.node_state_path,
+                callbacks=callbacks,
+            )
+
+        def serve(servicer: InitServer) -> Callable[[float], None]:
+            server = atls.AttestedServer(VtpmIssuer(node.tpm.tcti))
+            init_pb2_grpc.add_APIServicer_to_server(servicer, server.grpc_server)
+            self.port = server.add_port("127.0.0.1:0")
+            server.start()
+            return lambda grace: server.stop(grace).wait(grace + 1)
+
+        self.supervisor = Node(
+            node_lock=node.lock,
+            state_disk=node.disk,
+            node_state_path=node.node_state_path,
+            make_init_server=make_init_server,
+            serve_init=serve,
+            make_join_client=cluster.join_client,
+            stop_grace_s=1.0,
+        )
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        try:
+            self.outcome = self.supervisor.run()
+        except Exception as exc:
+            self.outcome = exc
+
+    def start(self) -> None:
+        _wipe(self.cluster.node)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while self.port is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+    def finish(self) -> object:
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive()
+        return self.outcome
+
+
+def test_supervisor_reports_a_join_that_failed_after_its_lock(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    cluster = make_cluster()  # the ticket's API server is unreachable: registration fails
+    racing = RacingNode(cluster, tmp_path)
+    racing.start()
+    outcome = racing.finish()
+    assert isinstance(outcome, NodeError)
+    assert "join failed after the node lock was taken" in str(outcome)
+    assert _pcr15(cluster.node.tpm.tcti) == pcr15_for_cluster_id(
+        cluster.authority.cluster.cluster_id
+    )
+
+
+def test_supervisor_keeps_serving_init_when_the_join_is_refused(
+    make_cluster: Callable[..., Cluster], tmp_path: Path, tool: Path
+) -> None:
+    cluster = make_cluster()
+    cluster.authority.edit = lambda response: setattr(response, "state_disk_key", b"short")
+    racing = RacingNode(cluster, tmp_path)
+    racing.start()
+    deadline = time.monotonic() + 30
+    while "IssueJoinTicket" not in cluster.authority.calls:  # the join client's ticket: refused
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert racing.thread.is_alive()  # no commit: the init server still serves
+    request = init_request([component_for("kubeadm", tool, "/usr/bin/kubeadm")])
+    with atls.connect(
+        f"127.0.0.1:{racing.port}", [uninitialized_node_validator()], timeout=30
+    ) as channel:
+        responses = list(init_pb2_grpc.APIStub(channel.channel).Init(request, timeout=60))
+    assert responses[-1].WhichOneof("kind") == "init_failure"  # no control-plane binaries
+    outcome = racing.finish()
+    assert isinstance(outcome, NodeError)
+    assert "init failed after the node lock was taken" in str(outcome)
+    secret = derive_measurement_secret(request.master_secret, request.master_salt)
+    init_cluster_id = derive_cluster_id(secret, request.measurement_salt)
+    assert _pcr15(cluster.node.tpm.tcti) == pcr15_for_cluster_id(init_cluster_id)
+
+
+def test_supervisor_stops_on_shutdown(make_cluster: Callable[..., Cluster], tmp_path: Path) -> None:
+    cluster = make_cluster()
+    cluster.authority.edit = lambda response: setattr(response, "measurement_secret", b"")
+    racing = RacingNode(cluster, tmp_path)
+    racing.start()
+    racing.supervisor.shutdown.set()
+    assert racing.finish() is None
+    assert _pcr15(cluster.node.tpm.tcti) == ZERO_PCR

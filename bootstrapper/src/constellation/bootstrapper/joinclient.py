@@ -112,7 +112,11 @@ class JoinOutcome:
 
 
 class JoinClient:
-    """Joins or rejoins the cluster; see the module docstring."""
+    """Joins or rejoins the cluster; see the module docstring.
+
+    ``took_lock`` tells the node supervisor whether THIS client passed its point of no return
+    (the init server shares the same node lock).
+    """
 
     def __init__(
         self,
@@ -140,6 +144,7 @@ class JoinClient:
         self._stop = stop or threading.Event()
         self._register = register
         self._rng = rng or random.SystemRandom()
+        self.took_lock = False
 
     # -- first join ------------------------------------------------------------------------
 
@@ -168,6 +173,7 @@ class JoinClient:
             if self._stop.is_set() or not self._lock.try_lock(cluster_id):
                 _log.info("join.lost_race", reason="the node lock is taken (init committed)")
                 return None
+            self.took_lock = True
             _log.info("join.locked", cluster_id=cluster_id.hex(), node=node.name)
             self._disk.rekey(initial_disk_key, DiskKey(ticket.state_disk_key))
             staged.install()

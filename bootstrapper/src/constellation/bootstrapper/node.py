@@ -158,12 +158,16 @@ class Node:
         def join() -> None:
             try:
                 result: JoinOutcome | None = client.join(initial_key)
-            except ConstellationError as exc:
-                if self._lock.is_initialized():
-                    # Past our own point of no return: the node cannot recover by itself.
-                    race.error = f"join failed after the node lock was taken: {exc}"
+            except Exception as exc:
+                reason = str(exc) if isinstance(exc, ConstellationError) else "internal error"
+                if client.took_lock:
+                    # Past the join's own point of no return: the node cannot recover by itself.
+                    race.error = f"join failed after the node lock was taken: {reason}"
                     race.committed.set()
-                _log.error("node.join_failed", error=str(exc))
+                if isinstance(exc, ConstellationError):
+                    _log.error("node.join_failed", error=reason)
+                else:
+                    _log.exception("node.join_failed")
                 return
             if result is not None:
                 race.outcome = NodeOutcome(CommitPath.JOINED, result.cluster_id)
