@@ -279,3 +279,21 @@ def test_script_reports_a_missing_binary(
     assert _run([*base, "verify"], env).returncode != 0
     assert _run([*base, "path", "hello"], env).returncode != 0
     assert _run([*base, "ensure"], env).returncode == 0  # rebuilt, same hash as recorded
+
+
+def test_verify_reference_compares_local_builds_with_the_lock(
+    tiny_setup: tuple[Path, dict[str, str]],
+) -> None:
+    lock_path, env = tiny_setup
+    base = ["--lock", str(lock_path)]
+    assert _run([*base, "ensure"], env).returncode == 0
+    assert _run([*base, "record"], env).returncode == 0
+    assert _run([*base, "verify", "--reference"], env).returncode == 0
+
+    raw = json.loads(lock_path.read_text())
+    raw["components"]["hello"]["reference_build_sha256"] = "0" * 64
+    lock_path.write_text(json.dumps(raw))
+    assert _run([*base, "verify"], env).returncode == 0  # the cache record still matches
+    strict = _run([*base, "verify", "--reference"], env)
+    assert strict.returncode != 0
+    assert "reference build" in strict.stderr

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -177,3 +179,51 @@ def test_readiness_wait_is_bounded_and_cleans_up(
         plane.start()
     assert processes_mentioning(str(directory)) == []
     assert processes_mentioning("sleep 313.25") == []
+
+
+OWNER_SCRIPT = """
+import sys
+from pathlib import Path
+from constellation.bootstrapper.kubernetes.controlplane import ControlPlane, ControlPlaneBinaries
+binaries = ControlPlaneBinaries(
+    kubeadm=Path(sys.argv[2]), etcd=Path(sys.argv[3]), kube_apiserver=Path(sys.argv[4])
+)
+plane = ControlPlane(Path(sys.argv[1]), binaries, kubernetes_version=sys.argv[5])
+plane.start()
+print("ready", flush=True)
+sys.stdin.read()  # wait to be killed
+"""
+
+
+@pytest.mark.kube
+def test_orphans_of_a_killed_owner_are_ended_on_the_next_start(
+    tmp_path: Path, binaries: ControlPlaneBinaries, kubernetes_lock: ComponentLock
+) -> None:
+    directory = tmp_path / "cp"
+    owner = subprocess.Popen(
+        [
+            sys.executable, "-c", OWNER_SCRIPT, str(directory), str(binaries.kubeadm),
+            str(binaries.etcd), str(binaries.kube_apiserver), kubernetes_lock.kubernetes_version,
+        ],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert owner.stdout is not None
+        assert owner.stdout.readline() == b"ready\n"
+    finally:
+        owner.kill()  # SIGKILL: no chance to tear anything down
+        owner.wait(timeout=30)
+    orphans = processes_mentioning(str(directory))
+    assert len(orphans) == 2  # etcd and kube-apiserver survived their owner
+
+    plane = ControlPlane(
+        directory,
+        ControlPlaneBinaries(
+            kubeadm=binaries.kubeadm, etcd=binaries.etcd, kube_apiserver=binaries.kube_apiserver
+        ),
+        kubernetes_version=kubernetes_lock.kubernetes_version,
+    )
+    with plane:
+        assert sorted(processes_mentioning(str(directory))) == sorted(plane.pids.values())
+        assert not set(orphans) & set(plane.pids.values())
+    assert processes_mentioning(str(directory)) == []

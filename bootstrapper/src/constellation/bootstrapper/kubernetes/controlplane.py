@@ -21,7 +21,10 @@ mock. Bring-up, in order (each step logs to ``<directory>/logs/``):
    later phase we do not run), so ``admin.conf`` works as it does on a kubeadm cluster.
 
 Teardown sends SIGTERM to each child by PID (reverse start order), waits a bounded time, then
-SIGKILL. It runs on every exit path of the context manager, including a failed start.
+SIGKILL. It runs on every exit path of the context manager, including a failed start. The PIDs
+are also kept in ``<directory>/pids.json``: if the owning process itself was killed, the next
+start in that directory ends the orphans first (only processes whose command line names the
+directory).
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ LOOPBACK = "127.0.0.1"
 SERVICE_SUBNET = "10.96.0.0/12"
 CLUSTER_NAME = "constellation"
 STATE_FILE = "controlplane.json"
+PIDS_FILE = "pids.json"
 DEFAULT_READY_TIMEOUT = 120.0
 READY_POLL_INTERVAL = 0.25
 STOP_TIMEOUT = 15.0
@@ -270,6 +274,7 @@ class ControlPlane:
             self.directory.mkdir(parents=True, exist_ok=True)
             os.chmod(self.directory, 0o700)
             self.log_dir.mkdir(exist_ok=True)
+            self._end_stale_children()
             self._ports = self._prepare_ports_and_pki()
             self._start_etcd()
             self._start_apiserver()
@@ -298,6 +303,8 @@ class ControlPlane:
                     except subprocess.TimeoutExpired:
                         errors.append(f"{name} (pid {proc.pid}) survived SIGKILL")
         self._children.clear()
+        with contextlib.suppress(FileNotFoundError):
+            (self.directory / PIDS_FILE).unlink()
         for handle in self._log_handles:
             handle.close()
         self._log_handles.clear()
@@ -403,6 +410,37 @@ class ControlPlane:
             start_new_session=True,
         )
         self._children.append((name, proc))
+        pids = {child: p.pid for child, p in self._children}
+        write_atomic(self.directory / PIDS_FILE, json.dumps(pids).encode(), mode=PUBLIC_MODE)
+
+    def _end_stale_children(self) -> None:
+        """End children a previous owner of this directory left behind (it was SIGKILLed).
+
+        A PID from ``pids.json`` is signalled only if that process's command line still names
+        this directory, so a recycled PID of an unrelated process is never touched.
+        """
+        try:
+            stale = json.loads((self.directory / PIDS_FILE).read_text())
+        except (FileNotFoundError, ValueError):
+            return
+        if not isinstance(stale, dict):
+            return
+        marker = str(self.directory).encode()
+        for pid in stale.values():
+            if not isinstance(pid, int) or pid <= 1:
+                continue
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker not in cmdline:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        (self.directory / PIDS_FILE).unlink(missing_ok=True)
 
     def _start_etcd(self) -> None:
         ports, pki = self.ports, self.pki_dir / "etcd"
