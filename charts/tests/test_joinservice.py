@@ -15,7 +15,8 @@ def by_kind(manifests: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def manifests(render: Any) -> list[dict[str, Any]]:
-    return render("joinservice")
+    rendered: list[dict[str, Any]] = render("joinservice")
+    return rendered
 
 
 def pod_spec(manifests: list[dict[str, Any]]) -> dict[str, Any]:

@@ -19,7 +19,8 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 @pytest.fixture(scope="module")
 def manifests(render: Any) -> list[dict[str, Any]]:
-    return render("keyservice")
+    rendered: list[dict[str, Any]] = render("keyservice")
+    return rendered
 
 
 def test_deployment_runs_on_control_plane_nodes(manifests: list[dict[str, Any]]) -> None:

@@ -19,7 +19,8 @@ def pod_spec(manifests: list[dict[str, Any]]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def manifests(render: Any) -> list[dict[str, Any]]:
-    return render("verificationservice")
+    rendered: list[dict[str, Any]] = render("verificationservice")
+    return rendered
 
 
 def test_runs_on_every_node(manifests: list[dict[str, Any]]) -> None:
