@@ -32,6 +32,7 @@ from constellation.joinservice.bootstrap_token import (
 )
 from constellation.joinservice.errors import UpstreamError
 from constellation.joinservice.keys import SecretBytes
+from constellation.joinservice.tickets import TokenIssuer
 
 NOW = datetime(2026, 6, 1, 12, 0, 30, 123456, tzinfo=UTC)
 TOKEN_FORMAT = re.compile(r"[a-z0-9]{6}\.[a-z0-9]{16}")
@@ -128,7 +129,9 @@ class RecordingCore:
         self.status = status
         self.calls = 0
 
-    def create_namespaced_secret(self, namespace: str, body: dict, **_: object) -> None:
+    def create_namespaced_secret(
+        self, namespace: str, body: dict[str, object], **_: object
+    ) -> None:
         self.calls += 1
         err = ApiException(status=self.status, reason="Internal Server Error")
         err.body = str(body)  # an API error body may quote the request, secret included
@@ -138,7 +141,7 @@ class RecordingCore:
 def test_upstream_error_never_carries_the_secret() -> None:
     fixed = generate_token()
     core = RecordingCore(500)
-    tokens = BootstrapTokens(core, generate=lambda: fixed)
+    tokens: TokenIssuer = BootstrapTokens(core, generate=lambda: fixed)
     with pytest.raises(UpstreamError) as err:
         tokens.create()
     secret = fixed.secret.reveal().decode()

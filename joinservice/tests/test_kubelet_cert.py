@@ -25,7 +25,7 @@ from constellation.joinservice.kubelet_cert import (
     SigningCAError,
     sign_kubelet_csr,
 )
-from constellation.joinservice.tickets import MAX_CSR_SIZE
+from constellation.joinservice.tickets import MAX_CSR_SIZE, KubeletSigner
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 UNSPECIFIED = "0.0.0.0"  # noqa: S104 - a SAN value that must be refused, nothing binds to it
@@ -126,7 +126,7 @@ def test_validity_never_exceeds_the_ca(ca: SigningCA) -> None:
 
 
 def test_signer_uses_its_clock(ca: SigningCA) -> None:
-    signer = KubeletCertSigner(ca, clock=lambda: NOW, validity=timedelta(hours=1))
+    signer: KubeletSigner = KubeletCertSigner(ca, clock=lambda: NOW, validity=timedelta(hours=1))
     cert = x509.load_pem_x509_certificate(signer.sign(make_csr()).cert_pem)
     assert cert.not_valid_after_utc == NOW + timedelta(hours=1)
 
