@@ -22,6 +22,7 @@ import pytest
 
 from constellation.attestation.kdf import derive_cluster_id, derive_key, derive_measurement_secret
 from constellation.attestation.measurements import Measurements, pcr15_for_cluster_id
+from constellation.attestation.nodelock import NodeLock
 from constellation.attestation.swtpm import Swtpm
 from constellation.attestation.vtpm import VtpmIssuer, firmware_measure, open_tpm, read_pcrs
 from constellation.bootstrapper.config import RetryPolicy
@@ -88,6 +89,9 @@ def cluster(
     host_log = _measure(host)
     image = _image_measurements(host)
     master_key, master_salt, measurement_salt = os.urandom(32), os.urandom(32), os.urandom(32)
+    # The JoinService's host is an initialized node of this cluster: PCR 15 carries the mark.
+    measurement_secret = derive_measurement_secret(master_key, master_salt)
+    assert NodeLock(host.tcti).try_lock(derive_cluster_id(measurement_secret, measurement_salt))
     keys = keyservice_server.KeyServiceServer(
         keyservice_keys.DataKeys(keyservice_keys.MasterSecret(key=master_key, salt=master_salt)),
         ServiceMetrics("keyservice"),

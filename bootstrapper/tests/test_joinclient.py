@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from constellation.attestation.measurements import Measurement, Measurements, pcr15_for_cluster_id
+from constellation.attestation.nodelock import NodeLock
 from constellation.attestation.swtpm import Swtpm
 from constellation.attestation.vtpm import VtpmValidator, open_tpm, read_pcrs
 from constellation.bootstrapper.config import RetryPolicy
@@ -29,6 +30,7 @@ from constellation.bootstrapper.joinclient import (
     JoinTimeoutError,
     RejoinError,
     TicketError,
+    joinservice_measurements,
 )
 from constellation.bootstrapper.kubernetes import testing as kube_fixtures
 from constellation.bootstrapper.metadata import Endpoint, Role, write_metadata_file
@@ -81,6 +83,7 @@ class JoinSetup:
     joinservice_measurements: Measurements
     endpoint: Endpoint
     stop: threading.Event
+    joinservice_tpm: Swtpm
 
     def client(
         self,
@@ -139,7 +142,9 @@ def make_setup(
                 ip="127.0.0.2",
                 endpoints=(endpoint,),
             )
-            return JoinSetup(node, authority, measurements, endpoint, threading.Event())
+            return JoinSetup(
+                node, authority, measurements, endpoint, threading.Event(), joinservice_tpm
+            )
 
         yield build
 
@@ -154,7 +159,7 @@ def test_joinservice_with_wrong_measurements_is_refused_before_any_request(
     make_setup: Callable[..., JoinSetup],
 ) -> None:
     setup = make_setup()
-    other_image = Measurements({4: Measurement(b"\x44" * 32), 15: Measurement(ZERO_PCR)})
+    other_image = Measurements({4: Measurement(b"\x44" * 32)})
     with pytest.raises(JoinTimeoutError) as info:
         setup.client(measurements=other_image).join(setup.node.initial_key)
     assert "pcr[4]" in str(info.value)
@@ -219,6 +224,17 @@ def _set_endpoints(node: NodeParts, endpoints: tuple[Endpoint, ...]) -> None:
         node.metadata.path,
         dataclasses.replace(node.metadata.self(), control_plane_endpoints=endpoints),
     )
+
+
+def test_joinservice_on_a_node_of_another_cluster_is_refused(
+    make_setup: Callable[..., JoinSetup],
+) -> None:
+    setup = make_setup()
+    # The service's own node carries the mark of a different cluster than its tickets name.
+    assert NodeLock(setup.joinservice_tpm.tcti).try_lock(b"some other cluster".ljust(32))
+    with pytest.raises(TicketError, match="marked for another cluster"):
+        setup.client().join(setup.node.initial_key)
+    _assert_not_joined(setup)
 
 
 def _closed_port() -> int:
@@ -320,6 +336,8 @@ def test_join_registers_the_node_with_its_kubelet_certificate(
 ) -> None:
     ca = ClusterCA.load(control_plane.ca_cert_path, control_plane.ca_key_path)
     setup = make_setup(ca=ca, api_server_endpoint=control_plane.server)
+    # The JoinService runs on an initialized node of the cluster its tickets are for.
+    assert NodeLock(setup.joinservice_tpm.tcti).try_lock(setup.authority.cluster.cluster_id)
     outcome = setup.client(register=register_node).join(setup.node.initial_key)
     assert outcome is not None
     cluster = setup.authority.cluster
@@ -350,3 +368,11 @@ def test_join_registers_the_node_with_its_kubelet_certificate(
     # No kubelet runs here, so nothing reports the node Ready (documented in registration).
     conditions = node.status.conditions or []
     assert not any(c.type == "Ready" and c.status == "True" for c in conditions)
+
+
+def test_joinservice_expectation_keeps_every_pcr_but_15() -> None:
+    image = Measurements(
+        {4: Measurement(b"\x04" * 32), 9: Measurement(b"\x09" * 32, warn_only=True)}
+    ).with_pcr15(None)
+    expected = joinservice_measurements(image)
+    assert dict(expected) == {4: image[4], 9: image[9]}

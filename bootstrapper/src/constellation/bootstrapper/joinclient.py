@@ -9,8 +9,9 @@ Join (first boot), in order:
    did not authenticate the JoinService, DESIGN.md §9). No ticket request is sent to an
    unverified server.
 3. Send ``IssueJoinTicket{disk_uuid, csr}`` with a CSR for a fresh ECDSA P-256 kubelet key.
-4. Check the ticket (lengths, the kubelet certificate is for our key and our node name), then
-   fetch and verify the Kubernetes components it lists (nothing installed yet).
+4. Check the ticket (lengths, the kubelet certificate is for our key and our node name, the
+   JoinService's verified PCR 15 is not the mark of another cluster), then fetch and verify
+   the Kubernetes components it lists (nothing installed yet).
 5. Derive the cluster ID from the ticket's measurement secret and salt and take the node lock.
    If the init server took it first, the join stops here: this node was initialized instead.
 6. Rekey the state disk with the ticket's key, install the components, register the Node
@@ -42,8 +43,9 @@ from cryptography import x509
 
 from constellation.attestation.atls import AttestedChannel
 from constellation.attestation.errors import ConstellationError
+from constellation.attestation.evidence import VerifiedEvidence
 from constellation.attestation.kdf import derive_cluster_id
-from constellation.attestation.measurements import Measurements
+from constellation.attestation.measurements import Measurements, pcr15_for_cluster_id
 from constellation.attestation.nodelock import PCR_NODE_LOCK
 from constellation.bootstrapper.config import RetryPolicy
 from constellation.bootstrapper.errors import BootstrapperError
@@ -159,9 +161,14 @@ class JoinClient:
             is_control_plane=node.role == Role.CONTROL_PLANE,
         )
         try:
-            ticket = self._with_retries(
+            ticket, server = self._with_retries(
                 "IssueJoinTicket",
-                lambda stub: stub.IssueJoinTicket(request, timeout=self._retry.rpc_timeout_s),
+                lambda channel: (
+                    join_pb2_grpc.APIStub(channel.channel).IssueJoinTicket(
+                        request, timeout=self._retry.rpc_timeout_s
+                    ),
+                    channel.server,
+                ),
                 stop_when_locked=True,
             )
         except JoinStoppedError as exc:
@@ -169,6 +176,7 @@ class JoinClient:
             return None
         check_join_ticket(ticket, identity)
         cluster_id = derive_cluster_id(ticket.measurement_secret, ticket.measurement_salt)
+        check_joinservice_cluster(server, cluster_id)
         with self._installer.stage(ticket.kubernetes_components) as staged:
             if self._stop.is_set() or not self._lock.try_lock(cluster_id):
                 _log.info("join.lost_race", reason="the node lock is taken (init committed)")
@@ -210,7 +218,9 @@ class JoinClient:
         request = join_pb2.IssueRejoinTicketRequest(disk_uuid=disk_uuid)
         ticket = self._with_retries(
             "IssueRejoinTicket",
-            lambda stub: stub.IssueRejoinTicket(request, timeout=self._retry.rpc_timeout_s),
+            lambda channel: join_pb2_grpc.APIStub(channel.channel).IssueRejoinTicket(
+                request, timeout=self._retry.rpc_timeout_s
+            ),
         )
         if len(ticket.state_disk_key) != KEY_LENGTH or len(ticket.measurement_secret) != KEY_LENGTH:
             raise TicketError("rejoin ticket: the disk key and measurement secret need 32 bytes")
@@ -234,7 +244,7 @@ class JoinClient:
     def _with_retries(
         self,
         what: str,
-        call: Callable[[join_pb2_grpc.APIStub], T],
+        call: Callable[[AttestedChannel], T],
         *,
         stop_when_locked: bool = False,
     ) -> T:
@@ -258,7 +268,7 @@ class JoinClient:
                     raise JoinStoppedError(f"{what}: stopped")
                 try:
                     with self._connect(target) as channel:
-                        return call(join_pb2_grpc.APIStub(channel.channel))
+                        return call(channel)
                 except grpc.RpcError as exc:
                     code = exc.code() if isinstance(exc, grpc.Call) else None
                     details = exc.details() if isinstance(exc, grpc.Call) else ""
@@ -286,6 +296,25 @@ def joinservice_measurements(image: Measurements) -> Measurements:
     a cluster ID the joining node does not know yet; every other expected PCR is enforced.
     """
     return Measurements({i: m for i, m in image.items() if i != PCR_NODE_LOCK})
+
+
+def check_joinservice_cluster(server: VerifiedEvidence, cluster_id: bytes) -> None:
+    """The JoinService's node must not belong to another cluster than its ticket names.
+
+    Its PCR 15 (verified evidence, not a claim) is either the mark of ``cluster_id`` or, on a
+    node that was never initialized, zero (logged); any other mark means the ticket comes from
+    a service running on a node of a different cluster, and the node refuses to join.
+    """
+    marked = server.pcrs.get(PCR_NODE_LOCK)
+    if marked is None or marked == pcr15_for_cluster_id(cluster_id):
+        return
+    if not any(marked):
+        _log.warning("join.joinservice_unmarked", detail="the JoinService's node has PCR 15 = 0")
+        return
+    raise TicketError(
+        "join ticket: the JoinService runs on a node marked for another cluster "
+        f"(PCR 15 {marked.hex()}, expected {pcr15_for_cluster_id(cluster_id).hex()})"
+    )
 
 
 def check_join_ticket(ticket: join_pb2.IssueJoinTicketResponse, identity: KubeletIdentity) -> None:

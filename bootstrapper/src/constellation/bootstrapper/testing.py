@@ -44,6 +44,9 @@ from constellation.bootstrapper.initserver import (
     InitServer,
 )
 from constellation.bootstrapper.installer import ComponentInstaller
+from constellation.bootstrapper.joinclient import (
+    joinservice_measurements as joinservice_expectation,
+)
 from constellation.bootstrapper.metadata import (
     Endpoint,
     FileMetadata,
@@ -205,11 +208,11 @@ def init_request(
 
 def measure_image(tpm: Swtpm, image: bytes) -> tuple[bytes, Measurements]:
     """Mini-mode "firmware": measure ``image`` into PCR 4; return the event log and the
-    measurements a verifier expects of that node (PCR 4 = that image, PCR 15 unmarked)."""
+    image's measurements (PCR 4 = that image; PCR 15 is up to the verifier)."""
     log = firmware_measure(tpm.tcti, b"", 4, hashlib.sha256(image).digest())
     with open_tpm(tpm.tcti) as esapi:
         _, values = read_pcrs(esapi, (4,))
-    return log, Measurements({4: Measurement(values[4]), 15: Measurement(ZERO_PCR)})
+    return log, Measurements({4: Measurement(values[4])})
 
 
 @dataclass
@@ -373,7 +376,9 @@ def join_channel_factory(
 ) -> Callable[[str], atls.AttestedChannel]:
     """What the bootstrapper wires: mutual aTLS, the node attests, it verifies the service."""
     issuer = VtpmIssuer(node_tpm.tcti, event_log=event_log)
-    validator = VtpmValidator(joinservice_measurements, require_event_log=event_log is not None)
+    validator = VtpmValidator(
+        joinservice_expectation(joinservice_measurements), require_event_log=event_log is not None
+    )
 
     def connect(target: str) -> atls.AttestedChannel:
         return atls.connect(target, [validator], issuer=issuer, timeout=timeout)
