@@ -119,7 +119,12 @@ def test_cache_record_round_trip_and_verified_components(tmp_path: Path, raw_loc
     for name in lock.components:
         (tmp_path / name).write_bytes(name.encode())
         record = record.with_entry(
-            name, CacheEntry(sha256=sha256_file(tmp_path / name), origin="go-build")
+            name,
+            CacheEntry(
+                sha256=sha256_file(tmp_path / name),
+                origin="go-build",
+                pin=lock.component(name).pin(),
+            ),
         )
     record.save(tmp_path)
     assert CacheRecord.load(tmp_path) == record
@@ -137,9 +142,8 @@ def test_release_binary_must_match_the_pinned_release_hash(tmp_path: Path, raw_l
     raw_lock["components"]["etcd"]["source"]["sha256"] = "1" * 64
     lock = ComponentLock.from_dict(raw_lock)
     (tmp_path / "etcd").write_bytes(b"etcd")
-    CacheRecord(entries={"etcd": CacheEntry(sha256_file(tmp_path / "etcd"), "release")}).save(
-        tmp_path
-    )
+    entry = CacheEntry(sha256_file(tmp_path / "etcd"), "release", lock.component("etcd").pin())
+    CacheRecord(entries={"etcd": entry}).save(tmp_path)
     with pytest.raises(ComponentHashError):
         verified_components(lock, tmp_path, names=("etcd",))
 
@@ -297,3 +301,41 @@ def test_verify_reference_compares_local_builds_with_the_lock(
     strict = _run([*base, "verify", "--reference"], env)
     assert strict.returncode != 0
     assert "reference build" in strict.stderr
+
+
+def test_a_binary_cached_for_another_pin_is_not_handed_out(tmp_path: Path, raw_lock: dict) -> None:
+    lock = ComponentLock.from_dict(raw_lock)
+    (tmp_path / "etcd").write_bytes(b"etcd v3.6.15")
+    entry = CacheEntry(sha256_file(tmp_path / "etcd"), "go-build", pin="0123456789abcdef")
+    CacheRecord(entries={"etcd": entry}).save(tmp_path)
+    with pytest.raises(ComponentMissingError, match="another pin"):
+        verified_components(lock, tmp_path, names=("etcd",))
+
+
+def test_pin_changes_with_the_recipe_not_with_recorded_hashes(raw_lock: dict) -> None:
+    before = ComponentLock.from_dict(raw_lock).component("etcd").pin()
+    raw_lock["components"]["etcd"]["reference_build_sha256"] = "2" * 64
+    assert ComponentLock.from_dict(raw_lock).component("etcd").pin() == before
+    raw_lock["components"]["etcd"]["go"]["module_version"] = "v3.6.99"
+    assert ComponentLock.from_dict(raw_lock).component("etcd").pin() != before
+
+
+def test_a_new_pin_is_rebuilt_not_refused(
+    tiny_setup: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    lock_path, env = tiny_setup
+    base = ["--lock", str(lock_path)]
+    assert _run([*base, "ensure"], env).returncode == 0
+    raw = json.loads(lock_path.read_text())
+    raw["components"]["hello"]["version"] = "v0.0.2"
+    raw["components"]["hello"]["go"]["ldflags"] = ["-X main.version=v0.0.2"]
+    lock_path.write_text(json.dumps(raw))
+
+    stale = _run([*base, "verify"], env)
+    assert stale.returncode != 0
+    assert "STALE" in stale.stderr
+    rebuilt = _run([*base, "ensure"], env)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    binary = tmp_path / "cache" / "hello"
+    assert subprocess.run([binary], capture_output=True, text=True).stdout == "v0.0.2\n"
+    assert _run([*base, "verify"], env).returncode == 0

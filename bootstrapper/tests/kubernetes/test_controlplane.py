@@ -116,6 +116,7 @@ def binaries(kubernetes_components: InstalledComponents) -> ControlPlaneBinaries
 
 
 @pytest.mark.kube
+@pytest.mark.slow
 def test_teardown_leaves_no_process_and_warm_start_reuses_the_pki(
     tmp_path: Path, binaries: ControlPlaneBinaries, kubernetes_lock: ComponentLock
 ) -> None:
@@ -196,6 +197,7 @@ sys.stdin.read()  # wait to be killed
 
 
 @pytest.mark.kube
+@pytest.mark.slow
 def test_orphans_of_a_killed_owner_are_ended_on_the_next_start(
     tmp_path: Path, binaries: ControlPlaneBinaries, kubernetes_lock: ComponentLock
 ) -> None:

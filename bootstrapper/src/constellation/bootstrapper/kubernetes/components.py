@@ -114,6 +114,25 @@ class Component:
     go: GoBuild
     reference_build_sha256: str | None = None
 
+    def pin(self) -> str:
+        """A short fingerprint of what is pinned (version, source, build recipe), not of hashes."""
+        return _component_pin(self)
+
+
+def _component_pin(component: Component) -> str:
+    body = {
+        "version": component.version,
+        "source": [component.source.url, component.source.sha256, component.source.archive_member],
+        "go": [
+            component.go.module,
+            component.go.module_version,
+            component.go.package,
+            component.go.toolchain,
+            list(component.go.ldflags),
+        ],
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
 
 @dataclass(frozen=True)
 class ComponentLock:
@@ -216,10 +235,15 @@ def default_cache_dir(kubernetes_version: str, env: Mapping[str, str] | None = N
 
 @dataclass(frozen=True)
 class CacheEntry:
-    """The recorded hash of one cached binary and how it got there."""
+    """The recorded hash of one cached binary, how it got there, and which pin it was made for.
+
+    ``pin`` is :meth:`Component.pin` at the time: when the lock moves a component to another
+    version, the cached file belongs to the old pin and is replaced, not "changed".
+    """
 
     sha256: str
     origin: str
+    pin: str = ""
 
 
 @dataclass(frozen=True)
@@ -249,9 +273,11 @@ class CacheRecord:
         entries: dict[str, CacheEntry] = {}
         for name, entry in _mapping(raw.get("binaries"), f"{path}.binaries").items():
             item = _mapping(entry, f"{path}.binaries.{name}")
+            pin = item.get("pin", "")
             entries[name] = CacheEntry(
                 sha256=check_sha256_hex(item.get("sha256"), f"{path}.binaries.{name}.sha256"),
                 origin=_string(item.get("origin"), f"{path}.binaries.{name}.origin"),
+                pin=pin if isinstance(pin, str) else "",
             )
         return cls(entries=entries)
 
@@ -264,7 +290,7 @@ class CacheRecord:
         body = {
             "schema": CACHE_RECORD_SCHEMA,
             "binaries": {
-                name: {"sha256": e.sha256, "origin": e.origin}
+                name: {"sha256": e.sha256, "origin": e.origin, "pin": e.pin}
                 for name, e in sorted(self.entries.items())
             },
         }
@@ -311,6 +337,11 @@ def verified_components(
             raise ComponentMissingError(
                 f"{name}: no recorded hash in {directory / CACHE_RECORD_NAME}; "
                 "run `hack/kubernetes-components ensure`"
+            )
+        if entry.pin != component.pin():
+            raise ComponentMissingError(
+                f"{name}: the cached file was made for another pin of the lock (version or "
+                "build recipe changed); run `hack/kubernetes-components ensure`"
             )
         pinned = component.source.sha256
         if (
