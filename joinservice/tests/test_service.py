@@ -600,6 +600,45 @@ def test_new_measurements_take_effect_without_restart(
     assert service.watcher.current.config.variant == "qemu-vtpm"
 
 
+def test_new_measurements_revoke_clients_verified_before(
+    start_service: Callable[..., Service], make_nodes: Callable[..., list[Node]]
+) -> None:
+    """An open channel verified under the old join-config must not outlive an upgrade."""
+    service = start_service()
+    (old_image,) = make_nodes(1)
+    (new_image,) = make_nodes(1, TAMPERED)
+    with connect(service.target, [service.server_validator()], issuer=old_image.issuer) as ch:
+        stub = join_pb2_grpc.APIStub(ch.channel)
+        _, csr = kubelet_csr("before-upgrade")
+        ticket = stub.IssueJoinTicket(
+            join_pb2.IssueJoinTicketRequest(disk_uuid=str(uuid.uuid4()), certificate_request=csr),
+            timeout=60,
+        )
+        assert ticket.state_disk_key
+
+        before = service.watcher.current.config.digest
+        write_mount(
+            service.join_config_dir,
+            "2",
+            join_config_files(image_measurements(new_image), service.salt),
+        )
+        assert wait_for(lambda: service.watcher.current.config.digest != before)
+        # Same channel, same client certificate: the remembered verdict is gone, and the
+        # evidence it carries (the old image) no longer satisfies the join-config.
+        _, csr = kubelet_csr("after-upgrade")
+        with pytest.raises(grpc.RpcError) as info:
+            stub.IssueJoinTicket(
+                join_pb2.IssueJoinTicketRequest(
+                    disk_uuid=str(uuid.uuid4()), certificate_request=csr
+                ),
+                timeout=60,
+            )
+        assert info.value.code() in (
+            grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.UNAUTHENTICATED,
+        )
+
+
 def test_certificate_validity_is_bounded(
     start_service: Callable[..., Service], make_nodes: Callable[..., list[Node]]
 ) -> None:

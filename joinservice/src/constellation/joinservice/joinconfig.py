@@ -175,6 +175,10 @@ class JoinConfigWatcher(Generic[T]):
         self._last_seen = config.digest
         log.info("joinconfig.loaded", variant=config.variant, digest=config.digest)
 
+    def on_change(self, callback: Callable[[Loaded[T]], None]) -> None:
+        """Call ``callback`` after every config that was taken into use (not the first load)."""
+        self._on_change = callback
+
     @property
     def current(self) -> Loaded[T]:
         with self._lock:

@@ -245,6 +245,11 @@ def build_join_server(
         metrics=metrics,
         max_workers=max_workers,
     )
+    gate = server.atls.client_gate
+    if gate is not None:
+        # New measurements revoke the old ones at once: a client verified under the previous
+        # join-config must attest again instead of keeping its remembered verdict.
+        watcher.on_change(lambda _loaded: gate.set_validators(lambda: [peer_validator]))
     return server, watcher
 
 
