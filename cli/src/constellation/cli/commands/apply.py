@@ -1,0 +1,315 @@
+"""``constellation apply``: initialize the first control-plane node and install the services.
+
+Order (DESIGN.md §2 steps 2-4), and why:
+
+1. The master secret (key + salt) is generated and saved (0600) **before** it is sent, so a
+   cluster never exists whose master secret the admin does not hold.
+2. The first control-plane node is attested over aTLS against the configured measurements with
+   PCR 15 expected zero (an initialized node is refused); only then is ``init.API/Init`` sent
+   with the master secret, a fresh 32-byte measurement salt, the init secret, the Kubernetes
+   version and the components (file URL + SHA-256 from the components lock).
+3. The node's answer is checked: its cluster ID must be the one derived from what we sent.
+   The admin kubeconfig (0600) and the cluster ID (state file) are saved atomically.
+4. ``join-config`` (variant, measurements with PCR 15 zero, the measurement salt), the master
+   secret, the control-plane PKI and the components list are written into the cluster through
+   the API; the services are then started from those objects as read back from the API
+   (:mod:`constellation.cli.mini.clusterobjects`, :mod:`constellation.cli.mini.services`).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import yaml
+
+from constellation.attestation import atls
+from constellation.attestation.errors import ConstellationError
+from constellation.attestation.evidence import Validator
+from constellation.attestation.kdf import derive_cluster_id, derive_measurement_secret
+from constellation.attestation.measurements import Measurements
+from constellation.attestation.vtpm import QEMU_VTPM, VtpmValidator
+from constellation.bootstrapper.atomicfile import SECRET_MODE, write_atomic
+from constellation.bootstrapper.metadata import Endpoint
+from constellation.cli.config import Config, Provider
+from constellation.cli.context import CLIContext, current
+from constellation.cli.mini import clusterobjects, services
+from constellation.cli.mini.cluster import (
+    INIT_COMPONENTS,
+    MiniRecord,
+    component_hashes,
+    created_files_tracked,
+    join_components_document,
+    kubeconfig_path,
+    kubernetes_binaries,
+    load_init_secret,
+)
+from constellation.cli.mini.errors import ApplyError
+from constellation.cli.nodeverify import build_validator
+from constellation.cli.output import OutputFormat, output_option
+from constellation.cli.workspace import ClusterState, MasterSecret, NodeRecord, Workspace
+from constellation.proto import components_pb2, init_pb2, init_pb2_grpc
+
+MEASUREMENT_SALT_LENGTH = 32
+ATTEST_TIMEOUT_S = 60.0
+INIT_TIMEOUT_S = 900.0
+
+
+def init_validator(variant: str, measurements: Measurements) -> Validator:
+    """What the first node must prove before Init: the image, and PCR 15 still zero.
+
+    For qemu-vtpm the event log must be present and replay (as the JoinService demands).
+    """
+    expected = measurements.with_pcr15(None)
+    if variant == QEMU_VTPM:
+        return VtpmValidator(expected, variant=variant, require_event_log=True)
+    return build_validator(variant, expected)
+
+
+@dataclass(frozen=True)
+class InitResult:
+    cluster_id: bytes
+    measurement_salt: bytes
+    kubeconfig: Path
+
+
+def _master_secret(workspace: Workspace) -> MasterSecret:
+    if workspace.master_secret_path.exists():
+        return workspace.load_master_secret()
+    secret = MasterSecret.generate()
+    workspace.save_master_secret(secret)
+    return secret
+
+
+def initialize(
+    workspace: Workspace,
+    config: Config,
+    endpoint: Endpoint,
+    record: MiniRecord,
+    *,
+    progress: Callable[[str], None],
+    timeout: float = INIT_TIMEOUT_S,
+) -> InitResult:
+    """Steps 1-3: attest the first node, send Init, save what the admin must keep."""
+    master = _master_secret(workspace)
+    measurement_salt = secrets.token_bytes(MEASUREMENT_SALT_LENGTH)
+    lock, installed = kubernetes_binaries(INIT_COMPONENTS)
+    hashes = component_hashes(installed)
+    request = init_pb2.InitRequest(
+        master_secret=master.key,
+        master_salt=master.salt,
+        measurement_salt=measurement_salt,
+        init_secret=load_init_secret(record).reveal(),
+        kubernetes_version=lock.kubernetes_version,
+        kubernetes_components=[
+            components_pb2.Component(
+                name=name,
+                url=installed.path(name).as_uri(),
+                hash="sha256:" + hashes[name],
+                install_path=f"/usr/local/bin/{name}",
+            )
+            for name in INIT_COMPONENTS
+        ],
+        cluster_name="constellation",
+    )
+    validator = init_validator(config.attestation.variant, config.attestation.parsed_measurements())
+    progress(f"attesting the first control-plane node at {endpoint}")
+    success = None
+    with atls.connect(str(endpoint), [validator], timeout=ATTEST_TIMEOUT_S) as channel:
+        progress("the node is attested; sending Init")
+        stream = init_pb2_grpc.APIStub(channel.channel).Init(request, timeout=timeout)
+        try:
+            for response in stream:
+                kind = response.WhichOneof("kind")
+                if kind == "progress":
+                    progress(f"node: {response.progress.phase}: {response.progress.message}")
+                elif kind == "init_failure":
+                    raise ApplyError(
+                        f"the node failed the init: {response.init_failure.error}",
+                        hint="see the node's bootstrapper log; recreate the cluster",
+                    )
+                elif kind == "init_success":
+                    success = response.init_success
+        except ConstellationError:
+            raise
+        except Exception as err:  # grpc.RpcError carries the status the node chose
+            code = getattr(err, "code", lambda: None)()
+            details = getattr(err, "details", lambda: "")()
+            raise ApplyError(
+                f"the node refused the init: {code.name if code else type(err).__name__}: "
+                f"{details}",
+                hint="check the init secret and the node's state; nothing was initialized"
+                if code is not None and code.name in ("PERMISSION_DENIED", "INVALID_ARGUMENT")
+                else "see the node's bootstrapper log",
+            ) from None
+    if success is None:
+        raise ApplyError("the node closed the init stream without an answer")
+    expected_id = derive_cluster_id(
+        derive_measurement_secret(master.key, master.salt), measurement_salt
+    )
+    if success.cluster_id != expected_id:
+        raise ApplyError(
+            "the node answered with a cluster ID that does not derive from the secrets sent",
+            hint="do not use this cluster",
+        )
+    kubeconfig = kubeconfig_path(workspace)
+    write_atomic(kubeconfig, success.kubeconfig, mode=SECRET_MODE)
+    state = ClusterState(
+        name="constellation",
+        cluster_id=success.cluster_id,
+        measurement_salt=measurement_salt,
+        init_endpoint=endpoint,
+    )
+    workspace.save_state(state)
+    return InitResult(success.cluster_id, measurement_salt, kubeconfig)
+
+
+def api_server_endpoint(kubeconfig: Path) -> str:
+    try:
+        document = yaml.safe_load(kubeconfig.read_bytes())
+        server = str(document["clusters"][0]["cluster"]["server"])
+    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError):
+        raise ApplyError(f"{kubeconfig} names no API server") from None
+    return server.removeprefix("https://")
+
+
+def install_services(
+    workspace: Workspace,
+    config: Config,
+    record: MiniRecord,
+    init: InitResult,
+    *,
+    progress: Callable[[str], None],
+) -> None:
+    """Step 4: the cluster objects, then the services configured from them."""
+    lock, _ = kubernetes_binaries(INIT_COMPONENTS)
+    master = workspace.load_master_secret()
+    core = clusterobjects.core_api(init.kubeconfig)
+    control_plane = record.control_plane()
+    progress("writing join-config, the master secret, the PKI and the components into the cluster")
+    clusterobjects.write_cluster_objects(
+        core,
+        variant=config.attestation.variant,
+        measurements=config.attestation.parsed_measurements(),
+        measurement_salt=init.measurement_salt,
+        master_key=master.key,
+        master_salt=master.salt,
+        pki_dir=control_plane.directory / "state" / "control-plane" / "pki",
+        components=join_components_document(lock),
+    )
+    files = clusterobjects.MountedFiles(
+        record.services_dir / "keyservice", record.services_dir / "joinservice"
+    )
+    clusterobjects.materialize(core, files)
+    progress("starting the KeyService")
+    keyservice, keyservice_port = services.start_keyservice(files, record.logs_dir)
+    record.record_process(keyservice)
+    services.wait_serving(keyservice, keyservice_port)
+    record.keyservice_port = keyservice_port
+    progress(f"starting the JoinService on 127.0.0.1:{record.joinservice_port}")
+    joinservice = services.start_joinservice(
+        files,
+        port=record.joinservice_port,
+        keyservice_port=keyservice_port,
+        kubeconfig=init.kubeconfig,
+        api_server_endpoint=api_server_endpoint(init.kubeconfig),
+        node=control_plane,
+        logs_dir=record.logs_dir,
+    )
+    record.record_process(joinservice)
+    services.wait_serving(joinservice, record.joinservice_port)
+    record.joinservice_running = True
+    record.save()
+    for node in record.nodes:
+        start_verification(workspace, record, node.name, progress=progress)
+
+
+def start_verification(
+    workspace: Workspace, record: MiniRecord, name: str, *, progress: Callable[[str], None]
+) -> services.VerificationEndpoint:
+    """Start a node's VerificationService and record its endpoint in the state file."""
+    node = record.node(name)
+    progress(f"starting the VerificationService of {name}")
+    endpoint = services.start_verificationservice(node, record.logs_dir)
+    record.record_process(endpoint.process)
+    services.wait_serving(endpoint.process, endpoint.grpc_port)
+    record.verification.append(endpoint)
+    record.save()
+    state = workspace.load_state()
+    nodes = [n for n in state.nodes if n.name != name]
+    nodes.append(NodeRecord(name, node.role.value, endpoint.grpc))
+    verify_endpoint = state.verify_endpoint
+    if node.role.value == "control-plane" and verify_endpoint is None:
+        verify_endpoint = endpoint.grpc
+    workspace.save_state(
+        ClusterState(
+            name=state.name,
+            cluster_id=state.cluster_id,
+            measurement_salt=state.measurement_salt,
+            init_endpoint=state.init_endpoint,
+            verify_endpoint=verify_endpoint,
+            nodes=tuple(nodes),
+        )
+    )
+    return endpoint
+
+
+def run_apply(ctx: CLIContext) -> InitResult:
+    """``apply`` for a mini cluster whose nodes are up (``mini up`` calls this too)."""
+    workspace = ctx.workspace
+    config = workspace.load_config()
+    if config.provider is not Provider.MINI:
+        raise ApplyError(
+            f"this build creates clusters only for provider mini, not {config.provider.value}",
+            hint="use `constellation mini up` for a local cluster",
+        )
+    if workspace.state_path.exists() and workspace.load_state().cluster_id is not None:
+        raise ApplyError(
+            "the cluster in this workspace is already initialized",
+            hint="use `constellation upgrade apply` to change its measurements",
+        )
+    if not config.attestation.measurements:
+        raise ApplyError(
+            "the configuration has no measurements; the node cannot be attested",
+            hint="run `constellation config fetch-measurements` (mini up does this itself)",
+        )
+    record = MiniRecord.load(workspace)
+    reporter = ctx.reporter
+    endpoint = record.control_plane().init_endpoint
+    with created_files_tracked(record):
+        with reporter.step("initializing the first control-plane node"):
+            result = initialize(workspace, config, endpoint, record, progress=reporter.info)
+        with reporter.step("installing the KeyService, JoinService and VerificationServices"):
+            install_services(workspace, config, record, result, progress=reporter.info)
+    return result
+
+
+@click.command(
+    "apply",
+    help="""Initialize the cluster: attest the first control-plane node, send it the master
+secret, then install the KeyService, JoinService and VerificationServices.
+
+The node must prove the configured measurements with PCR 15 still zero before anything secret
+is sent. The master secret is saved (0600) before it leaves this machine.
+
+\b
+Examples:
+  constellation apply
+  constellation -C ./cluster apply -o json
+""",
+)
+@output_option
+def apply_command(output_format: str) -> None:
+    import base64
+
+    ctx = current()
+    result = run_apply(ctx)
+    cluster_id = base64.b64encode(result.cluster_id).decode()
+    if output_format == OutputFormat.JSON:
+        ctx.reporter.emit_json({"clusterID": cluster_id, "kubeconfig": str(result.kubeconfig)})
+        return
+    ctx.reporter.emit_text(f"Cluster ID: {cluster_id}")
+    ctx.reporter.emit_text(f"Admin kubeconfig: {result.kubeconfig}")

@@ -1,0 +1,551 @@
+"""``constellation mini``: a local attested cluster of processes with software TPMs.
+
+``mini up`` in the workspace directory:
+
+1. configuration: ``config generate mini`` when there is none (never a prompt);
+2. the pinned Kubernetes binaries from the components cache (a clear error if missing);
+3. the node image, its measurements signed with a fresh image-publisher key (whose public key
+   goes into the configuration), loaded through the same verified path as
+   ``config fetch-measurements``;
+4. N nodes (swtpm, measured boot, bootstrapper), then ``apply`` (init over aTLS, services);
+5. a bounded wait until every worker is a registered Node, then ``verify`` of every node.
+
+Processes keep running; ``mini down`` ends them (by recorded PID and start time) and removes
+every file mini mode created.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from constellation.attestation.swtpm import LOOPBACK
+from constellation.bootstrapper.initsecret import InitSecret, hash_init_secret
+from constellation.bootstrapper.joinclient import joinservice_measurements
+from constellation.bootstrapper.metadata import Endpoint, Role
+from constellation.cli.config import Provider, default_config
+from constellation.cli.context import CLIContext, current
+from constellation.cli.mini import clusterobjects, image
+from constellation.cli.mini.cluster import (
+    INIT_COMPONENTS,
+    KUBECONFIG_FILE,
+    MiniRecord,
+    component_hashes,
+    created_files_tracked,
+    down,
+    exited_bootstrappers,
+    kubernetes_binaries,
+    save_init_secret,
+    wait_joined,
+)
+from constellation.cli.mini.errors import JoinTimeoutError, MiniError
+from constellation.cli.mini.node import MiniNode, free_port, launch_node, wait_booted
+from constellation.cli.nodeverify import (
+    VerifyReport,
+    build_validator,
+    expected_measurements,
+    fresh_nonce,
+    judge,
+    request_attestation_grpc,
+)
+from constellation.cli.output import OutputFormat, output_option
+from constellation.cli.signedmeasurements import (
+    MAX_MEASUREMENTS_SIZE,
+    MAX_SIGNATURE_SIZE,
+    fetch_bytes,
+    resolve_public_key,
+    verify_and_merge,
+)
+from constellation.cli.workspace import CONFIG_FILE
+
+CONTROL_PLANE_PREFIX = "mini-cp-"
+WORKER_PREFIX = "mini-worker-"
+PUBLISHED_FILE = "measurements.json"
+
+
+@click.group("mini", help="Create and remove a local attested cluster (processes + swtpm).")
+def mini_group() -> None:
+    pass
+
+
+# -- up ----------------------------------------------------------------------------------------
+
+
+def _prepare_config(ctx: CLIContext, record: MiniRecord) -> None:
+    """Config (generated if missing), image, and its signed measurements, merged verified."""
+    workspace = ctx.workspace
+    if workspace.config_path.exists():
+        config = workspace.load_config()
+        if config.provider is not Provider.MINI:
+            raise MiniError(
+                f"{workspace.config_path} is for provider {config.provider.value}, not mini",
+                hint="use an empty directory for a mini cluster",
+            )
+    else:
+        config = default_config(Provider.MINI)
+        ctx.reporter.info(f"No configuration found: writing a mini configuration to {CONFIG_FILE}")
+    lock, installed = kubernetes_binaries(INIT_COMPONENTS)
+    with ctx.reporter.step("building the node image"):
+        built = image.build_image(
+            record.image_dir,
+            kubernetes_version=lock.kubernetes_version,
+            components=component_hashes(installed),
+        )
+    with ctx.reporter.step("measuring the image and signing its measurements"):
+        public_pem = image.generate_publisher_key(record.publisher_key_path)
+        published = image.publish_image(
+            record.image_dir, image.load_publisher_key(record.publisher_key_path)
+        )
+        measurements_path = record.directory / PUBLISHED_FILE
+        signature_path = image.write_published(published, measurements_path)
+    config = config.model_copy(
+        update={
+            "image": built.version,
+            "kubernetesVersion": lock.kubernetes_version,
+            "attestation": config.attestation.model_copy(
+                update={
+                    "measurementServicePublicKey": public_pem.decode(),
+                    "measurementServicePublicKeyPath": None,
+                }
+            ),
+        }
+    )
+    # The same verified path as `config fetch-measurements`: read, verify signature, merge.
+    data = fetch_bytes(str(measurements_path), max_size=MAX_MEASUREMENTS_SIZE, base=workspace.root)
+    signature = fetch_bytes(str(signature_path), max_size=MAX_SIGNATURE_SIZE, base=workspace.root)
+    key = resolve_public_key(config, override=None, base=workspace.root)
+    merged = verify_and_merge(config, data, signature, key)
+    workspace.save_config(merged.config, overwrite=True)
+    record.image_version = built.version
+    record.joinservice_measurements = joinservice_measurements(merged.measurements)
+    record.save()
+
+
+def _launch(
+    record: MiniRecord, name: str, role: Role, image_dir: Path, init_hash: bytes
+) -> MiniNode:
+    config = image.image_config(image_dir)
+    records: list[Any] = []
+    try:
+        node = launch_node(
+            name=name,
+            role=role,
+            directory=record.nodes_dir / name,
+            image_source=image_dir,
+            image_version=config.version,
+            init_secret_hash=init_hash,
+            joinservice_endpoint=Endpoint(LOOPBACK, record.joinservice_port),
+            joinservice_measurements=record.joinservice_measurements,
+            logs_dir=record.logs_dir,
+            records=records,
+        )
+    finally:
+        for process in records:
+            record.record_process(process)
+    record.nodes.append(node)
+    record.save()
+    return node
+
+
+def verify_nodes(ctx: CLIContext, record: MiniRecord) -> list[VerifyReport]:
+    """``verify`` every node through its VerificationService (the verify command's core)."""
+    config = ctx.workspace.load_config()
+    state = ctx.workspace.load_state()
+    if state.cluster_id is None:
+        raise MiniError("the cluster is not initialized", hint="run `constellation apply`")
+    measurements = expected_measurements(config.attestation.parsed_measurements(), state.cluster_id)
+    validator = build_validator(config.attestation.variant, measurements)
+    reports = []
+    for endpoint in record.verification:
+        nonce = fresh_nonce()
+        document = request_attestation_grpc(endpoint.grpc, nonce)
+        reports.append(
+            judge(
+                validator,
+                measurements,
+                document,
+                nonce,
+                endpoint=f"{endpoint.node} ({endpoint.grpc})",
+                cluster_id=state.cluster_id,
+            )
+        )
+    return reports
+
+
+def _registered(record: MiniRecord) -> set[str]:
+    core = clusterobjects.core_api(kubeconfig_path_of(record))
+    return set(clusterobjects.registered_nodes(core))
+
+
+def kubeconfig_path_of(record: MiniRecord) -> Path:
+    return record.root / KUBECONFIG_FILE
+
+
+def mini_up(ctx: CLIContext, control_planes: int, workers: int) -> dict[str, Any]:
+    from constellation.cli.commands.apply import run_apply
+
+    workspace = ctx.workspace
+    workspace.ensure_root()
+    if MiniRecord.exists(workspace):
+        raise MiniError(
+            f"a mini cluster already exists in {workspace.root}",
+            hint="use it (`constellation verify`), or remove it with `constellation mini down`",
+        )
+    if control_planes != 1:
+        raise click.BadParameter(
+            "mini mode runs exactly one control-plane node", param_hint="--control-planes"
+        )
+    kubernetes_binaries(INIT_COMPONENTS)  # fail before creating anything
+    record = MiniRecord(root=workspace.root.resolve())
+    record.directory.mkdir(mode=0o700)
+    record.save()
+    with created_files_tracked(record):
+        _prepare_config(ctx, record)
+        secret = InitSecret.generate()
+        save_init_secret(record, secret)
+        init_hash = hash_init_secret(secret)
+        record.joinservice_port = free_port()
+        record.save()
+        names = [(f"{CONTROL_PLANE_PREFIX}0", Role.CONTROL_PLANE)] + [
+            (f"{WORKER_PREFIX}{i}", Role.WORKER) for i in range(workers)
+        ]
+        with ctx.reporter.step(f"booting {len(names)} nodes (swtpm, measured boot, bootstrapper)"):
+            nodes = [_launch(record, n, r, record.image_dir, init_hash) for n, r in names]
+            for node in nodes:
+                wait_booted(node)
+    result = run_apply(ctx)
+    record = MiniRecord.load(workspace)
+    worker_names = {n for n, r in names if r is Role.WORKER}
+    with ctx.reporter.step(f"waiting for {len(worker_names)} worker(s) to join"):
+        wait_joined(
+            lambda: _registered(record),
+            worker_names,
+            alive=lambda: exited_bootstrappers(record, worker_names),
+        )
+    with ctx.reporter.step("verifying every node"):
+        reports = verify_nodes(ctx, record)
+    return _summary(record, result.cluster_id, reports)
+
+
+def _summary(record: MiniRecord, cluster_id: bytes, reports: list[VerifyReport]) -> dict[str, Any]:
+    registered = _registered(record)
+    by_node = {r.endpoint.split(" ", 1)[0]: r for r in reports}
+    verification = {v.node: v for v in record.verification}
+    return {
+        "clusterID": base64.b64encode(cluster_id).decode(),
+        "kubeconfig": str(kubeconfig_path_of(record)),
+        "joinService": f"{LOOPBACK}:{record.joinservice_port}",
+        "nodes": [
+            {
+                "name": node.name,
+                "role": node.role.value,
+                "image": node.image_version,
+                "registered": node.name in registered,
+                "verified": by_node[node.name].verified if node.name in by_node else None,
+                "verifyEndpoint": str(verification[node.name].grpc)
+                if node.name in verification
+                else None,
+            }
+            for node in record.nodes
+        ],
+    }
+
+
+def _print_summary(ctx: CLIContext, summary: dict[str, Any]) -> None:
+    ctx.reporter.emit_text(f"Cluster ID: {summary['clusterID']}")
+    table = Table("Node", "Role", "Image", "Registered", "Verified", "Verification endpoint")
+    for node in summary["nodes"]:
+        verified = node["verified"]
+        table.add_row(
+            node["name"],
+            node["role"],
+            node["image"],
+            "yes" if node["registered"] else "no",
+            "-" if verified is None else ("yes" if verified else "NO"),
+            node["verifyEndpoint"] or "-",
+        )
+    ctx.reporter.data.print(table)
+    ctx.reporter.emit_text(f"Admin kubeconfig: {summary['kubeconfig']}")
+
+
+@mini_group.command(
+    "up",
+    help="""Create a local attested cluster in the workspace and verify every node.
+
+Generates the configuration if there is none, builds and measures the node image, signs its
+measurements, boots the nodes (one swtpm each, measured boot), initializes the cluster, waits
+until every worker joined, and verifies every node. Nodes show NotReady in Kubernetes: no
+kubelet runs in mini mode, and the state disks' data path is not encrypted (LUKS2 headers only).
+
+\b
+Examples:
+  constellation mini up
+  constellation -C ./cluster mini up --workers 5 -o json
+""",
+)
+@click.option("--control-planes", type=click.IntRange(1, 1), default=1, show_default=True)
+@click.option("--workers", type=click.IntRange(0, 16), default=2, show_default=True)
+@output_option
+@click.pass_context
+def up_command(
+    click_ctx: click.Context, control_planes: int, workers: int, output_format: str
+) -> None:
+    ctx = current()
+    try:
+        summary = mini_up(ctx, control_planes, workers)
+    except MiniError as err:
+        if MiniRecord.exists(ctx.workspace):
+            err.hint = (err.hint + "; " if err.hint else "") + (
+                "logs are in mini/logs/; `constellation mini down` removes what was created"
+            )
+        raise
+    if output_format == OutputFormat.JSON:
+        ctx.reporter.emit_json(summary)
+    else:
+        _print_summary(ctx, summary)
+    if not all(node["verified"] for node in summary["nodes"]):
+        ctx.reporter.info("Error: not every node verified; see the table above")
+        click_ctx.exit(1)
+
+
+# -- down --------------------------------------------------------------------------------------
+
+
+def run_down(ctx: CLIContext) -> dict[str, Any]:
+    with ctx.reporter.step("stopping the mini cluster and removing its files"):
+        report = down(ctx.workspace, progress=ctx.reporter.debug)
+    return {"stopped": list(report.stopped), "removed": list(report.removed)}
+
+
+@mini_group.command(
+    "down",
+    help="""Stop every process of the mini cluster and remove every file mini mode created.
+
+Only processes recorded by `mini up` (PID and start time still matching) are stopped; a
+configuration written before `mini up` is kept. Running it again does nothing.
+
+\b
+Examples:
+  constellation mini down
+""",
+)
+@output_option
+def down_command(output_format: str) -> None:
+    ctx = current()
+    result = run_down(ctx)
+    if output_format == OutputFormat.JSON:
+        ctx.reporter.emit_json(result)
+        return
+    if not result["stopped"] and not result["removed"]:
+        ctx.reporter.emit_text("No mini cluster in this workspace; nothing to do.")
+        return
+    ctx.reporter.emit_text(
+        f"Stopped {len(result['stopped'])} process(es), removed {', '.join(result['removed'])}."
+    )
+
+
+# -- node add ----------------------------------------------------------------------------------
+
+
+@mini_group.group("node", help="Add nodes to a running mini cluster.")
+def node_group() -> None:
+    pass
+
+
+def _next_worker_name(record: MiniRecord) -> str:
+    taken = {n.name for n in record.nodes}
+    index = 0
+    while f"{WORKER_PREFIX}{index}" in taken:
+        index += 1
+    return f"{WORKER_PREFIX}{index}"
+
+
+def add_node(
+    ctx: CLIContext, image_dir: Path | None, name: str | None, timeout: float
+) -> dict[str, Any]:
+    from constellation.cli.commands.apply import start_verification
+    from constellation.cli.mini.refusals import refusals_since
+
+    workspace = ctx.workspace
+    record = MiniRecord.load(workspace)
+    if not record.joinservice_running:
+        raise MiniError("the cluster is not initialized", hint="run `constellation apply` first")
+    name = name or _next_worker_name(record)
+    if any(n.name == name for n in record.nodes):
+        raise MiniError(f"a node named {name!r} exists already", hint="choose another --name")
+    source = image_dir or record.image_dir
+    secret_hash = hash_init_secret(InitSecret.generate())  # a worker is never initialized
+    log_offset = refusals_offset(record)
+    with ctx.reporter.step(f"booting {name} from {source}"):
+        node = _launch(record, name, Role.WORKER, source, secret_hash)
+        wait_booted(node)
+    joined = True
+    failures: list[dict[str, Any]] = []
+    try:
+        with ctx.reporter.step(f"waiting for {name} to join (at most {timeout:.0f}s)"):
+            wait_joined(
+                lambda: _registered(record),
+                {name},
+                timeout=timeout,
+                alive=lambda: exited_bootstrappers(record, {name}),
+            )
+    except JoinTimeoutError:
+        joined = False
+        failures = refusals_since(record.logs_dir / "joinservice.log", log_offset)
+    if joined:
+        start_verification(workspace, record, name, progress=ctx.reporter.debug)
+    return {"node": name, "image": node.image_version, "joined": joined, "refusals": failures}
+
+
+def refusals_offset(record: MiniRecord) -> int:
+    path = record.logs_dir / "joinservice.log"
+    return path.stat().st_size if path.exists() else 0
+
+
+@node_group.command(
+    "add",
+    help="""Boot one more worker from an image and report whether the cluster admitted it.
+
+The node gets its own swtpm and measured boot of its own copy of IMAGE (default: the image
+`mini up` built). If the JoinService refuses it, the rejection report names the failed checks
+(for a modified image: the PCRs that differ). Exit 1 if the node did not join.
+
+\b
+Examples:
+  constellation mini node add
+  constellation mini node add --image ./my-image --name tampered -o json
+""",
+)
+@click.option("--image", "image_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--name", help="Node name (default: the next free mini-worker-N).")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(1, 900),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the node to join.",
+)
+@output_option
+@click.pass_context
+def node_add_command(
+    click_ctx: click.Context,
+    image_dir: Path | None,
+    name: str | None,
+    timeout: float,
+    output_format: str,
+) -> None:
+    ctx = current()
+    result = add_node(ctx, image_dir, name, timeout)
+    if output_format == OutputFormat.JSON:
+        ctx.reporter.emit_json(result)
+    elif result["joined"]:
+        ctx.reporter.emit_text(
+            f"Node {result['node']} (image {result['image']}) joined the cluster."
+        )
+    else:
+        ctx.reporter.emit_text(f"Node {result['node']} (image {result['image']}) was NOT admitted.")
+        for refusal in result["refusals"]:
+            ctx.reporter.emit_text(f"JoinService refused a node: {refusal['report']}")
+            for failure in refusal["failures"]:
+                ctx.reporter.emit_text(
+                    f"  {failure['check']}: expected {failure['expected']}, got {failure['actual']}"
+                )
+    if not result["joined"]:
+        click_ctx.exit(1)
+
+
+# -- image -------------------------------------------------------------------------------------
+
+
+@mini_group.group("image", help="Build and measure node images, as an image publisher does.")
+def image_group() -> None:
+    pass
+
+
+@image_group.command(
+    "build",
+    help="""Build a node image in DIR from the installed node packages.
+
+Edit files in DIR afterwards to make a modified image; `mini image measure DIR --sign`
+then publishes its measurements.
+
+\b
+Examples:
+  constellation mini image build ./image-v2
+  constellation mini image build ./image-v2 --version mini-v2
+""",
+)
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--version", help="Image version (default: derived from the code).")
+@output_option
+def image_build_command(directory: Path, version: str | None, output_format: str) -> None:
+    ctx = current()
+    lock, installed = kubernetes_binaries(INIT_COMPONENTS)
+    built = image.build_image(
+        directory,
+        kubernetes_version=lock.kubernetes_version,
+        components=component_hashes(installed),
+        version=version,
+    )
+    if output_format == OutputFormat.JSON:
+        ctx.reporter.emit_json({"directory": str(directory), **image.describe(built)})
+        return
+    ctx.reporter.emit_text(f"Built node image {built.version} in {directory}")
+
+
+@image_group.command(
+    "measure",
+    help="""Compute the PCRs a node booted from DIR will have; with --sign, publish them.
+
+Writes the published measurements ({version, ref, stream, list}) to --out and, with --sign,
+the detached signature (cosign blob format) to <out>.sig, signed with the workspace's
+image-publisher key (default: the one `mini up` generated).
+
+\b
+Examples:
+  constellation mini image measure ./image-v2
+  constellation mini image measure ./image-v2 --sign --out v2.json
+""",
+)
+@click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--sign", is_flag=True, help="Sign the measurements.")
+@click.option(
+    "--key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Image-publisher private key (default: the workspace's).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("measurements.json"),
+    show_default=True,
+)
+@output_option
+def image_measure_command(
+    directory: Path, sign: bool, key: Path | None, out: Path, output_format: str
+) -> None:
+    ctx = current()
+    contents = image.read_image(directory)
+    config = image.parse_image_config(contents.config)
+    measurements = image.measurements_for(contents)
+    result: dict[str, Any] = {
+        "version": config.version,
+        "measurements": measurements.to_dict(),
+    }
+    if sign:
+        key_path = key or (ctx.workspace.root / "mini" / "image-publisher.key")
+        published = image.publish(config.version, measurements, image.load_publisher_key(key_path))
+        signature = image.write_published(published, out)
+        result.update({"file": str(out), "signature": str(signature)})
+    if output_format == OutputFormat.JSON:
+        ctx.reporter.emit_json(result)
+        return
+    ctx.reporter.emit_text(f"Image {config.version}:")
+    for index, measurement in measurements.items():
+        ctx.reporter.emit_text(f"  PCR {index:2d}: {measurement.expected.hex()}")
+    if sign:
+        ctx.reporter.emit_text(f"Signed measurements: {out} (signature {result['signature']})")

@@ -1,0 +1,348 @@
+"""The mini cluster's record in the workspace, and the life cycle around it.
+
+Everything mini mode creates lives under ``<workspace>/mini/`` except the workspace files every
+cluster has (configuration, state, master secret, admin kubeconfig). ``mini/cluster.json``
+(written atomically after every change) records:
+
+- which workspace files mini mode created (``mini down`` removes exactly those; a configuration
+  the user wrote before ``mini up`` is left in place);
+- every process started, in start order, with PID and start time (:mod:`.processes`) — a
+  process is recorded the moment it runs, so even a failed ``mini up`` can be cleaned up;
+- the nodes (:class:`.node.MiniNode`), the service ports and the JoinService endpoint nodes
+  dial.
+
+``down`` is idempotent: it stops what is recorded and still ours, removes what it created, and
+reports "nothing to do" on a second run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from constellation.attestation.measurements import Measurements
+from constellation.bootstrapper.atomicfile import PUBLIC_MODE, SECRET_MODE, write_atomic
+from constellation.bootstrapper.initsecret import InitSecret
+from constellation.bootstrapper.kubernetes.components import (
+    ComponentLock,
+    InstalledComponents,
+    default_cache_dir,
+    load_lock,
+    verified_components,
+)
+from constellation.bootstrapper.kubernetes.errors import KubernetesError
+from constellation.cli.mini.errors import ClusterStateError, JoinTimeoutError, MiniError
+from constellation.cli.mini.node import MiniNode
+from constellation.cli.mini.processes import ProcessRecord, is_running, stop
+from constellation.cli.mini.services import VerificationEndpoint
+from constellation.cli.workspace import (
+    CONFIG_FILE,
+    MASTER_SECRET_FILE,
+    STATE_FILE,
+    Workspace,
+)
+
+MINI_DIR = "mini"
+RECORD_FILE = "cluster.json"
+KUBECONFIG_FILE = "constellation-admin.conf"
+INIT_SECRET_FILE = "init-secret"  # noqa: S105 (a file name)
+PUBLISHER_KEY_FILE = "image-publisher.key"
+RECORD_VERSION = 1
+LOCK_ENV = "CONSTELLATION_K8S_LOCK"
+LOCK_RELATIVE = Path("hack") / "kubernetes-components.lock.json"
+INIT_COMPONENTS = ("kubeadm", "etcd", "kube-apiserver", "kube-controller-manager")
+# What a joining node installs (no kubelet or container runtime runs in mini mode).
+JOIN_COMPONENTS = ("kubeadm", "kubectl")
+JOIN_TIMEOUT_S = 300.0
+JOIN_POLL_S = 0.5
+SETUP_HINT = "run hack/setup (or `uv run --no-sync hack/kubernetes-components ensure`) first"
+
+
+def mini_dir(workspace: Workspace) -> Path:
+    return workspace.root / MINI_DIR
+
+
+def kubeconfig_path(workspace: Workspace) -> Path:
+    return workspace.root / KUBECONFIG_FILE
+
+
+@dataclass
+class MiniRecord:
+    """``mini/cluster.json``: what mini mode created and started in this workspace."""
+
+    root: Path  # absolute: processes run in other directories
+    created_files: list[str] = field(default_factory=list)
+    processes: list[ProcessRecord] = field(default_factory=list)
+    nodes: list[MiniNode] = field(default_factory=list)
+    image_version: str = ""
+    joinservice_port: int = 0
+    joinservice_measurements: Measurements = field(default_factory=Measurements)
+    keyservice_port: int | None = None
+    joinservice_running: bool = False
+    verification: list[VerificationEndpoint] = field(default_factory=list)
+
+    @property
+    def directory(self) -> Path:
+        return self.root / MINI_DIR
+
+    @property
+    def path(self) -> Path:
+        return self.directory / RECORD_FILE
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.directory / "logs"
+
+    @property
+    def nodes_dir(self) -> Path:
+        return self.directory / "nodes"
+
+    @property
+    def services_dir(self) -> Path:
+        return self.directory / "services"
+
+    @property
+    def image_dir(self) -> Path:
+        return self.directory / "image"
+
+    @property
+    def init_secret_path(self) -> Path:
+        return self.directory / INIT_SECRET_FILE
+
+    @property
+    def publisher_key_path(self) -> Path:
+        return self.directory / PUBLISHER_KEY_FILE
+
+    def control_plane(self) -> MiniNode:
+        for node in self.nodes:
+            if node.role.value == "control-plane":
+                return node
+        raise ClusterStateError(
+            f"{self.path} records no control-plane node", hint="run `constellation mini up`"
+        )
+
+    def node(self, name: str) -> MiniNode:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise ClusterStateError(f"the mini cluster has no node {name!r}")
+
+    def record_process(self, record: ProcessRecord) -> None:
+        self.processes.append(record)
+        self.save()
+
+    def save(self) -> None:
+        document = {
+            "version": RECORD_VERSION,
+            "createdFiles": self.created_files,
+            "processes": [p.to_dict() for p in self.processes],
+            "nodes": [n.to_dict() for n in self.nodes],
+            "imageVersion": self.image_version,
+            "joinServicePort": self.joinservice_port,
+            "joinServiceMeasurements": self.joinservice_measurements.to_dict(),
+            "keyServicePort": self.keyservice_port,
+            "joinServiceRunning": self.joinservice_running,
+            "verification": [v.to_dict() for v in self.verification],
+        }
+        self.directory.mkdir(mode=0o700, exist_ok=True)
+        write_atomic(self.path, (json.dumps(document, indent=2) + "\n").encode(), mode=PUBLIC_MODE)
+
+    @classmethod
+    def exists(cls, workspace: Workspace) -> bool:
+        return (mini_dir(workspace) / RECORD_FILE).is_file()
+
+    @classmethod
+    def load(cls, workspace: Workspace) -> MiniRecord:
+        path = mini_dir(workspace) / RECORD_FILE
+        try:
+            document = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            raise ClusterStateError(
+                f"no mini cluster in {workspace.root} ({path} does not exist)",
+                hint="create one with `constellation mini up`",
+            ) from None
+        except (OSError, ValueError) as err:
+            raise ClusterStateError(f"{path} is unreadable or corrupt: {err}") from None
+        try:
+            if document.get("version") != RECORD_VERSION:
+                raise ValueError(f"version must be {RECORD_VERSION}")
+            return cls(
+                root=workspace.root.resolve(),
+                created_files=[str(f) for f in document["createdFiles"]],
+                processes=[ProcessRecord.from_dict(p) for p in document["processes"]],
+                nodes=[MiniNode.from_dict(n) for n in document["nodes"]],
+                image_version=str(document["imageVersion"]),
+                joinservice_port=int(document["joinServicePort"]),
+                joinservice_measurements=Measurements.from_dict(
+                    document["joinServiceMeasurements"]
+                ),
+                keyservice_port=document.get("keyServicePort"),
+                joinservice_running=bool(document.get("joinServiceRunning")),
+                verification=[VerificationEndpoint.from_dict(v) for v in document["verification"]],
+            )
+        except (KeyError, TypeError, ValueError, MiniError) as err:
+            raise ClusterStateError(
+                f"{path} is corrupt: {err}",
+                hint="stop the processes listed in it by hand, then remove the mini/ directory",
+            ) from None
+
+
+def save_init_secret(record: MiniRecord, secret: InitSecret) -> None:
+    write_atomic(record.init_secret_path, secret.reveal().hex().encode(), mode=SECRET_MODE)
+
+
+def load_init_secret(record: MiniRecord) -> InitSecret:
+    try:
+        return InitSecret(bytes.fromhex(record.init_secret_path.read_text().strip()))
+    except (OSError, ValueError):
+        raise ClusterStateError(
+            f"the init secret {record.init_secret_path} is missing or corrupt",
+            hint="recreate the cluster: `constellation mini down` then `constellation mini up`",
+        ) from None
+
+
+# -- Kubernetes components ---------------------------------------------------------------------
+
+
+def find_lock() -> Path:
+    """The components lock: ``$CONSTELLATION_K8S_LOCK``, else found above this file or cwd."""
+    override = os.environ.get(LOCK_ENV)
+    if override:
+        return Path(override)
+    for start in (Path(__file__).resolve(), Path.cwd().resolve()):
+        for parent in (start, *start.parents):
+            candidate = parent / LOCK_RELATIVE
+            if candidate.is_file():
+                return candidate
+    raise MiniError(
+        f"no {LOCK_RELATIVE} found to pin the Kubernetes binaries",
+        hint=f"run from the repository or set ${LOCK_ENV}",
+    )
+
+
+def kubernetes_binaries(names: tuple[str, ...]) -> tuple[ComponentLock, InstalledComponents]:
+    """The pinned binaries from the cache, each checked against its recorded SHA-256."""
+    try:
+        lock = load_lock(find_lock())
+        return lock, verified_components(lock, default_cache_dir(lock.kubernetes_version), names)
+    except KubernetesError as err:
+        raise MiniError(f"the Kubernetes binaries are not ready: {err}", hint=SETUP_HINT) from None
+
+
+def component_hashes(installed: InstalledComponents) -> dict[str, str]:
+    from constellation.bootstrapper.kubernetes.components import sha256_file
+
+    return {name: sha256_file(path) for name, path in sorted(installed.paths.items())}
+
+
+def join_components_document(lock: ComponentLock) -> dict[str, Any]:
+    """``components.json`` for joining nodes: each binary by file URL and pinned hash."""
+    _, installed = kubernetes_binaries(JOIN_COMPONENTS)
+    hashes = component_hashes(installed)
+    return {
+        "kubernetesVersion": lock.kubernetes_version,
+        "components": [
+            {
+                "name": name,
+                "url": installed.path(name).as_uri(),
+                "hash": "sha256:" + hashes[name],
+                "installPath": f"/usr/local/bin/{name}",
+                "extract": False,
+            }
+            for name in JOIN_COMPONENTS
+        ],
+    }
+
+
+# -- joining and teardown ----------------------------------------------------------------------
+
+
+def wait_joined(
+    list_nodes: Callable[[], set[str]],
+    names: set[str],
+    *,
+    timeout: float = JOIN_TIMEOUT_S,
+    alive: Callable[[], list[str]] | None = None,
+) -> None:
+    """Wait (bounded) until every name in ``names`` is a registered Node object.
+
+    ``alive`` returns the names of nodes whose bootstrapper exited: such a node cannot join any
+    more, so the wait ends at once with that name.
+    """
+    deadline = time.monotonic() + timeout
+    missing = set(names)
+    while True:
+        missing = names - list_nodes()
+        if not missing:
+            return
+        dead = alive() if alive is not None else []
+        if dead:
+            raise JoinTimeoutError(
+                f"node(s) {', '.join(sorted(dead))} stopped before joining",
+                hint="see the node's bootstrapper log under mini/logs/",
+            )
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(JOIN_POLL_S)
+    raise JoinTimeoutError(
+        f"node(s) {', '.join(sorted(missing))} did not join within {timeout:.0f}s",
+        hint="see mini/logs/joinservice.log and the nodes' bootstrapper logs",
+    )
+
+
+def exited_bootstrappers(record: MiniRecord, names: set[str]) -> list[str]:
+    return sorted(
+        n.name for n in record.nodes if n.name in names and not is_running(n.bootstrapper)
+    )
+
+
+@dataclass(frozen=True)
+class DownReport:
+    stopped: tuple[str, ...]
+    removed: tuple[str, ...]
+
+
+def down(workspace: Workspace, *, progress: Callable[[str], None] | None = None) -> DownReport:
+    """Stop every recorded process that is still ours, remove every file mini mode created."""
+    if not MiniRecord.exists(workspace):
+        return DownReport((), ())
+    record = MiniRecord.load(workspace)
+    stopped = []
+    for process in reversed(record.processes):
+        if stop(process):
+            stopped.append(process.name)
+            if progress is not None:
+                progress(f"stopped {process.name} (pid {process.pid})")
+    removed = []
+    for name in record.created_files:
+        path = workspace.root / name
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+            removed.append(name)
+    shutil.rmtree(record.directory)
+    removed.append(MINI_DIR + "/")
+    return DownReport(tuple(stopped), tuple(removed))
+
+
+WORKSPACE_FILES = (CONFIG_FILE, STATE_FILE, MASTER_SECRET_FILE, KUBECONFIG_FILE)
+
+
+@contextlib.contextmanager
+def created_files_tracked(record: MiniRecord) -> Iterator[None]:
+    """Record which workspace files appeared during the block (``down`` removes those)."""
+    before = {name for name in WORKSPACE_FILES if (record.root / name).exists()}
+    try:
+        yield
+    finally:
+        for name in WORKSPACE_FILES:
+            appeared = name not in before and (record.root / name).exists()
+            if appeared and name not in record.created_files:
+                record.created_files.append(name)
+        record.save()

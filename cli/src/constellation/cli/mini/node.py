@@ -1,0 +1,271 @@
+"""One mini-mode node: its files, its vTPM, its measured boot and its bootstrapper process.
+
+Layout of a node (``<workspace>/mini/nodes/<name>/``)::
+
+    image/               the node's own copy of the node image (measured, then imported)
+    tpm/                 the swtpm state of the node's vTPM
+    eventlog.bin         the TCG event log the firmware step wrote
+    disk.img             the state disk: a blank file the bootstrapper formats as LUKS2
+    metadata.json        instance metadata (name, role, 127.0.0.1, init-secret bcrypt hash for
+                         control planes, JoinService endpoint)
+    join-measurements.json  what the node expects of the JoinService's node
+    bootstrapper.json    the bootstrapper configuration
+    state/, root/        the bootstrapper's state directory and install root
+
+Boot order: start the swtpm (detached), run the firmware step on ``image/``, then start
+``python -m constellation.bootstrapper`` with ``PYTHONPATH=image/`` first and bytecode writing
+off, so the modules that run are the measured files and the image directory stays unchanged.
+The state disk uses pbkdf2 key slots (argon2id would need seconds and a GiB of memory per node
+here); mini mode's data path is not encrypted anyway (no device-mapper), only the LUKS2 header
+and its key management are real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from constellation.attestation.measurements import Measurements
+from constellation.attestation.swtpm import LOOPBACK, free_port_pair, swtpm_binary
+from constellation.bootstrapper.atomicfile import PUBLIC_MODE, write_atomic
+from constellation.bootstrapper.metadata import (
+    Endpoint,
+    InstanceMetadata,
+    Role,
+    write_metadata_file,
+)
+from constellation.cli.mini.errors import ProcessStartError
+from constellation.cli.mini.firmware import boot_measure
+from constellation.cli.mini.image import copy_image
+from constellation.cli.mini.processes import ProcessRecord, is_running, spawn
+
+DISK_SIZE = 32 * 1024 * 1024
+SWTPM_READY_TIMEOUT_S = 15.0
+BOOT_TIMEOUT_S = 90.0
+POLL_S = 0.05
+# The join client keeps trying while `apply` brings up the control plane and the JoinService.
+JOIN_RETRY = {
+    "initial_delay_s": 0.5,
+    "max_delay_s": 2.0,
+    "max_attempts": 600,
+    "total_timeout_s": 1200.0,
+    "rpc_timeout_s": 60.0,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((LOOPBACK, port)) == 0
+
+
+def wait_listening(record: ProcessRecord, port: int, timeout: float) -> None:
+    """Wait (bounded) until ``record`` serves on ``port``; fail at once if it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not is_running(record):
+            raise ProcessStartError(
+                f"{record.name} exited during start-up", hint=f"see its log {record.log}"
+            )
+        if listening(port):
+            return
+        time.sleep(POLL_S)
+    raise ProcessStartError(
+        f"{record.name} did not listen on {LOOPBACK}:{port} within {timeout:.0f}s",
+        hint=f"see its log {record.log}",
+    )
+
+
+@dataclass(frozen=True)
+class MiniNode:
+    """A launched node as the cluster record keeps it."""
+
+    name: str
+    role: Role
+    directory: Path
+    swtpm_port: int
+    init_port: int
+    image_version: str
+    swtpm: ProcessRecord
+    bootstrapper: ProcessRecord
+
+    @property
+    def tcti(self) -> str:
+        return f"swtpm:host={LOOPBACK},port={self.swtpm_port}"
+
+    @property
+    def init_endpoint(self) -> Endpoint:
+        return Endpoint(LOOPBACK, self.init_port)
+
+    @property
+    def image_dir(self) -> Path:
+        return self.directory / "image"
+
+    @property
+    def event_log(self) -> Path:
+        return self.directory / "eventlog.bin"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "role": self.role.value,
+            "directory": str(self.directory),
+            "swtpmPort": self.swtpm_port,
+            "initPort": self.init_port,
+            "imageVersion": self.image_version,
+            "swtpm": self.swtpm.to_dict(),
+            "bootstrapper": self.bootstrapper.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MiniNode:
+        return cls(
+            name=str(data["name"]),
+            role=Role(data["role"]),
+            directory=Path(data["directory"]),
+            swtpm_port=int(data["swtpmPort"]),
+            init_port=int(data["initPort"]),
+            image_version=str(data["imageVersion"]),
+            swtpm=ProcessRecord.from_dict(data["swtpm"]),
+            bootstrapper=ProcessRecord.from_dict(data["bootstrapper"]),
+        )
+
+
+def start_swtpm(name: str, state_dir: Path, log_path: Path) -> tuple[ProcessRecord, int]:
+    """A detached swtpm on a free loopback port pair (ctrl = data port + 1)."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    last = ""
+    for _ in range(3):
+        port = free_port_pair()
+        record = spawn(
+            f"{name}/swtpm",
+            [
+                swtpm_binary(),
+                "socket",
+                "--tpm2",
+                "--server",
+                f"type=tcp,port={port},bindaddr={LOOPBACK}",
+                "--ctrl",
+                f"type=tcp,port={port + 1},bindaddr={LOOPBACK}",
+                "--tpmstate",
+                f"dir={state_dir}",
+                "--flags",
+                "not-need-init,startup-clear",
+            ],
+            log_path=log_path,
+        )
+        try:
+            wait_listening(record, port, SWTPM_READY_TIMEOUT_S)
+            return record, port
+        except ProcessStartError as err:
+            last = str(err)
+    raise ProcessStartError(f"swtpm of {name} did not start: {last}", hint=f"see {log_path}")
+
+
+def bootstrapper_env(image_dir: Path) -> dict[str, str]:
+    """The node's environment: its image first on the import path, no bytecode written."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONPATH"] = str(image_dir)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def launch_node(
+    *,
+    name: str,
+    role: Role,
+    directory: Path,
+    image_source: Path,
+    image_version: str,
+    init_secret_hash: bytes,
+    joinservice_endpoint: Endpoint,
+    joinservice_measurements: Measurements,
+    logs_dir: Path,
+    records: list[ProcessRecord],
+) -> MiniNode:
+    """Create the node's files, boot its vTPM and firmware, start its bootstrapper.
+
+    Every process started is appended to ``records`` as soon as it runs, so a failure later in
+    the boot still leaves it recorded for ``mini down``.
+    """
+    directory.mkdir(parents=True, mode=0o700)
+    image_dir = directory / "image"
+    copy_image(image_source, image_dir)
+    swtpm, swtpm_port = start_swtpm(name, directory / "tpm", logs_dir / f"{name}-swtpm.log")
+    records.append(swtpm)
+    tcti = f"swtpm:host={LOOPBACK},port={swtpm_port}"
+    boot_measure(tcti, image_dir, directory / "eventlog.bin")
+
+    with (directory / "disk.img").open("wb") as disk:
+        disk.truncate(DISK_SIZE)
+    write_metadata_file(
+        directory / "metadata.json",
+        InstanceMetadata(
+            name=name,
+            role=role,
+            private_ip=LOOPBACK,
+            init_secret_hash=init_secret_hash,
+            control_plane_endpoints=(joinservice_endpoint,),
+        ),
+    )
+    write_atomic(
+        directory / "join-measurements.json",
+        joinservice_measurements.to_json().encode(),
+        mode=PUBLIC_MODE,
+    )
+    init_port = free_port()
+    config = {
+        "metadata_path": str(directory / "metadata.json"),
+        "state_disk_path": str(directory / "disk.img"),
+        "state_dir": str(directory / "state"),
+        "install_root": str(directory / "root"),
+        "tpm_tcti": tcti,
+        "init_host": LOOPBACK,
+        "init_port": init_port,
+        "join_measurements_path": str(directory / "join-measurements.json"),
+        "event_log_path": str(directory / "eventlog.bin"),
+        "join_retry": JOIN_RETRY,
+        "fast_luks_pbkdf": True,
+    }
+    write_atomic(
+        directory / "bootstrapper.json",
+        (json.dumps(config, indent=2) + "\n").encode(),
+        mode=PUBLIC_MODE,
+    )
+    bootstrapper = spawn(
+        f"{name}/bootstrapper",
+        [sys.executable, "-m", "constellation.bootstrapper", "--config", "bootstrapper.json"],
+        log_path=logs_dir / f"{name}-bootstrapper.log",
+        cwd=directory,
+        env=bootstrapper_env(image_dir),
+    )
+    records.append(bootstrapper)
+    return MiniNode(
+        name=name,
+        role=role,
+        directory=directory,
+        swtpm_port=swtpm_port,
+        init_port=init_port,
+        image_version=image_version,
+        swtpm=swtpm,
+        bootstrapper=bootstrapper,
+    )
+
+
+def wait_booted(node: MiniNode, timeout: float = BOOT_TIMEOUT_S) -> None:
+    """Wait until the node's bootstrapper serves its init port (it is up and attesting)."""
+    wait_listening(node.bootstrapper, node.init_port, timeout)

@@ -1,0 +1,139 @@
+"""The three in-cluster services as mini-mode processes, started as the Helm charts start them.
+
+Each service gets the command line of its chart (the flags in ``charts/*/templates``) with the
+chart's mount paths replaced by the files :mod:`.clusterobjects` materialized from the API, and
+loopback ports chosen here (recorded in the cluster record and the state file):
+
+- one KeyService (master secret from the ``constellation-mastersecret`` Secret);
+- one JoinService on the first control-plane node: it attests itself with that node's vTPM and
+  event log (mutual aTLS), and authenticates to the API server with the admin kubeconfig where a
+  pod would use its service account;
+- one VerificationService per node, quoting with that node's vTPM and attaching its event log.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from constellation.attestation.swtpm import LOOPBACK
+from constellation.bootstrapper.metadata import Endpoint
+from constellation.cli.mini.clusterobjects import MountedFiles
+from constellation.cli.mini.node import MiniNode, free_port, wait_listening
+from constellation.cli.mini.processes import ProcessRecord, spawn
+
+SERVICE_START_TIMEOUT_S = 60.0
+JOIN_CONFIG_POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class VerificationEndpoint:
+    node: str
+    grpc_port: int
+    http_port: int
+    process: ProcessRecord
+
+    @property
+    def grpc(self) -> Endpoint:
+        return Endpoint(LOOPBACK, self.grpc_port)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "grpcPort": self.grpc_port,
+            "httpPort": self.http_port,
+            "process": self.process.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VerificationEndpoint:
+        return cls(
+            str(data["node"]),
+            int(data["grpcPort"]),
+            int(data["httpPort"]),
+            ProcessRecord.from_dict(data["process"]),
+        )
+
+
+def _python_module(module: str) -> list[str]:
+    return [sys.executable, "-m", module]
+
+
+def start_keyservice(files: MountedFiles, logs_dir: Path) -> tuple[ProcessRecord, int]:
+    port = free_port()
+    record = spawn(
+        "keyservice",
+        [
+            *_python_module("constellation.keyservice"),
+            f"--master-secret-file={files.master_secret_file}",
+            f"--salt-file={files.master_salt_file}",
+            f"--listen={LOOPBACK}",
+            f"--port={port}",
+            "--metrics-port=0",
+        ],
+        log_path=logs_dir / "keyservice.log",
+    )
+    return record, port
+
+
+def start_joinservice(
+    files: MountedFiles,
+    *,
+    port: int,
+    keyservice_port: int,
+    kubeconfig: Path,
+    api_server_endpoint: str,
+    node: MiniNode,
+    logs_dir: Path,
+) -> ProcessRecord:
+    return spawn(
+        "joinservice",
+        [
+            *_python_module("constellation.joinservice"),
+            f"--listen={LOOPBACK}",
+            f"--port={port}",
+            "--health-port=0",
+            "--metrics-port=0",
+            f"--join-config-dir={files.join_config_dir}",
+            f"--measurement-salt-file={files.measurement_salt_file}",
+            f"--poll-interval={JOIN_CONFIG_POLL_S}",
+            f"--ca-cert-file={files.pki_dir / 'ca.crt'}",
+            f"--ca-key-file={files.pki_dir / 'ca.key'}",
+            f"--pki-dir={files.pki_dir}",
+            f"--components-file={files.components_file}",
+            f"--keyservice-endpoint={LOOPBACK}:{keyservice_port}",
+            f"--api-server-endpoint={api_server_endpoint}",
+            f"--kubeconfig={kubeconfig}",
+            "--namespace=kube-system",
+            f"--tpm-tcti={node.tcti}",
+            f"--event-log={node.event_log}",
+        ],
+        log_path=logs_dir / "joinservice.log",
+    )
+
+
+def start_verificationservice(node: MiniNode, logs_dir: Path) -> VerificationEndpoint:
+    grpc_port, http_port = free_port(), free_port()
+    while http_port == grpc_port:
+        http_port = free_port()
+    record = spawn(
+        f"{node.name}/verificationservice",
+        [
+            *_python_module("constellation.verificationservice"),
+            f"--tpm={node.tcti}",
+            "--variant=qemu-vtpm",
+            f"--event-log={node.event_log}",
+            f"--listen={LOOPBACK}",
+            f"--grpc-port={grpc_port}",
+            f"--http-port={http_port}",
+            "--metrics-port=0",
+        ],
+        log_path=logs_dir / f"{node.name}-verificationservice.log",
+    )
+    return VerificationEndpoint(node.name, grpc_port, http_port, record)
+
+
+def wait_serving(record: ProcessRecord, port: int) -> None:
+    wait_listening(record, port, SERVICE_START_TIMEOUT_S)
