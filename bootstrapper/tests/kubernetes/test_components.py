@@ -339,3 +339,24 @@ def test_a_new_pin_is_rebuilt_not_refused(
     binary = tmp_path / "cache" / "hello"
     assert subprocess.run([binary], capture_output=True, text=True).stdout == "v0.0.2\n"
     assert _run([*base, "verify"], env).returncode == 0
+
+
+def test_a_rebuild_that_differs_from_the_record_is_refused_before_caching(
+    tiny_setup: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    lock_path, env = tiny_setup
+    base = ["--lock", str(lock_path)]
+    assert _run([*base, "ensure"], env).returncode == 0
+    cache = tmp_path / "cache"
+    record = CacheRecord.load(cache)
+    # Same pin, different source: what a tampered module cache or toolchain would produce.
+    main_go = tmp_path / "mod" / "main.go"
+    main_go.write_text(main_go.read_text().replace("fmt.Println(version)", 'fmt.Println("evil")'))
+    (cache / "hello").unlink()
+
+    refused = _run([*base, "ensure"], env)
+    assert refused.returncode != 0
+    assert "does not match" in refused.stderr
+    assert not (cache / "hello").exists()  # never placed where users pick binaries up
+    assert CacheRecord.load(cache) == record
+    assert not list(cache.glob(".build-*"))
