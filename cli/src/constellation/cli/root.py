@@ -62,11 +62,24 @@ def root(ctx: click.Context, workspace: Path, debug: bool) -> None:
 
 
 def _register_commands() -> None:
-    from constellation.cli.commands import apply, attestation, config, mini, verify, version
+    from constellation.cli.commands import (
+        apply,
+        attestation,
+        config,
+        mini,
+        status,
+        terminate,
+        upgrade,
+        verify,
+        version,
+    )
 
     root.add_command(config.config_group)
     root.add_command(apply.apply_command)
     root.add_command(mini.mini_group)
+    root.add_command(status.status_command)
+    root.add_command(terminate.terminate_command)
+    root.add_command(upgrade.upgrade_group)
     root.add_command(attestation.attestation_group)
     root.add_command(verify.verify_command)
     root.add_command(version.version_command)

@@ -204,12 +204,11 @@ def install_services(
         record.services_dir / "keyservice", record.services_dir / "joinservice"
     )
     clusterobjects.materialize(core, files)
-    progress("starting the KeyService")
+    # Start everything first, then wait: each service spends most of its start-up importing.
+    progress("starting the KeyService, the JoinService and one VerificationService per node")
     keyservice, keyservice_port = services.start_keyservice(files, record.logs_dir)
     record.record_process(keyservice)
-    services.wait_serving(keyservice, keyservice_port)
     record.keyservice_port = keyservice_port
-    progress(f"starting the JoinService on 127.0.0.1:{record.joinservice_port}")
     joinservice = services.start_joinservice(
         files,
         port=record.joinservice_port,
@@ -220,27 +219,44 @@ def install_services(
         logs_dir=record.logs_dir,
     )
     record.record_process(joinservice)
+    started = [_spawn_verification(record, node.name, progress=progress) for node in record.nodes]
+    services.wait_serving(keyservice, keyservice_port)
     services.wait_serving(joinservice, record.joinservice_port)
     record.joinservice_running = True
     record.save()
-    for node in record.nodes:
-        start_verification(workspace, record, node.name, progress=progress)
+    progress(f"the JoinService serves on 127.0.0.1:{record.joinservice_port}")
+    for endpoint in started:
+        _finish_verification(workspace, record, endpoint)
+
+
+def _spawn_verification(
+    record: MiniRecord, name: str, *, progress: Callable[[str], None]
+) -> services.VerificationEndpoint:
+    progress(f"starting the VerificationService of {name}")
+    endpoint = services.start_verificationservice(record.node(name), record.logs_dir)
+    record.record_process(endpoint.process)
+    return endpoint
 
 
 def start_verification(
     workspace: Workspace, record: MiniRecord, name: str, *, progress: Callable[[str], None]
 ) -> services.VerificationEndpoint:
     """Start a node's VerificationService and record its endpoint in the state file."""
-    node = record.node(name)
-    progress(f"starting the VerificationService of {name}")
-    endpoint = services.start_verificationservice(node, record.logs_dir)
-    record.record_process(endpoint.process)
+    endpoint = _spawn_verification(record, name, progress=progress)
+    _finish_verification(workspace, record, endpoint)
+    return endpoint
+
+
+def _finish_verification(
+    workspace: Workspace, record: MiniRecord, endpoint: services.VerificationEndpoint
+) -> None:
     services.wait_serving(endpoint.process, endpoint.grpc_port)
     record.verification.append(endpoint)
     record.save()
+    node = record.node(endpoint.node)
     state = workspace.load_state()
-    nodes = [n for n in state.nodes if n.name != name]
-    nodes.append(NodeRecord(name, node.role.value, endpoint.grpc))
+    nodes = [n for n in state.nodes if n.name != node.name]
+    nodes.append(NodeRecord(node.name, node.role.value, endpoint.grpc))
     verify_endpoint = state.verify_endpoint
     if node.role.value == "control-plane" and verify_endpoint is None:
         verify_endpoint = endpoint.grpc
@@ -254,7 +270,6 @@ def start_verification(
             nodes=tuple(nodes),
         )
     )
-    return endpoint
 
 
 def run_apply(ctx: CLIContext) -> InitResult:

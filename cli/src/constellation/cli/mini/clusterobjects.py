@@ -7,7 +7,7 @@ charts in ``charts/`` expect:
 |---|---|---|
 | ConfigMap ``join-config`` | ``attestationVariant``, ``measurements`` | JoinService |
 | Secret ``constellation-measurement-salt`` | ``measurementSalt`` | JoinService |
-| Secret ``constellation-cluster-pki`` | ``ca.*``, ``sa.*``, ``front-proxy-ca.*``, ``etcd-ca.*`` | JoinService |
+| Secret ``constellation-cluster-pki`` | ``ca.*``, ``sa.*``, ``*-ca.*`` (kubeadm) | JoinService |
 | ConfigMap ``kubernetes-components`` | ``components.json`` | JoinService |
 | Secret ``constellation-mastersecret`` | ``mastersecret``, ``salt`` | KeyService |
 
