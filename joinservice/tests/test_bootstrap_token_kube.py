@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -109,3 +110,19 @@ def test_discovery_hash_matches_kubeadms_openssl_recipe(control_plane: ControlPl
     ).stdout.decode()
     expected = "sha256:" + digest.strip().split()[-1]
     assert discovery_hash(control_plane.ca_cert_path.read_bytes()) == expected
+
+
+def test_controller_manager_removes_expired_token_secrets(
+    control_plane: ControlPlane, kube_client: object
+) -> None:
+    core = k8s.CoreV1Api(kube_client)
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    token = BootstrapTokens(core, clock=lambda: an_hour_ago).create_token()
+    name = f"bootstrap-token-{token.token_id}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        present = {item.metadata.name for item in core.list_namespaced_secret("kube-system").items}
+        if name not in present:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"tokencleaner did not delete {name} within 60 s")

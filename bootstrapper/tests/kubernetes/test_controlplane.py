@@ -75,6 +75,22 @@ def test_control_plane_serves_the_pinned_version(
 
 
 @pytest.mark.kube
+def test_every_kubeconfig_and_process_stays_on_loopback(control_plane: ControlPlane) -> None:
+    confs = sorted(control_plane.kubeconfig_dir.glob("*.conf"))
+    assert {c.name for c in confs} >= {"admin.conf", "super-admin.conf", "controller-manager.conf"}
+    for conf in confs:
+        for cluster in yaml.safe_load(conf.read_text())["clusters"]:
+            assert cluster["cluster"]["server"] == control_plane.server, conf.name
+        assert stat.S_IMODE(conf.stat().st_mode) == 0o600
+    for name, pid in control_plane.pids.items():
+        assert Path(f"/proc/{pid}").exists(), f"{name} is not running"
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+        for flag in ("--bind-address=", "--advertise-address=", "--listen-client-urls="):
+            if flag in cmdline:
+                assert f"{flag}https://127.0.0.1:" in cmdline or f"{flag}127.0.0.1" in cmdline
+
+
+@pytest.mark.kube
 def test_join_config_configmap_and_secret_round_trip(kube_client: object) -> None:
     core = k8s.CoreV1Api(kube_client)
     core.create_namespaced_config_map(

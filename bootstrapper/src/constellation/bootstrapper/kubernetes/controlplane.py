@@ -16,7 +16,9 @@ mock. Bring-up, in order (each step logs to ``<directory>/logs/``):
    admission plugin, then (optionally) kube-controller-manager, whose ``tokencleaner`` removes
    expired bootstrap tokens and whose CSR signer uses the cluster CA.
 4. Readiness: ``GET /readyz`` with the super-admin client certificate until it answers 200,
-   bounded in attempts and time; a child that exits early fails the start at once.
+   bounded in attempts and time; a child that exits early fails the start at once. The
+   controller manager counts as started once its root-CA publisher has written
+   ``kube-system/kube-root-ca.crt`` (proof that it reached the API server).
 5. ``kubeadm:cluster-admins`` is bound to ``cluster-admin`` (``kubeadm init`` does this in a
    later phase we do not run), so ``admin.conf`` works as it does on a kubeadm cluster.
 
@@ -282,6 +284,7 @@ class ControlPlane:
             self._bind_cluster_admins()
             if self.with_controller_manager:
                 self._start_controller_manager()
+                self._wait_controller_manager()
         except BaseException:
             self.stop()
             raise
@@ -321,6 +324,7 @@ class ControlPlane:
                 raw = json.loads(state.read_text())
                 previous = Ports(**{name: int(raw["ports"][name]) for name in _PORT_NAMES})
         if previous is not None and previous.all_free() and self._kubeconfigs_present():
+            self._point_kubeconfigs_at_loopback(previous)  # directories from older versions
             return previous
         ports = Ports.allocate()
         config_path = self.directory / "kubeadm.yaml"
@@ -345,10 +349,31 @@ class ControlPlane:
                 "--kubeconfig-dir", str(self.kubeconfig_dir),
             ]
         )  # fmt: skip
+        self._point_kubeconfigs_at_loopback(ports)
         self._extract_probe_credentials()
         body = {"ports": {name: getattr(ports, name) for name in _PORT_NAMES}}
         write_atomic(state, (json.dumps(body, indent=2) + "\n").encode(), mode=PUBLIC_MODE)
         return ports
+
+    def _point_kubeconfigs_at_loopback(self, ports: Ports) -> None:
+        """Make every kubeconfig name ``https://127.0.0.1:<port>``.
+
+        kubeadm writes the admin kubeconfigs with the control-plane endpoint (loopback here) but
+        those of the controller manager and scheduler with the node's own advertise address,
+        which kubeadm picked from a real interface: rewrite them so nothing leaves loopback.
+        """
+        server = f"https://{LOOPBACK}:{ports.apiserver}"
+        for conf in sorted(self.kubeconfig_dir.glob("*.conf")):
+            try:
+                config = yaml.safe_load(conf.read_text())
+                clusters = config["clusters"]
+                for cluster in clusters:
+                    cluster["cluster"]["server"] = server
+            except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
+                raise ControlPlaneStartError(
+                    f"cannot rewrite the server of {conf}: {type(err).__name__}"
+                ) from err
+            write_atomic(conf, yaml.safe_dump(config).encode(), mode=SECRET_MODE)
 
     def _kubeconfigs_present(self) -> bool:
         return self.admin_kubeconfig.is_file() and self.super_admin_kubeconfig.is_file()
@@ -553,13 +578,7 @@ class ControlPlane:
         context = self._ssl_context()
         last = "no answer yet"
         for _ in range(max_attempts):
-            for name, proc in self._children:
-                if proc.poll() is not None:
-                    log_path = self.log_dir / f"{name}.log"
-                    raise ControlPlaneStartError(
-                        f"{name} exited with {proc.returncode} during start-up; see {log_path}:\n"
-                        + _tail(log_path)
-                    )
+            self._check_children_alive()
             try:
                 with urllib.request.urlopen(  # noqa: S310 - https loopback
                     f"{self.server}/readyz", context=context, timeout=2.0
@@ -579,6 +598,40 @@ class ControlPlane:
             f"(last: {last}); logs in {self.log_dir}:\n"
             + _tail(self.log_dir / "kube-apiserver.log")
         )
+
+    def _wait_controller_manager(self) -> None:
+        """Wait until the controller manager works: its root-CA publisher wrote a ConfigMap.
+
+        A health endpoint would answer before the manager has reached the API server; the
+        ``kube-root-ca.crt`` ConfigMap in ``kube-system`` only appears once its controllers run.
+        """
+        deadline = time.monotonic() + self.ready_timeout
+        max_attempts = int(self.ready_timeout / READY_POLL_INTERVAL) + 1
+        path = "/api/v1/namespaces/kube-system/configmaps/kube-root-ca.crt"
+        for _ in range(max_attempts):
+            self._check_children_alive()
+            try:
+                self.request("GET", path, timeout=2.0)
+                return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(READY_POLL_INTERVAL)
+        raise ControlPlaneTimeoutError(
+            f"kube-controller-manager did not start its controllers within "
+            f"{self.ready_timeout:.0f} s; logs in {self.log_dir}:\n"
+            + _tail(self.log_dir / "kube-controller-manager.log")
+        )
+
+    def _check_children_alive(self) -> None:
+        for name, proc in self._children:
+            if proc.poll() is not None:
+                log_path = self.log_dir / f"{name}.log"
+                raise ControlPlaneStartError(
+                    f"{name} exited with {proc.returncode} during start-up; see {log_path}:\n"
+                    + _tail(log_path)
+                )
 
     def _bind_cluster_admins(self) -> None:
         binding = {
