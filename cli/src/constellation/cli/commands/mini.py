@@ -67,7 +67,17 @@ WORKER_PREFIX = "mini-worker-"
 PUBLISHED_FILE = "measurements.json"
 
 
-@click.group("mini", help="Create and remove a local attested cluster (processes + swtpm).")
+@click.group(
+    "mini",
+    help="""Create and remove a local attested cluster (processes, one swtpm vTPM per node).
+
+\b
+Examples:
+  constellation mini up
+  constellation mini node add --image ./image-v2
+  constellation mini down
+""",
+)
 def mini_group() -> None:
     pass
 
@@ -351,7 +361,15 @@ def down_command(output_format: str) -> None:
 # -- node add ----------------------------------------------------------------------------------
 
 
-@mini_group.group("node", help="Add nodes to a running mini cluster.")
+@mini_group.group(
+    "node",
+    help="""Add nodes to a running mini cluster.
+
+\b
+Examples:
+  constellation mini node add --name extra
+""",
+)
 def node_group() -> None:
     pass
 
@@ -461,7 +479,16 @@ def node_add_command(
 # -- image -------------------------------------------------------------------------------------
 
 
-@mini_group.group("image", help="Build and measure node images, as an image publisher does.")
+@mini_group.group(
+    "image",
+    help="""Build and measure node images, as an image publisher does.
+
+\b
+Examples:
+  constellation mini image build ./image-v2 --version mini-v2
+  constellation mini image measure ./image-v2 --sign --out v2.json
+""",
+)
 def image_group() -> None:
     pass
 

@@ -29,7 +29,15 @@ from constellation.cli.signedmeasurements import (
 )
 
 
-@click.group("upgrade", help="Upgrade a running cluster.")
+@click.group(
+    "upgrade",
+    help="""Upgrade a running cluster.
+
+\b
+Examples:
+  constellation upgrade apply --measurements v2.json --signature v2.json.sig
+""",
+)
 def upgrade_group() -> None:
     pass
 
