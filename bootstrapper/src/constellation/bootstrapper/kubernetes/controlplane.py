@@ -122,6 +122,9 @@ class Ports:
         """True if every port can be bound right now (a warm start may then reuse them)."""
         for port in (getattr(self, name) for name in _PORT_NAMES):
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                # Go listeners set SO_REUSEADDR, so TIME_WAIT left by the previous run does
+                # not stop them; test the port the same way.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     sock.bind((LOOPBACK, port))
                 except OSError:
@@ -283,6 +286,7 @@ class ControlPlane:
             self._wait_ready()
             self._bind_cluster_admins()
             if self.with_controller_manager:
+                self._forget_root_ca_configmap()
                 self._start_controller_manager()
                 self._wait_controller_manager()
         except BaseException:
@@ -598,6 +602,20 @@ class ControlPlane:
             f"(last: {last}); logs in {self.log_dir}:\n"
             + _tail(self.log_dir / "kube-apiserver.log")
         )
+
+    def _forget_root_ca_configmap(self) -> None:
+        """Delete ``kube-system/kube-root-ca.crt`` so that its reappearance proves a live manager.
+
+        On a warm start the ConfigMap survives in etcd; the manager's root-CA publisher
+        recreates it on start-up. No pod runs here (no kubelet) that could miss it meanwhile.
+        """
+        try:
+            self.request("DELETE", "/api/v1/namespaces/kube-system/configmaps/kube-root-ca.crt")
+        except urllib.error.HTTPError as err:
+            if err.code != 404:
+                raise ControlPlaneStartError(
+                    f"cannot reset kube-system/kube-root-ca.crt: HTTP {err.code}"
+                ) from err
 
     def _wait_controller_manager(self) -> None:
         """Wait until the controller manager works: its root-CA publisher wrote a ConfigMap.
