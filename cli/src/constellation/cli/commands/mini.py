@@ -195,7 +195,7 @@ def kubeconfig_path_of(record: MiniRecord) -> Path:
     return record.root / KUBECONFIG_FILE
 
 
-def mini_up(ctx: CLIContext, control_planes: int, workers: int) -> dict[str, Any]:
+def mini_up(ctx: CLIContext, workers: int) -> dict[str, Any]:
     from constellation.cli.commands.apply import run_apply
 
     workspace = ctx.workspace
@@ -204,10 +204,6 @@ def mini_up(ctx: CLIContext, control_planes: int, workers: int) -> dict[str, Any
         raise MiniError(
             f"a mini cluster already exists in {workspace.root}",
             hint="use it (`constellation verify`), or remove it with `constellation mini down`",
-        )
-    if control_planes != 1:
-        raise click.BadParameter(
-            "mini mode runs exactly one control-plane node", param_hint="--control-planes"
         )
     kubernetes_binaries(INIT_COMPONENTS)  # fail before creating anything
     record = MiniRecord(root=workspace.root.resolve())
@@ -297,8 +293,16 @@ Examples:
   constellation -C ./cluster mini up --workers 5 -o json
 """,
 )
-@click.option("--control-planes", type=click.IntRange(1, 1), default=1, show_default=True)
-@click.option("--workers", type=click.IntRange(0, 16), default=2, show_default=True)
+@click.option(
+    "--control-planes",
+    type=click.IntRange(1, 1),
+    default=1,
+    show_default=True,
+    help="Control-plane nodes (mini mode runs exactly one).",
+)
+@click.option(
+    "--workers", type=click.IntRange(0, 16), default=2, show_default=True, help="Worker nodes."
+)
 @output_option
 @click.pass_context
 def up_command(
@@ -306,7 +310,7 @@ def up_command(
 ) -> None:
     ctx = current()
     try:
-        summary = mini_up(ctx, control_planes, workers)
+        summary = mini_up(ctx, workers)
     except MiniError as err:
         if MiniRecord.exists(ctx.workspace):
             err.hint = (err.hint + "; " if err.hint else "") + (
