@@ -20,6 +20,7 @@ from constellation.bootstrapper.kubernetes.controlplane import (
     kubeadm_config,
 )
 from constellation.bootstrapper.kubernetes.errors import (
+    ControlPlaneError,
     ControlPlaneStartError,
     ControlPlaneTimeoutError,
 )
@@ -148,6 +149,14 @@ def test_teardown_leaves_no_process_and_warm_start_reuses_the_pki(
         assert set(pids) == {"etcd", "kube-apiserver", "kube-controller-manager"}
         assert sorted(processes_mentioning(str(directory))) == sorted(pids.values())
         ca = plane.ca_cert_path.read_bytes()
+
+        intruder = ControlPlane(
+            directory, binaries, kubernetes_version=kubernetes_lock.kubernetes_version
+        )
+        with pytest.raises(ControlPlaneError, match="in use"):
+            intruder.start()
+        assert sorted(processes_mentioning(str(directory))) == sorted(pids.values())
+        assert (directory / "pids.json").is_file()
     assert processes_mentioning(str(directory)) == []
     for pid in pids.values():
         with pytest.raises(ProcessLookupError):

@@ -26,13 +26,14 @@ Teardown sends SIGTERM to each child by PID (reverse start order), waits a bound
 SIGKILL. It runs on every exit path of the context manager, including a failed start. The PIDs
 are also kept in ``<directory>/pids.json``: if the owning process itself was killed, the next
 start in that directory ends the orphans first (only processes whose command line names the
-directory).
+directory). An flock on ``<directory>/.lock`` keeps a second owner out while one is running.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -64,6 +65,7 @@ SERVICE_SUBNET = "10.96.0.0/12"
 CLUSTER_NAME = "constellation"
 STATE_FILE = "controlplane.json"
 PIDS_FILE = "pids.json"
+LOCK_FILE = ".lock"
 DEFAULT_READY_TIMEOUT = 120.0
 READY_POLL_INTERVAL = 0.25
 STOP_TIMEOUT = 15.0
@@ -204,6 +206,7 @@ class ControlPlane:
         self._ports: Ports | None = None
         self._children: list[tuple[str, subprocess.Popen[bytes]]] = []
         self._log_handles: list[IO[bytes]] = []
+        self._dir_lock: IO[bytes] | None = None
 
     # -- public paths -------------------------------------------------------------------
 
@@ -279,6 +282,7 @@ class ControlPlane:
             self.directory.mkdir(parents=True, exist_ok=True)
             os.chmod(self.directory, 0o700)
             self.log_dir.mkdir(exist_ok=True)
+            self._lock_directory()
             self._end_stale_children()
             self._ports = self._prepare_ports_and_pki()
             self._start_etcd()
@@ -310,11 +314,14 @@ class ControlPlane:
                     except subprocess.TimeoutExpired:
                         errors.append(f"{name} (pid {proc.pid}) survived SIGKILL")
         self._children.clear()
-        with contextlib.suppress(FileNotFoundError):
-            (self.directory / PIDS_FILE).unlink()
+        if self._dir_lock is not None:  # only the owner may forget the PIDs
+            (self.directory / PIDS_FILE).unlink(missing_ok=True)
         for handle in self._log_handles:
             handle.close()
         self._log_handles.clear()
+        if self._dir_lock is not None:
+            self._dir_lock.close()  # releases the flock
+            self._dir_lock = None
         if errors:
             raise ControlPlaneError("; ".join(errors))
 
@@ -441,6 +448,23 @@ class ControlPlane:
         self._children.append((name, proc))
         pids = {child: p.pid for child, p in self._children}
         write_atomic(self.directory / PIDS_FILE, json.dumps(pids).encode(), mode=PUBLIC_MODE)
+
+    def _lock_directory(self) -> None:
+        """Hold an exclusive flock on the directory for as long as the children run.
+
+        A second owner is refused instead of sharing (or reaping) a live control plane; the
+        kernel drops the lock when the owner dies, which is what lets the next start treat
+        children left in ``pids.json`` as orphans.
+        """
+        handle = (self.directory / LOCK_FILE).open("ab")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise ControlPlaneError(
+                f"{self.directory} is in use by another running control plane"
+            ) from None
+        self._dir_lock = handle
 
     def _end_stale_children(self) -> None:
         """End children a previous owner of this directory left behind (it was SIGKILLed).
