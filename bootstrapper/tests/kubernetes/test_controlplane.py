@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -254,3 +256,36 @@ def test_orphans_of_a_killed_owner_are_ended_on_the_next_start(
         assert sorted(processes_mentioning(str(directory))) == sorted(plane.pids.values())
         assert not set(orphans) & set(plane.pids.values())
     assert processes_mentioning(str(directory)) == []
+
+
+@pytest.mark.kube
+@pytest.mark.slow
+def test_a_port_taken_between_choice_and_bind_is_retried_on_new_ports(
+    tmp_path: Path, binaries: ControlPlaneBinaries, kubernetes_lock: ComponentLock
+) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        choices: list[Ports] = []
+
+        def allocate() -> Ports:
+            fresh = Ports.allocate()
+            choices.append(fresh if choices else dataclasses.replace(fresh, apiserver=taken))
+            return choices[-1]
+
+        plane = ControlPlane(
+            tmp_path / "cp",
+            ControlPlaneBinaries(
+                kubeadm=binaries.kubeadm, etcd=binaries.etcd, kube_apiserver=binaries.kube_apiserver
+            ),
+            kubernetes_version=kubernetes_lock.kubernetes_version,
+            allocate_ports=allocate,
+        )
+        with plane:
+            assert len(choices) == 2
+            assert plane.ports.apiserver != taken
+            assert (
+                plane.request("GET", "/version")["gitVersion"] == kubernetes_lock.kubernetes_version
+            )
+    assert "address already in use" in (tmp_path / "cp" / "logs" / "kube-apiserver.log").read_text()

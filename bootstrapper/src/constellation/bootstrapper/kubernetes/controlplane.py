@@ -44,7 +44,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -70,6 +70,8 @@ DEFAULT_READY_TIMEOUT = 120.0
 READY_POLL_INTERVAL = 0.25
 STOP_TIMEOUT = 15.0
 KUBEADM_TIMEOUT = 120.0
+PORT_ATTEMPTS = 3
+_PORT_TAKEN = "address already in use"
 _LOG_TAIL_LINES = 25
 _PORT_NAMES = ("etcd_client", "etcd_peer", "etcd_metrics", "apiserver", "controller_manager")
 
@@ -193,6 +195,7 @@ class ControlPlane:
         with_controller_manager: bool = True,
         ready_timeout: float = DEFAULT_READY_TIMEOUT,
         unsafe_no_fsync: bool = False,
+        allocate_ports: Callable[[], Ports] = Ports.allocate,
     ) -> None:
         self.directory = directory.resolve()
         self.binaries = binaries
@@ -203,6 +206,7 @@ class ControlPlane:
         )
         self.ready_timeout = ready_timeout
         self.unsafe_no_fsync = unsafe_no_fsync
+        self._allocate_ports = allocate_ports
         self._ports: Ports | None = None
         self._children: list[tuple[str, subprocess.Popen[bytes]]] = []
         self._log_handles: list[IO[bytes]] = []
@@ -275,9 +279,24 @@ class ControlPlane:
         self.stop()
 
     def start(self) -> None:
-        """Bring the control plane up and wait until it is ready; tear down on any failure."""
+        """Bring the control plane up and wait until it is ready; tear down on any failure.
+
+        Free ports are chosen before the children bind them, so another process can take one
+        in between; such a start (a child exits with "address already in use") is retried on
+        new ports, at most ``PORT_ATTEMPTS`` times.
+        """
         if self._children:
             raise ControlPlaneError("the control plane is already running")
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                self._start_once()
+                return
+            except ControlPlaneStartError as err:
+                if attempt == PORT_ATTEMPTS or _PORT_TAKEN not in str(err):
+                    raise
+                # stop() already ran; the saved ports are now taken, so new ones are chosen.
+
+    def _start_once(self) -> None:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             os.chmod(self.directory, 0o700)
@@ -337,7 +356,7 @@ class ControlPlane:
         if previous is not None and previous.all_free() and self._kubeconfigs_present():
             self._point_kubeconfigs_at_loopback(previous)  # directories from older versions
             return previous
-        ports = Ports.allocate()
+        ports = self._allocate_ports()
         config_path = self.directory / "kubeadm.yaml"
         config = kubeadm_config(
             ports=ports,
