@@ -5,10 +5,13 @@ mock. Bring-up, in order (each step logs to ``<directory>/logs/``):
 
 1. Ports: free 127.0.0.1 ports for etcd (client, peer, metrics), the API server and the
    controller manager. They are saved in ``<directory>/controlplane.json`` and reused on a
-   warm start when still free, so the kubeconfigs and the etcd member stay valid.
+   warm start when still free, so the kubeconfigs and the etcd member stay valid. A port
+   taken by someone else between choice and bind makes the start retry on new ports (bounded).
 2. PKI: ``kubeadm init phase certs all`` and ``kubeadm init phase kubeconfig all`` with a
    generated kubeadm config (control-plane endpoint 127.0.0.1:<port>, SANs 127.0.0.1 and
-   localhost, ECDSA P-256 keys). The processes advertise and bind 127.0.0.1 only.
+   localhost, ECDSA P-256 keys). The processes advertise and bind 127.0.0.1 only, and every
+   kubeconfig is pointed at ``https://127.0.0.1:<port>`` (kubeadm writes the controller
+   manager's with the address of a real interface).
    A warm start with the same ports skips this; with new ports only the kubeconfigs (which name
    the server URL) and the etcd data (which names the peer URL) are recreated.
 3. etcd with TLS for clients and peers (kubeadm's etcd CA), then kube-apiserver with
