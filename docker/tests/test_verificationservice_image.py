@@ -1,0 +1,160 @@
+"""The VerificationService image, run with podman against a real swtpm on loopback, serves
+evidence that validates: proves the compiled tpm2-pytss, the tpm2-tss libraries and the swtpm
+TCTI module in the runtime stage work together, as uid 65532 on a read-only root."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from constellation.attestation.errors import ValidationError
+from constellation.attestation.measurements import Measurement, Measurements
+from constellation.attestation.vtpm import VtpmIssuer, VtpmValidator
+from constellation.proto import verify_pb2, verify_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[2]
+TAG = "localhost/constellation/verificationservice:0.1.0"
+PODMAN = ["podman", "--storage-driver", "vfs", "--runtime", "runc"]
+READY_TIMEOUT = 120.0
+
+pytestmark = [pytest.mark.slow, pytest.mark.swtpm, pytest.mark.timeout(3600)]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def validator_for(tcti: str) -> VtpmValidator:
+    """A qemu-vtpm validator expecting exactly the swtpm's current PCRs."""
+    document = json.loads(VtpmIssuer(tcti).issue(b"probe", b"\x00" * 32))
+    pcrs = {int(i): base64.b64decode(v) for i, v in document["pcrs"].items()}
+    return VtpmValidator(Measurements({i: Measurement(v, False) for i, v in pcrs.items()}))
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    for tool in ("buildah", "podman", "debootstrap"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (Debian packages buildah podman debootstrap)")
+    if os.geteuid() != 0:
+        pytest.skip("buildah/podman with the vfs driver and debootstrap need root here")
+    build = subprocess.run(
+        [str(REPO / "hack" / "build-images"), "verificationservice"],
+        capture_output=True,
+        text=True,
+        timeout=3500,
+        check=False,
+    )
+    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
+    return TAG
+
+
+@pytest.fixture
+def container(image: str, swtpm: Any) -> Iterator[dict[str, int]]:
+    """The service in a container on the host's loopback; always removed afterwards."""
+    name = f"constellation-test-{uuid.uuid4().hex[:12]}"
+    ports = {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
+    subprocess.run(
+        [
+            *PODMAN,
+            "run",
+            "--detach",
+            "--name",
+            name,
+            "--network",
+            "host",
+            "--read-only",
+            "--ulimit",
+            "nofile=1024:20000",
+            "--ulimit",
+            "nproc=1024:1024",
+            image,
+            *("--tpm", swtpm.tcti, "--listen", "127.0.0.1"),
+            *("--grpc-port", str(ports["grpc"]), "--http-port", str(ports["http"])),
+            *("--metrics-port", str(ports["metrics"])),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    try:
+        yield ports
+    finally:
+        logs = subprocess.run(
+            [*PODMAN, "logs", name], capture_output=True, text=True, timeout=60, check=False
+        )
+        print(logs.stdout[-3000:], logs.stderr[-3000:])  # shown by pytest when a test fails
+        subprocess.run(
+            [*PODMAN, "rm", "--force", "--time", "5", name],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+
+
+def wait_serving(port: int) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                status = (
+                    health_pb2_grpc.HealthStub(channel)
+                    .Check(health_pb2.HealthCheckRequest(), timeout=5)
+                    .status
+                )
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.RpcError as exc:
+            last = exc
+        time.sleep(1)
+    pytest.fail(f"the container did not report SERVING within {READY_TIMEOUT}s: {last}")
+
+
+def test_image_serves_valid_evidence_from_a_swtpm(container: dict[str, int], swtpm: Any) -> None:
+    validator = validator_for(swtpm.tcti)
+    wait_serving(container["grpc"])
+
+    nonce = os.urandom(32)
+    with grpc.insecure_channel(f"127.0.0.1:{container['grpc']}") as channel:
+        answer = verify_pb2_grpc.APIStub(channel).GetAttestation(
+            verify_pb2.GetAttestationRequest(nonce=nonce), timeout=60
+        )
+    assert validator.validate(answer.attestation, nonce) == b"VerifyService"
+
+    query = base64.urlsafe_b64encode(nonce).decode()
+    url = f"http://127.0.0.1:{container['http']}/?nonce={query}"
+    with urllib.request.urlopen(url, timeout=60) as response:
+        document = base64.b64decode(json.loads(response.read())["data"])
+    assert validator.validate(document, nonce) == b"VerifyService"
+
+    # Negative: evidence bound to one nonce is refused for another, and a bad nonce is a 400.
+    with pytest.raises(ValidationError) as rejected:
+        validator.validate(document, os.urandom(32))
+    assert [f.check for f in rejected.value.failures] == ["quote.qualifying_data"]
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"http://127.0.0.1:{container['http']}/?nonce=", timeout=30)
+    assert refused.value.code == 400
+
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{container['metrics']}/metrics", timeout=30
+    ) as r:
+        assert b"constellation_attestation_seconds_count" in r.read()
