@@ -18,6 +18,7 @@ reports "nothing to do" on a second run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ from constellation.attestation.measurements import Measurements
 from constellation.bootstrapper.atomicfile import PUBLIC_MODE, SECRET_MODE, write_atomic
 from constellation.bootstrapper.initsecret import InitSecret
 from constellation.bootstrapper.kubernetes.components import (
+    CacheRecord,
     ComponentLock,
     InstalledComponents,
     default_cache_dir,
@@ -228,18 +230,31 @@ def find_lock() -> Path:
 
 
 def kubernetes_binaries(names: tuple[str, ...]) -> tuple[ComponentLock, InstalledComponents]:
-    """The pinned binaries from the cache, each checked against its recorded SHA-256."""
+    """The pinned binaries from the cache, each checked against its recorded SHA-256.
+
+    Checked once per CLI invocation for a given lock and cache (the binaries are ~100 MB
+    each); the nodes check every component's hash again before they install it.
+    """
     try:
-        lock = load_lock(find_lock())
-        return lock, verified_components(lock, default_cache_dir(lock.kubernetes_version), names)
+        lock_path = find_lock()
+        version = load_lock(lock_path).kubernetes_version
+        return _verified(lock_path, default_cache_dir(version), names)
     except KubernetesError as err:
         raise MiniError(f"the Kubernetes binaries are not ready: {err}", hint=SETUP_HINT) from None
 
 
-def component_hashes(installed: InstalledComponents) -> dict[str, str]:
-    from constellation.bootstrapper.kubernetes.components import sha256_file
+@functools.lru_cache(maxsize=8)
+def _verified(
+    lock_path: Path, directory: Path, names: tuple[str, ...]
+) -> tuple[ComponentLock, InstalledComponents]:
+    lock = load_lock(lock_path)
+    return lock, verified_components(lock, directory, names)
 
-    return {name: sha256_file(path) for name, path in sorted(installed.paths.items())}
+
+def component_hashes(installed: InstalledComponents) -> dict[str, str]:
+    """The SHA-256 of each binary, as recorded in the cache and just verified against it."""
+    record = CacheRecord.load(installed.directory)
+    return {name: record.entries[name].sha256 for name in sorted(installed.paths)}
 
 
 def join_components_document(lock: ComponentLock) -> dict[str, Any]:
