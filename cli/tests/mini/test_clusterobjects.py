@@ -11,13 +11,9 @@ import pytest
 import yaml
 
 from constellation.attestation.measurements import Measurement, Measurements
-from constellation.bootstrapper.kubernetes import testing as kube_fixtures
 from constellation.cli.mini import clusterobjects
 
 REPO = Path(__file__).resolve().parents[3]
-kubernetes_lock = kube_fixtures.kubernetes_lock
-kubernetes_components = kube_fixtures.kubernetes_components
-control_plane = kube_fixtures.control_plane
 
 IMAGE = Measurements({4: Measurement(b"\x04" * 32), 9: Measurement(b"\x09" * 32)})
 
