@@ -119,3 +119,15 @@ def test_image_measure_signs_what_the_firmware_will_measure(invoke, tmp_path: Pa
     measured = published.for_variant("qemu-vtpm")
     assert {i: m.expected for i, m in measured.items()} == image.expected_pcrs(built)
     assert measured[15].expected == bytes(32)  # published with PCR 15 unmarked
+
+
+@pytest.mark.parametrize("name", ["../escape", "Upper", "a/b", "-dash", "x" * 64])
+def test_node_add_refuses_a_name_that_is_not_a_dns_label(invoke, tmp_path: Path, name: str) -> None:
+    from constellation.cli.mini.cluster import MiniRecord
+
+    record = MiniRecord(root=tmp_path, joinservice_running=True)
+    record.save()
+    result = invoke(tmp_path, "mini", "node", "add", "--name", name)
+    assert result.code == 2
+    assert "DNS label" in result.stderr
+    assert not (tmp_path / "mini" / "nodes").exists()

@@ -17,6 +17,7 @@ every file mini mode created.
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,8 @@ from constellation.cli.workspace import CONFIG_FILE
 CONTROL_PLANE_PREFIX = "mini-cp-"
 WORKER_PREFIX = "mini-worker-"
 PUBLISHED_FILE = "measurements.json"
+# A node name is a Kubernetes node name and a directory name: a DNS-1123 label, nothing else.
+NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 @click.group(
@@ -397,6 +400,11 @@ def add_node(
     if not record.joinservice_running:
         raise MiniError("the cluster is not initialized", hint="run `constellation apply` first")
     name = name or _next_worker_name(record)
+    if not NODE_NAME.fullmatch(name):
+        raise click.BadParameter(
+            "a node name is a DNS label: lowercase letters, digits and '-', at most 63",
+            param_hint="--name",
+        )
     if any(n.name == name for n in record.nodes):
         raise MiniError(f"a node named {name!r} exists already", hint="choose another --name")
     source = image_dir or record.image_dir
