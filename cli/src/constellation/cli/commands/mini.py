@@ -34,6 +34,8 @@ from constellation.cli.mini import clusterobjects, image
 from constellation.cli.mini.cluster import (
     INIT_COMPONENTS,
     KUBECONFIG_FILE,
+    MINI_DIR,
+    PUBLISHER_KEY_FILE,
     MiniRecord,
     component_hashes,
     created_files_tracked,
@@ -576,7 +578,7 @@ def image_measure_command(
         "measurements": measurements.to_dict(),
     }
     if sign:
-        key_path = key or (ctx.workspace.root / "mini" / "image-publisher.key")
+        key_path = key or (ctx.workspace.root / MINI_DIR / PUBLISHER_KEY_FILE)
         published = image.publish(config.version, measurements, image.load_publisher_key(key_path))
         signature = image.write_published(published, out)
         result.update({"file": str(out), "signature": str(signature)})
