@@ -23,7 +23,6 @@ from constellation.attestation.nodelock import NodeLock
 from constellation.attestation.swtpm import Swtpm
 from constellation.attestation.vtpm import VtpmValidator, open_tpm, read_pcrs
 from constellation.bootstrapper.initserver import InitCallbacks, InitOutcome, LocalControlPlane
-from constellation.bootstrapper.kubernetes import testing as kube_fixtures
 from constellation.bootstrapper.nodestate import load_node_state
 from constellation.bootstrapper.statedisk import DiskKey
 from constellation.bootstrapper.testing import (
@@ -38,9 +37,6 @@ from constellation.bootstrapper.testing import (
 from constellation.proto import components_pb2, init_pb2, init_pb2_grpc
 
 pytestmark = pytest.mark.swtpm
-# The pinned Kubernetes binaries (skips with the command that provides them when missing).
-kubernetes_lock = kube_fixtures.kubernetes_lock
-kubernetes_components = kube_fixtures.kubernetes_components
 
 
 def _pcr15(tcti: str) -> bytes:

@@ -27,7 +27,6 @@ from constellation.attestation.swtpm import Swtpm
 from constellation.attestation.vtpm import VtpmIssuer, firmware_measure, open_tpm, read_pcrs
 from constellation.bootstrapper.config import RetryPolicy
 from constellation.bootstrapper.joinclient import JoinClient
-from constellation.bootstrapper.kubernetes import testing as kube_fixtures
 from constellation.bootstrapper.metadata import Endpoint, Role
 from constellation.bootstrapper.nodestate import load_node_state
 from constellation.bootstrapper.registration import KubeletFiles
@@ -42,10 +41,6 @@ keyservice_keys = pytest.importorskip("constellation.keyservice.keys")
 keyservice_server = pytest.importorskip("constellation.keyservice.server")
 
 pytestmark = [pytest.mark.kube, pytest.mark.swtpm, pytest.mark.slow]
-kubernetes_lock = kube_fixtures.kubernetes_lock
-kubernetes_components = kube_fixtures.kubernetes_components
-control_plane = kube_fixtures.control_plane
-kube_client = kube_fixtures.kube_client
 
 IMAGE = ((4, b"kernel"), (9, b"initrd"), (11, b"uki"))
 RETRY = RetryPolicy(

@@ -32,7 +32,6 @@ from constellation.bootstrapper.joinclient import (
     TicketError,
     joinservice_measurements,
 )
-from constellation.bootstrapper.kubernetes import testing as kube_fixtures
 from constellation.bootstrapper.metadata import Endpoint, Role, write_metadata_file
 from constellation.bootstrapper.nodestate import NodeState, load_node_state, save_node_state
 from constellation.bootstrapper.registration import KubeletFiles, RegistrationError, register_node
@@ -52,10 +51,6 @@ from constellation.bootstrapper.testing import (
 )
 
 pytestmark = pytest.mark.swtpm
-kubernetes_lock = kube_fixtures.kubernetes_lock
-kubernetes_components = kube_fixtures.kubernetes_components
-control_plane = kube_fixtures.control_plane
-kube_client = kube_fixtures.kube_client
 
 FAST_RETRY = RetryPolicy(
     initial_delay_s=0.05, max_delay_s=0.2, max_attempts=3, total_timeout_s=30, rpc_timeout_s=15

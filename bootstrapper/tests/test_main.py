@@ -19,7 +19,6 @@ from constellation.attestation.kdf import derive_cluster_id, derive_measurement_
 from constellation.attestation.measurements import Measurement, Measurements
 from constellation.attestation.swtpm import Swtpm
 from constellation.bootstrapper.initsecret import InitSecret, hash_init_secret
-from constellation.bootstrapper.kubernetes import testing as kube_fixtures
 from constellation.bootstrapper.metadata import InstanceMetadata, Role, write_metadata_file
 from constellation.bootstrapper.testing import (
     INIT_SECRET,
@@ -28,9 +27,6 @@ from constellation.bootstrapper.testing import (
     init_request,
     require_cryptsetup,
 )
-
-kubernetes_lock = kube_fixtures.kubernetes_lock
-kubernetes_components = kube_fixtures.kubernetes_components
 
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 60

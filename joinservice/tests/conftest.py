@@ -19,15 +19,6 @@ import pytest
 from constellation.attestation.measurements import Measurements
 from constellation.attestation.swtpm import Swtpm
 from constellation.attestation.vtpm import VtpmIssuer, firmware_measure, open_tpm, read_pcrs
-from constellation.bootstrapper.kubernetes import testing as kube_fixtures
-
-# The loopback control plane (etcd + kube-apiserver from the pinned binaries; skipped with the
-# command that provides them when they are missing). Bound here until the root conftest loads
-# the fixture module for the whole repository.
-kubernetes_lock = kube_fixtures.kubernetes_lock
-kubernetes_components = kube_fixtures.kubernetes_components
-control_plane = kube_fixtures.control_plane
-kube_client = kube_fixtures.kube_client
 
 IMAGE = (b"kernel", b"initrd", b"uki")
 IMAGE_PCRS = (4, 9, 11)

@@ -8,6 +8,7 @@ certificate from a foreign CA is refused.
 from __future__ import annotations
 
 import ipaddress
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -83,22 +84,24 @@ def cluster_signer(control_plane: ControlPlane) -> KubeletCertSigner:
 def test_node_certificate_authenticates_and_registers_its_own_node(
     control_plane: ControlPlane, cluster_signer: KubeletCertSigner, tmp_path: Path
 ) -> None:
-    cert, key = node_credentials(tmp_path, cluster_signer, "worker-1")
+    # The control plane is shared by the whole session: a name no other test uses.
+    name = f"kubelet-cert-{uuid.uuid4().hex[:8]}"
+    cert, key = node_credentials(tmp_path, cluster_signer, name)
     with client_for(control_plane, cert, key) as api:
         user = (
             k8s.AuthenticationV1Api(api)
             .create_self_subject_review(k8s.V1SelfSubjectReview())
             .status.user_info
         )
-        assert user.username == "system:node:worker-1"
+        assert user.username == f"system:node:{name}"
         assert "system:nodes" in user.groups
 
-        created = k8s.CoreV1Api(api).create_node(node_body("worker-1"))
-        assert created.metadata.name == "worker-1"
+        created = k8s.CoreV1Api(api).create_node(node_body(name))
+        assert created.metadata.name == name
 
         # NodeRestriction: a node may not create (or impersonate) another node.
         with pytest.raises(ApiException) as err:
-            k8s.CoreV1Api(api).create_node(node_body("worker-2"))
+            k8s.CoreV1Api(api).create_node(node_body(f"{name}-other"))
         assert err.value.status == 403
 
         # Node authorization: no reading secrets it was not given.
