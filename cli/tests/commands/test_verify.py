@@ -386,3 +386,56 @@ def test_real_verification_service_on_a_tampered_node_is_refused(
     result = invoke(node.workspace, "verify", "-e", real_service.grpc_endpoint, "-o", "json")
     assert result.code == 1
     assert _checks(json.loads(result.stdout)) == {"pcr[4]", "eventlog.replay[pcr4]"}
+
+
+@contextlib.contextmanager
+def _second_node(node: Node, behaviour: NodeBehaviour) -> Iterator[Endpoint]:
+    """Another verification endpoint on the same vTPM, listed in the state file as a worker."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    verify_pb2_grpc.add_APIServicer_to_server(_VerifyServicer(node.issuer, behaviour), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    endpoint = Endpoint("127.0.0.1", port)
+    workspace = Workspace(node.workspace)
+    state = workspace.load_state()
+    workspace.save_state(
+        ClusterState(
+            name=state.name,
+            cluster_id=state.cluster_id,
+            verify_endpoint=state.verify_endpoint,
+            nodes=(*state.nodes, NodeRecord("mini-worker-0", "worker", endpoint)),
+        )
+    )
+    try:
+        yield endpoint
+    finally:
+        server.stop(grace=None).wait(5)
+
+
+def test_all_verifies_every_node_with_its_own_nonce(invoke: Any, node: Node) -> None:
+    worker = NodeBehaviour()
+    with _second_node(node, worker) as endpoint:
+        result = invoke(node.workspace, "verify", "--all", "-o", "json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["verified"] is True
+    assert report["clusterID"] == base64.b64encode(node.cluster_id).decode()
+    assert [n["endpoint"] for n in report["nodes"]] == [node.endpoint, str(endpoint)]
+    assert all(n["verified"] for n in report["nodes"])
+    assert node.behaviour.requests[0] != worker.requests[0]
+
+
+def test_all_fails_when_one_node_is_not_trusted(invoke: Any, node: Node) -> None:
+    with _second_node(node, NodeBehaviour(user_data=b"not the verify service")) as endpoint:
+        result = invoke(node.workspace, "verify", "--all", "-o", "json")
+    assert result.code == 1
+    report = json.loads(result.stdout)
+    assert report["verified"] is False
+    verdicts = {n["endpoint"]: n["verified"] for n in report["nodes"]}
+    assert verdicts == {node.endpoint: True, str(endpoint): False}
+    assert str(endpoint) in result.stderr
+
+
+def test_all_with_an_endpoint_is_a_usage_error(invoke: Any, node: Node) -> None:
+    assert invoke(node.workspace, "verify", "--all", "-e", node.endpoint).code == 2
+    assert node.behaviour.requests == []

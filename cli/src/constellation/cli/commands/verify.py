@@ -40,6 +40,7 @@ Examples:
   constellation verify
   constellation verify -e 127.0.0.1:30081 --cluster-id <base64> -o json
   constellation verify --node-endpoint mini-worker-0
+  constellation verify --all -o json
   constellation verify --protocol http -e 127.0.0.1:30080
 """,
 )
@@ -47,6 +48,12 @@ Examples:
 @click.option(
     "--node-endpoint",
     help="Verify this node instead: a node name from the state file or host:port.",
+)
+@click.option(
+    "--all",
+    "all_nodes",
+    is_flag=True,
+    help="Verify every node of the state file, each with its own fresh nonce.",
 )
 @click.option("--cluster-id", help="Cluster ID (base64) to expect in PCR 15 (default: state).")
 @click.option(
@@ -69,6 +76,7 @@ def verify_command(
     click_ctx: click.Context,
     endpoint: str | None,
     node_endpoint: str | None,
+    all_nodes: bool,
     cluster_id: str | None,
     protocol: str,
     timeout: float,
@@ -76,30 +84,59 @@ def verify_command(
 ) -> None:
     ctx = current()
     config = ctx.workspace.load_config()
-    state = _state_if_needed(ctx, endpoint, node_endpoint, cluster_id)
-    target = _target(state, endpoint, node_endpoint)
+    if all_nodes and (endpoint is not None or node_endpoint is not None):
+        raise click.UsageError("--all verifies the state file's nodes; drop -e/--node-endpoint")
+    state = _state_if_needed(ctx, endpoint, node_endpoint, cluster_id, all_nodes=all_nodes)
+    targets = (
+        _all_targets(_required(state)) if all_nodes else [_target(state, endpoint, node_endpoint)]
+    )
     expected_id = _cluster_id(state, cluster_id)
     measurements = expected_measurements(config.attestation.parsed_measurements(), expected_id)
     validator = build_validator(config.attestation.variant, measurements)
+    request = request_attestation_grpc if protocol == "grpc" else request_attestation_http
 
-    nonce = fresh_nonce()
-    ctx.reporter.debug(f"nonce {nonce.hex()} (fresh), expecting PCR 15 for the cluster ID")
-    with ctx.reporter.step(f"requesting attestation from {target} ({protocol})"):
-        request = request_attestation_grpc if protocol == "grpc" else request_attestation_http
-        document = request(target, nonce, timeout=timeout)
-    ctx.reporter.debug(f"received a {len(document)}-byte attestation document")
-    report = judge(
-        validator, measurements, document, nonce, endpoint=str(target), cluster_id=expected_id
-    )
+    reports: list[VerifyReport] = []
+    for target in targets:
+        # One fresh nonce per node: evidence from one node can never answer for another.
+        nonce = fresh_nonce()
+        ctx.reporter.debug(f"nonce {nonce.hex()} (fresh), expecting PCR 15 for the cluster ID")
+        with ctx.reporter.step(f"requesting attestation from {target} ({protocol})"):
+            document = request(target, nonce, timeout=timeout)
+        ctx.reporter.debug(f"received a {len(document)}-byte attestation document")
+        reports.append(
+            judge(
+                validator,
+                measurements,
+                document,
+                nonce,
+                endpoint=str(target),
+                cluster_id=expected_id,
+            )
+        )
+
     if output_format == OutputFormat.JSON:
-        ctx.reporter.emit_json(report.to_dict())
+        if all_nodes:
+            ctx.reporter.emit_json(
+                {
+                    "clusterID": base64.b64encode(expected_id).decode(),
+                    "verified": all(r.verified for r in reports),
+                    "nodes": [r.to_dict() for r in reports],
+                }
+            )
+        else:
+            ctx.reporter.emit_json(reports[0].to_dict())
     else:
-        _print_report(ctx, report)
-    for warning in report.warnings:
-        ctx.reporter.warning(str(warning))
-    if not report.verified:
-        error = ValidationError(report.failures, report.warnings, subject=f"node {target}")
+        for report in reports:
+            _print_report(ctx, report)
+    untrusted = [r for r in reports if not r.verified]
+    for report in reports:
+        prefix = f"{report.endpoint}: " if all_nodes else ""
+        for warning in report.warnings:
+            ctx.reporter.warning(f"{prefix}{warning}")
+    for report in untrusted:
+        error = ValidationError(report.failures, report.warnings, subject=f"node {report.endpoint}")
         ctx.reporter.info(f"Error: {error}")
+    if untrusted:
         ctx.reporter.info(
             "Next: the node is not trusted; do not send it secrets. Compare the failed checks "
             "with your measurements."
@@ -108,9 +145,14 @@ def verify_command(
 
 
 def _state_if_needed(
-    ctx: CLIContext, endpoint: str | None, node_endpoint: str | None, cluster_id: str | None
+    ctx: CLIContext,
+    endpoint: str | None,
+    node_endpoint: str | None,
+    cluster_id: str | None,
+    *,
+    all_nodes: bool = False,
 ) -> ClusterState | None:
-    needs_state = cluster_id is None or (endpoint is None and node_endpoint is None)
+    needs_state = all_nodes or cluster_id is None or (endpoint is None and node_endpoint is None)
     needs_state = needs_state or (node_endpoint is not None and ":" not in node_endpoint)
     return ctx.workspace.load_state() if needs_state else None
 
@@ -137,6 +179,16 @@ def _target(state: ClusterState | None, endpoint: str | None, node: str | None) 
             "the state file has no verification endpoint", hint="pass -e/--endpoint host:port"
         )
     return verify_endpoint
+
+
+def _all_targets(state: ClusterState) -> list[Endpoint]:
+    targets = [r.verify_endpoint for r in state.nodes if r.verify_endpoint is not None]
+    if not targets:
+        raise WorkspaceError(
+            "the state file lists no node with a verification endpoint",
+            hint="verify single nodes with -e/--endpoint host:port",
+        )
+    return targets
 
 
 def _cluster_id(state: ClusterState | None, text: str | None) -> bytes:
