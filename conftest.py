@@ -7,5 +7,6 @@ same, always-cleaned-up processes.
 
 pytest_plugins: list[str] = [
     "constellation.attestation.testing.fixtures",  # swtpm
+    "constellation.attestation.testing.service_process",  # service commands as processes
     "constellation.bootstrapper.kubernetes.testing",  # control plane
 ]
