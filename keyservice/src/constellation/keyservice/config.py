@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from constellation.attestation.service.flags import listen_address, tcp_port
 from constellation.attestation.service.logging import LEVELS
 from constellation.keyservice.errors import ConfigError
 from constellation.keyservice.keys import MasterSecret
@@ -43,14 +44,7 @@ class KeyServiceConfig:
 
     def address(self, port: int) -> str:
         """``host:port`` for gRPC, with IPv6 literals bracketed."""
-        host = f"[{self.listen}]" if ":" in self.listen else self.listen
-        return f"{host}:{port}"
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or int(text) > 65535:
-        raise argparse.ArgumentTypeError(f"not a TCP port: {text!r}")
-    return int(text)
+        return listen_address(self.listen, port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,9 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="0.0.0.0",  # noqa: S104 - in-cluster pods listen on their pod IP
         help="address to bind (default: %(default)s)",
     )
-    parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help="gRPC port (0: any)")
+    parser.add_argument("--port", type=tcp_port, default=DEFAULT_PORT, help="gRPC port (0: any)")
     parser.add_argument(
-        "--metrics-port", type=_port, default=DEFAULT_METRICS_PORT, help="Prometheus port (0: any)"
+        "--metrics-port",
+        type=tcp_port,
+        default=DEFAULT_METRICS_PORT,
+        help="Prometheus port (0: any)",
     )
     parser.add_argument("--log-level", choices=LEVELS, default="info")
     parser.add_argument(
