@@ -28,9 +28,11 @@ PODMAN_RUN = [
     "--ulimit",
     "nproc=1024:1024",
 ]
-# Prints the uid and whichever build tools the runtime image (wrongly) still has.
+# Prints the uid and whichever build tools, shells or package managers the runtime image
+# (wrongly) still has.
 NO_BUILD_TOOLS_PROBE = (
-    "import os, shutil; print(os.getuid(), [t for t in ('uv', 'pip', 'gcc') if shutil.which(t)])"
+    "import os, shutil; print(os.getuid(), [t for t in"
+    " ('uv', 'pip', 'gcc', 'sh', 'bash', 'dash', 'apt-get', 'dpkg') if shutil.which(t)])"
 )
 
 
@@ -140,7 +142,7 @@ def test_keyservice_image_builds_and_runs() -> None:
     assert help_run.returncode == 0, help_run.stdout + help_run.stderr
     assert "usage" in help_run.stdout.lower()
 
-    # The image holds no build tooling: no uv, no pip, no compiler.
+    # The image holds no build tooling (uv, pip, compiler), no shell and no package manager.
     probe = subprocess.run(
         [
             *PODMAN_RUN,

@@ -120,6 +120,25 @@ def test_runtime_stage_runs_the_console_script_as_nonroot(
     assert "RUN" not in keywords[keywords.index("USER") :]
 
 
+def test_service_images_drop_shells_and_package_managers(
+    component: str, dockerfile_reader: ModuleType
+) -> None:
+    """The in-cluster services run no shell; the bootstrapper (which drives kubeadm and
+    cryptsetup on a node) and the CLI (an operator's tool) keep theirs."""
+    runtime = dockerfile_reader.parse(DOCKER / component / "Dockerfile").stages[-1]
+    runs = runtime.all("RUN")
+    slims = [r for r in runs if "/usr/bin/sh" in r.argument]
+    if component in ("bootstrapper", "cli"):
+        assert slims == []
+        return
+    (slim,) = slims
+    for removed in ("/usr/bin/bash", "/usr/bin/dash", "/usr/bin/apt-*", "/usr/bin/dpkg"):
+        assert removed in slim.argument
+    assert "/var/lib/dpkg" not in slim.argument, "scanners need dpkg's status file"
+    # Nothing after it may need a shell: no shell-form RUN follows it.
+    assert runs[-1] is slim
+
+
 def test_oci_labels(component: str, dockerfile_reader: ModuleType) -> None:
     runtime = dockerfile_reader.parse(DOCKER / component / "Dockerfile").stages[-1]
     labels: dict[str, str] = {}
