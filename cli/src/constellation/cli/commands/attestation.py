@@ -12,8 +12,6 @@ the same flags and the same exit codes, calling the same library function
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -89,7 +87,7 @@ def verify_command(
     as_json = json_flag or output_format == OutputFormat.JSON
     at = _clock(at_text)
     try:
-        report_bytes = _report_bytes(_read(report))
+        report_bytes = snp.report_bytes(_read(report))
         signer_bytes = _read(signer)
         chain_bytes = _read(chain) if chain is not None else None
         roots = snp.load_trust_directory(trust_dir) if trust_dir is not None else None
@@ -112,19 +110,6 @@ def _read(path: Path) -> bytes:
         data = handle.read(MAX_INPUT_SIZE + 1)
     if len(data) > MAX_INPUT_SIZE:
         raise MalformedEvidenceError(f"{path} is larger than {MAX_INPUT_SIZE} bytes")
-    return data
-
-
-def _report_bytes(data: bytes) -> bytes:
-    """Raw report bytes, or the decoding of a base64 text file holding them."""
-    text = b"".join(data.split())
-    if text.isascii():
-        try:
-            decoded = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            return data
-        if len(decoded) >= snp.REPORT_SIZE:
-            return decoded
     return data
 
 

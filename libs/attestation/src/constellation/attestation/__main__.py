@@ -11,8 +11,6 @@ in a traceback.
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -41,19 +39,6 @@ def _read(path: str, what: str) -> bytes:
         raise UnusableInputError(f"cannot read {what} {path!r}: {err.strerror or err}") from None
 
 
-def _report_bytes(data: bytes) -> bytes:
-    """Raw report bytes, or the decoding of a base64 text file holding them."""
-    text = b"".join(data.split())
-    if text.isascii():
-        try:
-            decoded = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            return data
-        if len(decoded) >= snp.REPORT_SIZE:
-            return decoded
-    return data
-
-
 def _clock(value: str | None) -> datetime | None:
     if value is None:
         return None
@@ -69,7 +54,7 @@ def _print_json(out: TextIO, document: dict[str, Any]) -> None:
 
 
 def _snp_verify(args: argparse.Namespace, out: TextIO) -> int:
-    report = _report_bytes(_read(args.report, "report"))
+    report = snp.report_bytes(_read(args.report, "report"))
     signer = _read(args.signer, "signer certificate")
     chain = _read(args.chain, "certificate chain") if args.chain else None
     roots = snp.load_trust_directory(Path(args.trust_dir)) if args.trust_dir else None

@@ -35,7 +35,13 @@ from constellation.attestation.snp.errors import (
 from constellation.attestation.snp.kds import KdsClient, KdsFetcher, load_trust_directory
 from constellation.attestation.snp.policy import AllOf, AllowList, AnyOf, Policy, ReportCheck
 from constellation.attestation.snp.products import GENOA, MILAN, PRODUCTS, TURIN
-from constellation.attestation.snp.report import REPORT_SIZE, GuestPolicy, Report, parse_report
+from constellation.attestation.snp.report import (
+    REPORT_SIZE,
+    GuestPolicy,
+    Report,
+    parse_report,
+    report_bytes,
+)
 from constellation.attestation.snp.tcb import TcbVersion
 from constellation.attestation.snp.verify import (
     VerifiedReport,
@@ -84,6 +90,7 @@ __all__ = [
     "load_trust_directory",
     "parse_hcl_runtime_data",
     "parse_report",
+    "report_bytes",
     "verify",
     "verify_report",
 ]

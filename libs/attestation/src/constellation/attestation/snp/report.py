@@ -14,6 +14,8 @@ the verifier, which lists those findings with every other failed check.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -314,6 +316,24 @@ class Report:
             "current_firmware": self.current_firmware,
             "committed_firmware": self.committed_firmware,
         }
+
+
+def report_bytes(data: bytes) -> bytes:
+    """Raw report bytes, or the decoding of a base64 text file holding them.
+
+    Operators get reports both ways (the raw 1184 bytes from the guest device, or base64 from
+    logs and APIs). Anything that is not base64 of at least a report's size is returned as is,
+    so the parser, not this guess, decides whether it is a report.
+    """
+    text = b"".join(data.split())
+    if text.isascii():
+        try:
+            decoded = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            return data
+        if len(decoded) >= REPORT_SIZE:
+            return decoded
+    return data
 
 
 def parse_report(raw: bytes, *, product: str | None = None) -> Report:
