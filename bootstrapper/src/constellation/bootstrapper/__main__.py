@@ -10,11 +10,13 @@ Exit codes: 0 after a clean shutdown, 1 on a refused configuration or a node err
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import grpc
 import structlog
 
 from constellation.attestation import atls
@@ -23,18 +25,25 @@ from constellation.attestation.measurements import Measurements
 from constellation.attestation.nodelock import NodeLock
 from constellation.attestation.service import Health, Shutdown, configure_logging
 from constellation.attestation.vtpm import VtpmIssuer, VtpmValidator
-from constellation.bootstrapper.config import BootstrapperConfig, ConfigError, load_config
+from constellation.bootstrapper.config import (
+    BootstrapperConfig,
+    ConfigError,
+    RetryPolicy,
+    load_config,
+)
 from constellation.bootstrapper.initserver import InitCallbacks, InitServer, LocalControlPlane
 from constellation.bootstrapper.installer import ComponentInstaller
 from constellation.bootstrapper.joinclient import JoinClient, joinservice_measurements
 from constellation.bootstrapper.metadata import FileMetadata
 from constellation.bootstrapper.node import Node
+from constellation.bootstrapper.recoveryserver import RecoveryServer
 from constellation.bootstrapper.registration import KubeletFiles
 from constellation.bootstrapper.statedisk import ARGON2ID, FAST_PBKDF2, DiskKey, StateDisk
-from constellation.proto import init_pb2_grpc
+from constellation.proto import init_pb2_grpc, recover_pb2_grpc
 
 _log = structlog.get_logger("constellation.bootstrapper")
 INIT_SERVICE = "init.API"
+RECOVER_SERVICE = "recoverproto.API"
 MAX_MEASUREMENTS_FILE = 1 << 20
 
 
@@ -76,7 +85,8 @@ def build_node(config: BootstrapperConfig) -> tuple[Node, LocalControlPlane]:
         http_timeout_s=config.component_http_timeout_s,
         total_timeout_s=config.component_total_timeout_s,
     )
-    control_plane = LocalControlPlane(config.control_plane_root)
+    kubelet_files = KubeletFiles(config.kubelet_dir)
+    control_plane = LocalControlPlane(config.control_plane_root, kubelet_files=kubelet_files)
     join_validator = _join_validator(config)
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
@@ -92,15 +102,17 @@ def build_node(config: BootstrapperConfig) -> tuple[Node, LocalControlPlane]:
             callbacks=callbacks,
         )
 
-    def serve_init(servicer: InitServer) -> Callable[[float], None]:
-        health = Health([INIT_SERVICE])
+    def serve_on_init_port(
+        service: str, add: Callable[[grpc.Server], None]
+    ) -> Callable[[float], None]:
+        health = Health([service])
         server = atls.AttestedServer(issuer)
-        init_pb2_grpc.add_APIServicer_to_server(servicer, server.grpc_server)
+        add(server.grpc_server)
         health.attach(server.grpc_server)
         server.add_port(f"{config.init_host}:{config.init_port}")
         server.start()
         health.serving()
-        _log.info("init_server.listening", host=config.init_host, port=config.init_port)
+        _log.info("server.listening", service=service, host=config.init_host, port=config.init_port)
 
         def stop(grace: float) -> None:
             health.not_serving()
@@ -108,21 +120,32 @@ def build_node(config: BootstrapperConfig) -> tuple[Node, LocalControlPlane]:
 
         return stop
 
+    def serve_init(servicer: InitServer) -> Callable[[float], None]:
+        return serve_on_init_port(
+            INIT_SERVICE, lambda server: init_pb2_grpc.add_APIServicer_to_server(servicer, server)
+        )
+
+    def serve_recovery(servicer: RecoveryServer) -> Callable[[float], None]:
+        return serve_on_init_port(
+            RECOVER_SERVICE,
+            lambda server: recover_pb2_grpc.add_APIServicer_to_server(servicer, server),
+        )
+
     def connect(target: str) -> atls.AttestedChannel:
         return atls.connect(
             target, [join_validator], issuer=issuer, timeout=config.join_retry.rpc_timeout_s
         )
 
-    def make_join_client(stop: threading.Event) -> JoinClient:
+    def make_client(retry: RetryPolicy, stop: threading.Event) -> JoinClient:
         return JoinClient(
             metadata=metadata,
             connect=connect,
             node_lock=node_lock,
             state_disk=disk,
             installer=installer,
-            kubelet_files=KubeletFiles(config.kubelet_dir),
+            kubelet_files=kubelet_files,
             node_state_path=config.node_state_path,
-            retry=config.join_retry,
+            retry=retry,
             stop=stop,
         )
 
@@ -132,7 +155,10 @@ def build_node(config: BootstrapperConfig) -> tuple[Node, LocalControlPlane]:
         node_state_path=config.node_state_path,
         make_init_server=make_init_server,
         serve_init=serve_init,
-        make_join_client=make_join_client,
+        make_join_client=functools.partial(make_client, config.join_retry),
+        control_plane=control_plane,
+        make_rejoin_client=functools.partial(make_client, config.rejoin_retry),
+        serve_recovery=serve_recovery,
     )
     return node, control_plane
 

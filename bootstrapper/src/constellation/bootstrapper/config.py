@@ -60,6 +60,11 @@ class RetryPolicy:
         return float(min(self.max_delay_s, self.initial_delay_s * 2.0 ** min(attempt, 32)))
 
 
+REJOIN_RETRY = RetryPolicy(
+    initial_delay_s=0.5, max_delay_s=4.0, max_attempts=5, total_timeout_s=30.0, rpc_timeout_s=15.0
+)
+
+
 @dataclass(frozen=True)
 class BootstrapperConfig:
     """Validated settings; construct with :func:`load_config` or directly in tests."""
@@ -77,6 +82,9 @@ class BootstrapperConfig:
     # TCG event log the node's "firmware" wrote; attached to every attestation.
     event_log_path: Path | None = None
     join_retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # A node that runs the control plane tries to rejoin within these (short) bounds, then
+    # waits for `constellation recover` (after a full-cluster shutdown nobody answers).
+    rejoin_retry: RetryPolicy = field(default_factory=lambda: REJOIN_RETRY)
     component_http_timeout_s: float = 30.0
     component_total_timeout_s: float = 600.0
     # Tests only: pbkdf2 with 1000 iterations for LUKS keyslots instead of argon2id.
@@ -133,14 +141,16 @@ def config_from_mapping(data: dict[str, Any]) -> BootstrapperConfig:
     for key in _PATH_FIELDS:
         if values.get(key) is not None:
             values[key] = Path(values[key])
-    if "join_retry" in values:
-        retry = values["join_retry"]
+    for key in ("join_retry", "rejoin_retry"):
+        if key not in values:
+            continue
+        retry = values[key]
         if not isinstance(retry, dict):
-            raise ConfigError("join_retry must be an object")
+            raise ConfigError(f"{key} must be an object")
         try:
-            values["join_retry"] = RetryPolicy(**retry)
+            values[key] = RetryPolicy(**retry)
         except TypeError as exc:
-            raise ConfigError(f"join_retry: {exc}") from None
+            raise ConfigError(f"{key}: {exc}") from None
     try:
         return BootstrapperConfig(**values)
     except TypeError as exc:

@@ -30,7 +30,10 @@ codes in one place, :func:`status_for`.
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import ipaddress
+import json
 import queue
 import re
 import threading
@@ -48,6 +51,7 @@ from constellation.attestation.kdf import (
     derive_key,
     derive_measurement_secret,
 )
+from constellation.bootstrapper.atomicfile import SECRET_MODE, write_atomic
 from constellation.bootstrapper.errors import (
     BootstrapperError,
     InitSecretError,
@@ -65,6 +69,15 @@ from constellation.bootstrapper.installer import (
 from constellation.bootstrapper.kubernetes.controlplane import ControlPlane, ControlPlaneBinaries
 from constellation.bootstrapper.metadata import MetadataProvider, Role
 from constellation.bootstrapper.nodestate import NodeState, save_node_state
+from constellation.bootstrapper.registration import (
+    KubeletFiles,
+    RegistrationError,
+    create_kubelet_identity,
+    label_control_plane_node,
+    register_node,
+    sign_own_kubelet_csr,
+    validate_node_name,
+)
 from constellation.bootstrapper.statedisk import DiskKey, StateDisk
 from constellation.proto import init_pb2, init_pb2_grpc
 
@@ -405,12 +418,37 @@ class LocalControlPlane:
 
     The binaries are the components the init request installed (after their hash check); the
     control plane's files live in ``directory``. ``stop()`` tears the children down by PID.
+
+    With ``kubelet_files`` the node also becomes a Node of its own cluster: a fresh kubelet key
+    and CSR, signed with the new cluster CA (:func:`sign_own_kubelet_csr`), the Node object
+    created with that certificate, then labelled control plane by the admin.
+
+    After a successful start, ``restart.json`` in ``directory`` records what :meth:`restart`
+    needs to bring the same control plane up again after a reboot: the Kubernetes version, the
+    node's name and IP, and every binary's path and SHA-256 (checked again before it runs).
     """
 
-    def __init__(self, directory: Path, *, ready_timeout_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        ready_timeout_s: float = 120.0,
+        kubelet_files: KubeletFiles | None = None,
+        clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
+    ) -> None:
         self._directory = directory
         self._ready_timeout_s = ready_timeout_s
+        self._kubelet_files = kubelet_files
+        self._clock = clock
         self.plane: ControlPlane | None = None
+
+    @property
+    def restart_record_path(self) -> Path:
+        return self._directory / RESTART_RECORD_FILE
+
+    def is_installed(self) -> bool:
+        """True if this node brought up a control plane here (a restart record exists)."""
+        return self.restart_record_path.is_file()
 
     def __call__(self, parameters: ControlPlaneParameters) -> bytes:
         missing = sorted(
@@ -429,18 +467,172 @@ class LocalControlPlane:
             kube_controller_manager=parameters.binaries.get("kube-controller-manager"),
         )
         self._directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        kubeconfig = self._start(binaries, parameters.kubernetes_version, parameters.node_name)
+        record = RestartRecord(
+            kubernetes_version=parameters.kubernetes_version,
+            node_name=parameters.node_name,
+            node_ip=parameters.node_ip,
+            binaries={name: (path, _sha256(path)) for name, path in _named(binaries).items()},
+        )
+        write_atomic(self.restart_record_path, record.to_json(), mode=SECRET_MODE)
+        if self._kubelet_files is not None:
+            self._register(kubeconfig, parameters.node_name, parameters.node_ip)
+        return kubeconfig
+
+    def restart(self) -> bytes:
+        """Bring the control plane of an initialized node up again from its own files.
+
+        The binaries must still hash to what was recorded when init installed them; the PKI,
+        kubeconfigs and etcd data are the ones init created (a warm start). The node's Node
+        object is registered again if it is missing. Returns the admin kubeconfig.
+        """
+        record = RestartRecord.load(self.restart_record_path)
+        for name, (path, expected) in sorted(record.binaries.items()):
+            actual = _sha256(path)
+            if actual != expected:
+                raise ControlPlaneRestartError(
+                    f"{name} at {path} changed since init (SHA-256 {actual}, recorded "
+                    f"{expected}); refusing to run it"
+                )
+        binaries = ControlPlaneBinaries(
+            kubeadm=record.binaries["kubeadm"][0],
+            etcd=record.binaries["etcd"][0],
+            kube_apiserver=record.binaries["kube-apiserver"][0],
+            kube_controller_manager=record.binaries.get("kube-controller-manager", (None, ""))[0],
+        )
+        kubeconfig = self._start(binaries, record.kubernetes_version, record.node_name)
+        if self._kubelet_files is not None:
+            self._register(kubeconfig, record.node_name, record.node_ip, reuse=True)
+        _log.info("control_plane.restarted", node=record.node_name)
+        return kubeconfig
+
+    def _start(self, binaries: ControlPlaneBinaries, version: str, node_name: str) -> bytes:
         plane = ControlPlane(
             self._directory,
             binaries,
-            kubernetes_version=parameters.kubernetes_version,
-            node_name=parameters.node_name,
+            kubernetes_version=version,
+            node_name=node_name,
             ready_timeout=self._ready_timeout_s,
         )
         plane.start()
         self.plane = plane
         return plane.admin_kubeconfig.read_bytes()
 
+    def _register(
+        self, kubeconfig: bytes, node_name: str, node_ip: str, *, reuse: bool = False
+    ) -> None:
+        """Make this node a Node: its own kubelet certificate, then the control-plane label."""
+        assert self.plane is not None
+        assert self._kubelet_files is not None
+        files = self._kubelet_files
+        if not (reuse and files.key_path.is_file() and files.cert_path.is_file()):
+            identity = create_kubelet_identity(node_name, node_ip)
+            cert_pem = sign_own_kubelet_csr(
+                identity,
+                self.plane.ca_cert_path.read_bytes(),
+                self.plane.ca_key_path.read_bytes(),
+                now=self._clock(),
+            )
+            files.write(identity, cert_pem, self.plane.ca_cert_path.read_bytes())
+        register_node(
+            api_server_endpoint=self.plane.server,
+            files=files,
+            node_name=node_name,
+            node_ip=node_ip,
+        )
+        label_control_plane_node(admin_kubeconfig=kubeconfig, node_name=node_name)
+        _log.info("control_plane.node_registered", node=node_name)
+
     def stop(self) -> None:
         if self.plane is not None:
             self.plane.stop()
             self.plane = None
+
+
+RESTART_RECORD_FILE = "restart.json"
+RESTART_RECORD_VERSION = 1
+_MAX_RESTART_RECORD = 64 * 1024
+
+
+class ControlPlaneRestartError(BootstrapperError):
+    """The control plane of an initialized node cannot be restarted from its own files."""
+
+
+@dataclass(frozen=True)
+class RestartRecord:
+    """What the control plane was brought up with (no secrets): ``restart.json``."""
+
+    kubernetes_version: str
+    node_name: str
+    node_ip: str
+    binaries: Mapping[str, tuple[Path, str]]  # name -> (installed path, hex SHA-256)
+
+    def to_json(self) -> bytes:
+        document = {
+            "version": RESTART_RECORD_VERSION,
+            "kubernetesVersion": self.kubernetes_version,
+            "nodeName": self.node_name,
+            "nodeIP": self.node_ip,
+            "binaries": {
+                name: {"path": str(path), "sha256": digest}
+                for name, (path, digest) in sorted(self.binaries.items())
+            },
+        }
+        return (json.dumps(document, indent=2) + "\n").encode()
+
+    @classmethod
+    def load(cls, path: Path) -> RestartRecord:
+        """Read ``restart.json`` strictly; anything unexpected is ``ControlPlaneRestartError``."""
+        try:
+            with path.open("rb") as handle:
+                data = handle.read(_MAX_RESTART_RECORD + 1)
+        except OSError as exc:
+            raise ControlPlaneRestartError(
+                f"cannot read {path}: {exc.strerror or exc}; was this node initialized?"
+            ) from None
+        try:
+            if len(data) > _MAX_RESTART_RECORD:
+                raise ValueError("too large")
+            document = json.loads(data)
+            if document["version"] != RESTART_RECORD_VERSION:
+                raise ValueError(f"version must be {RESTART_RECORD_VERSION}")
+            binaries = {
+                str(name): (Path(entry["path"]), str(entry["sha256"]))
+                for name, entry in document["binaries"].items()
+            }
+            for name in ("kubeadm", "etcd", "kube-apiserver"):
+                if name not in binaries:
+                    raise ValueError(f"no {name}")
+            for _, digest in binaries.values():
+                if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                    raise ValueError("a sha256 is not 64 hex digits")
+            return cls(
+                kubernetes_version=str(document["kubernetesVersion"]),
+                node_name=validate_node_name(str(document["nodeName"])),
+                node_ip=str(ipaddress.ip_address(document["nodeIP"])),
+                binaries=binaries,
+            )
+        except (ValueError, KeyError, TypeError, AttributeError, RegistrationError) as exc:
+            raise ControlPlaneRestartError(f"{path} is corrupt: {exc}") from None
+
+
+def _named(binaries: ControlPlaneBinaries) -> dict[str, Path]:
+    named = {
+        "kubeadm": binaries.kubeadm,
+        "etcd": binaries.etcd,
+        "kube-apiserver": binaries.kube_apiserver,
+    }
+    if binaries.kube_controller_manager is not None:
+        named["kube-controller-manager"] = binaries.kube_controller_manager
+    return named
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        raise ControlPlaneRestartError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return digest.hexdigest()

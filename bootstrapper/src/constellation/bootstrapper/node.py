@@ -4,6 +4,15 @@ State machine of one bootstrapper run::
 
     node state on disk? ── yes ──► REJOIN: rejoin ticket, disk key checked, PCR 15 re-marked
          │                          only if a reboot reset it (never a second lock otherwise)
+         │                          │ the node runs the control plane (it initialized the
+         │                          │ cluster) → start it again from its own files
+         │                          │ rejoin attempts exhausted (no JoinService: full-cluster
+         │                          ▼ shutdown) on such a node
+         │                       RECOVER: re-mark PCR 15 with the recorded cluster ID (so
+         │                          the CLI sees the node is of its cluster), serve
+         │                          recoverproto.API over aTLS until ``constellation recover``
+         │                          sent the master secret (:mod:`.recoveryserver`), which
+         │                          restarts the control plane
          no
          │ (the node lock must be free too; a taken lock without node state is an
          │  inconsistent node and is refused)
@@ -32,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
@@ -43,8 +53,15 @@ from constellation.bootstrapper.initserver import (
     InitServer,
     NodeLatch,
 )
-from constellation.bootstrapper.joinclient import JoinClient, JoinOutcome
+from constellation.bootstrapper.joinclient import (
+    JoinClient,
+    JoinOutcome,
+    JoinStoppedError,
+    JoinTimeoutError,
+)
+from constellation.bootstrapper.metadata import Role
 from constellation.bootstrapper.nodestate import NodeState, load_node_state
+from constellation.bootstrapper.recoveryserver import RecoveryServer
 from constellation.bootstrapper.statedisk import DiskKey, StateDisk
 
 _log = structlog.get_logger("constellation.bootstrapper.node")
@@ -62,6 +79,7 @@ class CommitPath(StrEnum):
     INITIALIZED = "initialized"
     JOINED = "joined"
     REJOINED = "rejoined"
+    RECOVERED = "recovered"
 
 
 @dataclass(frozen=True)
@@ -70,6 +88,18 @@ class NodeOutcome:
 
     path: CommitPath
     cluster_id: bytes
+
+
+class RestartableControlPlane(Protocol):
+    """The control plane this node brought up at init, as a restarted node sees it."""
+
+    def is_installed(self) -> bool:
+        """True if this node initialized the cluster and keeps its control plane's files."""
+        ...
+
+    def restart(self) -> bytes:
+        """Start it again from the installed binaries, PKI and etcd data."""
+        ...
 
 
 @dataclass
@@ -87,7 +117,9 @@ class Node:
     ``serve_init(servicer)`` starts the (aTLS) gRPC server for the init servicer and returns a
     function that stops it; ``make_init_server(initial_key, on_initialized)`` and
     ``make_join_client(stop)`` build the two paths, so tests and ``__main__`` pass real
-    collaborators.
+    collaborators. A node that initialized the cluster passes its ``control_plane`` (restarted
+    on rejoin), ``make_rejoin_client`` (shorter retry bounds: on a full-cluster shutdown nobody
+    answers) and ``serve_recovery`` (serves a :class:`RecoveryServer`, returns its stop).
     """
 
     def __init__(
@@ -100,6 +132,9 @@ class Node:
         serve_init: Callable[[InitServer], Callable[[float], None]],
         make_join_client: Callable[[threading.Event], JoinClient],
         stop_grace_s: float = DEFAULT_STOP_GRACE_S,
+        control_plane: RestartableControlPlane | None = None,
+        make_rejoin_client: Callable[[threading.Event], JoinClient] | None = None,
+        serve_recovery: Callable[[RecoveryServer], Callable[[float], None]] | None = None,
     ) -> None:
         self._lock = node_lock
         self._disk = state_disk
@@ -108,6 +143,9 @@ class Node:
         self._serve_init = serve_init
         self._make_join_client = make_join_client
         self._stop_grace_s = stop_grace_s
+        self._control_plane = control_plane
+        self._make_rejoin_client = make_rejoin_client
+        self._serve_recovery = serve_recovery
         self.shutdown = threading.Event()
 
     def run(self) -> NodeOutcome | None:
@@ -122,11 +160,74 @@ class Node:
         initial_key = self._prepare_disk()
         return self._race(initial_key)
 
-    def _rejoin(self, state: NodeState) -> NodeOutcome:
-        _log.info("node.rejoin", cluster_id=state.cluster_id.hex())
-        client = self._make_join_client(self.shutdown)
-        client.rejoin(state)
+    def _runs_control_plane(self, state: NodeState) -> bool:
+        return (
+            state.role == Role.CONTROL_PLANE
+            and self._control_plane is not None
+            and self._control_plane.is_installed()
+        )
+
+    def _rejoin(self, state: NodeState) -> NodeOutcome | None:
+        runs_control_plane = self._runs_control_plane(state)
+        _log.info(
+            "node.rejoin",
+            cluster_id=state.cluster_id.hex(),
+            control_plane=runs_control_plane,
+        )
+        make_client = self._make_join_client
+        if runs_control_plane and self._make_rejoin_client is not None:
+            make_client = self._make_rejoin_client
+        client = make_client(self.shutdown)
+        try:
+            client.rejoin(state)
+        except JoinStoppedError:
+            return None
+        except JoinTimeoutError as exc:
+            if not runs_control_plane or self._serve_recovery is None:
+                raise
+            _log.warning("node.rejoin_failed", error=str(exc), next="recovery")
+            return self._recover(state)
+        if runs_control_plane:
+            assert self._control_plane is not None
+            self._control_plane.restart()
         return NodeOutcome(CommitPath.REJOINED, state.cluster_id)
+
+    def _recover(self, state: NodeState) -> NodeOutcome | None:
+        """Wait (until shutdown) for the admin's ``constellation recover``.
+
+        A reboot reset PCR 15; it is re-marked with the cluster ID of the node state *before*
+        the recovery server attests, so the CLI can refuse a node that is not of its cluster
+        before it sends the master secret. The mark claims nothing the node did not already
+        commit to (the node lock is a one-way latch to that cluster); ``Recover`` then proves
+        the claim: the secret must open the disk and reproduce that very cluster ID.
+        """
+        assert self._serve_recovery is not None
+        assert self._control_plane is not None
+        if not self._lock.is_initialized():
+            if not self._lock.try_lock(state.cluster_id):
+                raise NodeError("the node lock could not be re-marked after a reboot")
+            _log.info("node.relocked", cluster_id=state.cluster_id.hex(), reason="recovery")
+        control_plane = self._control_plane
+
+        def restart_control_plane(_key: DiskKey) -> None:
+            control_plane.restart()
+
+        server = RecoveryServer(
+            node_state=state,
+            state_disk=self._disk,
+            node_lock=self._lock,
+            on_recovered=restart_control_plane,
+        )
+        stop = self._serve_recovery(server)
+        try:
+            while not server.recovered.wait(0.2):
+                if self.shutdown.is_set():
+                    return None
+        finally:
+            # Let the answer to the successful Recover reach the CLI, then stop serving.
+            stop(self._stop_grace_s)
+        _log.info("node.recovered", cluster_id=state.cluster_id.hex())
+        return NodeOutcome(CommitPath.RECOVERED, state.cluster_id)
 
     def _prepare_disk(self) -> DiskKey:
         if self._disk.is_luks():

@@ -4,6 +4,12 @@ A joining node creates a fresh ECDSA P-256 key that never leaves it, and sends t
 a CSR with exactly ``O=system:nodes`` and ``CN=system:node:<name>`` plus the node's IP as a
 SAN (DESIGN.md §3). The JoinService signs it with the cluster CA only after the node attested.
 
+The first control-plane node has no JoinService to ask: it creates the same key and CSR and
+signs the CSR itself with the cluster CA its init just generated (:func:`sign_own_kubelet_csr`,
+the JoinService's certificate profile), so it is a Node like every other. Its control-plane
+role label is set by the admin afterwards (:func:`label_control_plane_node`): NodeRestriction
+forbids a node to set ``node-role.kubernetes.io/*`` labels on itself.
+
 With that certificate the node registers itself: it creates its own ``Node`` object,
 authenticated as ``system:node:<name>`` (the API server's Node authorizer and NodeRestriction
 admission allow a node to create exactly its own object). No kubelet or container runtime runs
@@ -13,6 +19,7 @@ in this project's mini mode, so nobody posts node heartbeats: registered nodes s
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -21,7 +28,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from constellation.bootstrapper.atomicfile import PUBLIC_MODE, SECRET_MODE, write_atomic
 from constellation.bootstrapper.errors import BootstrapperError
@@ -32,6 +39,10 @@ NODE_USER_PREFIX = "system:node:"
 _NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _MAX_NODE_NAME = 253
 DEFAULT_API_TIMEOUT_S = 15.0
+CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
+OWN_CERT_VALIDITY = datetime.timedelta(days=365)
+# Tolerated clock skew between this node and the API server (as the JoinService's profile).
+OWN_CERT_BACKDATE = datetime.timedelta(minutes=5)
 
 
 class RegistrationError(BootstrapperError):
@@ -196,5 +207,112 @@ def register_node(
         except Exception as exc:  # urllib3/ssl errors: report without a traceback
             raise RegistrationError(
                 f"cannot reach the API server at {host} to register node {node_name!r}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+
+
+def sign_own_kubelet_csr(
+    identity: KubeletIdentity,
+    ca_cert_pem: bytes,
+    ca_key_pem: bytes,
+    *,
+    now: datetime.datetime,
+) -> bytes:
+    """Sign this node's own kubelet CSR with the cluster CA (first control-plane node only).
+
+    Same profile as the JoinService issues: subject O=system:nodes, CN=system:node:<name>, the
+    CSR's IP SANs, not a CA, EKU client+server auth, never valid beyond the CA. The CSR's
+    self-signature and subject are checked although this node made it: a CSR that does not
+    match ``identity`` is a bug that must not yield a certificate.
+    """
+    try:
+        csr = x509.load_pem_x509_csr(identity.csr_pem)
+        ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
+        ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    except ValueError as exc:
+        raise RegistrationError(f"cannot load the CSR or the cluster CA: {exc}") from None
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise RegistrationError("the cluster CA key is not an ECDSA key (DESIGN.md §3)")
+    if not csr.is_signature_valid:
+        raise RegistrationError("the kubelet CSR's self-signature does not verify")
+    expected_cn = NODE_USER_PREFIX + identity.node_name
+    common_names = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    groups = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
+    if common_names != [expected_cn] or groups != [NODES_GROUP]:
+        raise RegistrationError(
+            f"the kubelet CSR names CN={common_names} O={groups}, expected "
+            f"CN={expected_cn} O={NODES_GROUP}"
+        )
+    if not ca_cert.not_valid_before_utc <= now < ca_cert.not_valid_after_utc:
+        raise RegistrationError(f"the cluster CA is not valid at {now.isoformat()}")
+    try:
+        sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        raise RegistrationError("the kubelet CSR carries no IP SAN") from None
+    ips = sans.get_values_for_type(x509.IPAddress)
+    if not ips or len(ips) != len(sans):
+        raise RegistrationError("the kubelet CSR's SANs must be IP addresses only")
+    public_key = csr.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        raise RegistrationError("the kubelet CSR does not carry an ECDSA key")
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(csr.subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(max(now - OWN_CERT_BACKDATE, ca_cert.not_valid_before_utc))
+        .not_valid_after(min(now + OWN_CERT_VALIDITY, ca_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ip) for ip in ips]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    identity.check_certificate(cert_pem)
+    return cert_pem
+
+
+def label_control_plane_node(
+    *, admin_kubeconfig: bytes, node_name: str, timeout_s: float = DEFAULT_API_TIMEOUT_S
+) -> None:
+    """Mark ``node_name`` as a control-plane node, as the cluster admin.
+
+    NodeRestriction refuses ``node-role.kubernetes.io/*`` labels from the node itself, so this
+    one label is set with the admin kubeconfig the init produced (a merge patch, idempotent).
+    """
+    import yaml
+    from kubernetes import client as k8s
+    from kubernetes import config as k8s_config
+
+    validate_node_name(node_name)
+    configuration = k8s.Configuration()
+    try:
+        k8s_config.load_kube_config_from_dict(  # type: ignore[no-untyped-call]
+            yaml.safe_load(admin_kubeconfig), client_configuration=configuration
+        )
+    except Exception as exc:  # a malformed kubeconfig: name the kind only, never its content
+        raise RegistrationError(
+            f"cannot use the admin kubeconfig to label node {node_name!r}: {type(exc).__name__}"
+        ) from None
+    patch = {"metadata": {"labels": {CONTROL_PLANE_LABEL: ""}}}
+    with k8s.ApiClient(configuration) as api_client:
+        try:
+            k8s.CoreV1Api(api_client).patch_node(node_name, patch, _request_timeout=timeout_s)
+        except k8s.ApiException as exc:
+            raise RegistrationError(
+                f"the API server refused to label node {node_name!r} as control plane: "
+                f"HTTP {exc.status} {exc.reason}"
+            ) from None
+        except Exception as exc:  # urllib3/ssl errors: report without a traceback
+            raise RegistrationError(
+                f"cannot reach the API server to label node {node_name!r}: "
                 f"{type(exc).__name__}: {exc}"
             ) from None
