@@ -8,10 +8,12 @@ skip with the reason when this machine cannot run Pants at all.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shutil
 import subprocess
+import tempfile
 import tomllib
 import zipfile
 from pathlib import Path
@@ -80,6 +82,18 @@ def wheel_differences(ours: Path, theirs: Path) -> list[str]:
         problems += [f"only in {theirs.name}: {n}" for n in sorted(names_b - names_a)]
         problems += [f"differs: {n}" for n in sorted(names_a & names_b) if a.read(n) != b.read(n)]
     return problems
+
+
+def _pytest_plugins(source: str) -> list[str]:
+    """The module names a conftest.py lists in `pytest_plugins`, read without importing it."""
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == "pytest_plugins" for t in targets):
+                assert node.value is not None
+                value: list[str] = ast.literal_eval(node.value)
+                return value
+    return []
 
 
 def _pants_unavailable() -> str | None:
@@ -156,9 +170,10 @@ def test_every_member_is_a_distribution_with_its_command(
             binary = peek.get(f"{spec}:{command}")
             assert binary is not None, f"{spec}/BUILD has no pex_binary for {command}"
             assert binary["target_type"] == "pex_binary"
-            assert entry_point in str(binary["entry_point"])
+            target_entry = binary["entry_point"]
+            assert f"{target_entry['module']}:{target_entry['function']}" == entry_point
         if (member / "tests").is_dir():
-            assert peek[f"{spec}:tests"]["target_type"] == "python_tests"
+            assert peek[f"{spec}/tests:tests"]["target_type"] == "python_tests"
 
 
 @pytest.mark.slow
@@ -168,9 +183,25 @@ def test_dependency_inference_crosses_namespace_packages_and_protobuf_codegen() 
     result = pants("dependencies", "keyservice/src/constellation/keyservice/server.py")
     assert result.returncode == 0, result.stderr[-4000:]
     deps = set(result.stdout.split())
-    assert "proto/src/constellation/proto/kms.proto:../../../protos" in deps
+    assert "proto/src/constellation/proto/kms.proto:../../protos" in deps
     assert any(d.startswith("libs/attestation/src/constellation/attestation/") for d in deps)
     assert "3rdparty/python:reqs#grpcio" in deps
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(PANTS_TIMEOUT_S * 2)
+@needs_pants
+def test_root_conftest_depends_on_every_fixture_module_it_names() -> None:
+    plugins = _pytest_plugins((REPO / "conftest.py").read_text())
+    assert plugins, "conftest.py names no fixture modules"
+    result = pants("dependencies", "//conftest.py:conftest")
+    assert result.returncode == 0, result.stderr[-4000:]
+    files = {address.split(":", 1)[0] for address in result.stdout.split()}
+    for plugin in plugins:
+        component = plugin.split(".")[1]
+        root = "libs/attestation" if component == "attestation" else component
+        module = f"{root}/src/{plugin.replace('.', '/')}.py"
+        assert module in files, f"Pants misses the fixture module {plugin}"
 
 
 @pytest.mark.slow
@@ -179,9 +210,18 @@ def test_dependency_inference_crosses_namespace_packages_and_protobuf_codegen() 
 @pytest.mark.parametrize("member", ["keyservice", "proto"])
 def test_pants_wheel_equals_the_uv_wheel(member: str, tmp_path: Path) -> None:
     project = _project(REPO / member)
-    pants_dist, uv_dist = tmp_path / "pants", tmp_path / "uv"
-    result = pants(f"--pants-distdir={pants_dist}", "package", f"{member}:dist")
-    assert result.returncode == 0, result.stderr[-4000:]
+    uv_dist = tmp_path / "uv"
+    # Pants writes only inside the build root; dist/ is git-ignored, the subdirectory is ours.
+    (REPO / "dist").mkdir(exist_ok=True)
+    pants_dist = Path(tempfile.mkdtemp(prefix="build-tests-", dir=REPO / "dist"))
+    try:
+        result = pants(f"--pants-distdir={pants_dist}", "package", f"{member}:dist")
+        assert result.returncode == 0, result.stderr[-4000:]
+        (ours,) = pants_dist.glob("*.whl")
+        shutil.copy(ours, tmp_path / ours.name)
+    finally:
+        shutil.rmtree(pants_dist)
+    ours = tmp_path / ours.name
     built = subprocess.run(
         ["uv", "build", "--wheel", "--package", project["name"], "--out-dir", str(uv_dist)],
         cwd=REPO,
@@ -191,7 +231,6 @@ def test_pants_wheel_equals_the_uv_wheel(member: str, tmp_path: Path) -> None:
         check=False,
     )
     assert built.returncode == 0, built.stderr[-4000:]
-    (ours,) = pants_dist.glob("*.whl")
     (theirs,) = uv_dist.glob("*.whl")
     assert ours.name == theirs.name
     assert wheel_differences(ours, theirs) == []
@@ -203,8 +242,8 @@ def test_pants_wheel_equals_the_uv_wheel(member: str, tmp_path: Path) -> None:
 def test_pants_runs_a_test_file_and_reports_a_failed_run() -> None:
     passed = pants("test", "libs/attestation/tests/test_kdf.py")
     assert passed.returncode == 0, passed.stderr[-4000:]
-    assert "libs/attestation/tests/test_kdf.py:../tests succeeded" in passed.stderr
+    assert "libs/attestation/tests/test_kdf.py succeeded" in passed.stderr
     # Selecting no test is a pytest failure (exit 5); Pants must pass that on, not hide it.
     failed = pants("test", "libs/attestation/tests/test_kdf.py", "--", "-k", "no_such_test")
     assert failed.returncode != 0
-    assert "libs/attestation/tests/test_kdf.py:../tests failed" in failed.stderr
+    assert "libs/attestation/tests/test_kdf.py failed" in failed.stderr
