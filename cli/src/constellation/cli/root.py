@@ -67,6 +67,7 @@ def _register_commands() -> None:
         attestation,
         config,
         mini,
+        recover,
         status,
         terminate,
         upgrade,
@@ -77,6 +78,7 @@ def _register_commands() -> None:
     root.add_command(config.config_group)
     root.add_command(apply.apply_command)
     root.add_command(mini.mini_group)
+    root.add_command(recover.recover_command)
     root.add_command(status.status_command)
     root.add_command(terminate.terminate_command)
     root.add_command(upgrade.upgrade_group)
