@@ -29,6 +29,7 @@ import json
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from constellation.attestation.errors import (
@@ -51,6 +52,7 @@ from constellation.attestation.tpm import (
     HASH_SIZES,
     TPM_ALG_SHA256,
     Attest,
+    TpmPublic,
     check_quote,
     parse_attest,
     parse_signature,
@@ -360,6 +362,61 @@ def _parse_pcrs(doc: Mapping[str, Any]) -> dict[int, bytes]:
     return pcrs
 
 
+@dataclass(frozen=True)
+class QuoteFindings:
+    """The outcome of the vTPM checks on one document, before the verdict.
+
+    ``quote`` is the SHA-256 quote when its signature, qualifying data and digest verified;
+    ``failures``/``warnings`` hold every enforced and warn-only finding of the vTPM stage.
+    """
+
+    document: Mapping[str, Any] = field(repr=False)
+    user_data: bytes
+    instance_info: bytes
+    ak: TpmPublic
+    pcrs: Mapping[int, bytes]
+    quote: Attest | None
+    event_count: int
+    failures: tuple[Failure, ...]
+    warnings: tuple[Failure, ...]
+
+    def details(self) -> dict[str, Any]:
+        """Public facts of the vTPM stage for ``VerifiedEvidence.details``."""
+        return {
+            "ak_spki_sha256": hashlib.sha256(self.ak.spki_der()).hexdigest(),
+            "instance_info": self.instance_info,
+            "clock": None if self.quote is None else self.quote.clock,
+            "reset_count": None if self.quote is None else self.quote.reset_count,
+            "restart_count": None if self.quote is None else self.quote.restart_count,
+            "event_count": self.event_count,
+        }
+
+    def decide(
+        self,
+        variant: str,
+        *,
+        failures: Sequence[Failure] = (),
+        warnings: Sequence[Failure] = (),
+        details: Mapping[str, Any] | None = None,
+    ) -> VerifiedEvidence:
+        """The verdict over these findings plus another stage's ``failures``/``warnings``.
+
+        Rejects when any stage failed or the quote did not verify; otherwise returns the
+        evidence with every warning and the vTPM details updated by ``details``.
+        """
+        all_failures = [*self.failures, *failures]
+        all_warnings = [*self.warnings, *warnings]
+        if all_failures or self.quote is None:
+            raise ValidationError(all_failures, all_warnings, subject=f"{variant} evidence")
+        return VerifiedEvidence(
+            variant=variant,
+            user_data=self.user_data,
+            pcrs=dict(self.pcrs),
+            warnings=tuple(all_warnings),
+            details={**self.details(), **(details or {})},
+        )
+
+
 class VtpmValidator:
     """Validates vTPM documents against expected measurements. Pure: no I/O.
 
@@ -391,8 +448,13 @@ class VtpmValidator:
     def measurements(self) -> Measurements:
         return self._measurements
 
-    def verify(self, document: bytes, nonce: bytes) -> VerifiedEvidence:
-        """Return the verified evidence or raise ``ValidationError`` listing every failure."""
+    def examine(self, document: bytes, nonce: bytes) -> QuoteFindings:
+        """Run every vTPM check and return the findings without deciding.
+
+        Validators that root the AK elsewhere (the SEV-SNP variants) add their own failures to
+        these before deciding, so one rejection lists the failures of every stage. Malformed
+        documents still raise ``MalformedEvidenceError``.
+        """
         doc = _parse_document(document)
         user_data = _field(doc, "user_data")
         instance_info = _field(doc, "instance_info")
@@ -455,22 +517,22 @@ class VtpmValidator:
             )
         measurement_failures, warnings = self._measurements.compare(pcrs)
         failures.extend(measurement_failures)
-        if failures or verified is None:
-            raise ValidationError(failures, warnings, subject=f"{self._variant} evidence")
-        return VerifiedEvidence(
-            variant=self._variant,
+        return QuoteFindings(
+            document=doc,
             user_data=user_data,
-            pcrs=dict(pcrs),
+            instance_info=instance_info,
+            ak=ak,
+            pcrs=pcrs,
+            quote=verified,
+            event_count=0 if event_log is None else len(event_log.events),
+            failures=tuple(failures),
             warnings=tuple(warnings),
-            details={
-                "ak_spki_sha256": hashlib.sha256(ak.spki_der()).hexdigest(),
-                "instance_info": instance_info,
-                "clock": verified.clock,
-                "reset_count": verified.reset_count,
-                "restart_count": verified.restart_count,
-                "event_count": 0 if event_log is None else len(event_log.events),
-            },
         )
+
+    def verify(self, document: bytes, nonce: bytes) -> VerifiedEvidence:
+        """Return the verified evidence or raise ``ValidationError`` listing every failure."""
+        findings = self.examine(document, nonce)
+        return findings.decide(self._variant)
 
     def validate(self, document: bytes, nonce: bytes) -> bytes:
         return self.verify(document, nonce).user_data
