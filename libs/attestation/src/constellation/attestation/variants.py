@@ -3,8 +3,12 @@
 The OID names a variant on the wire (e.g. in an aTLS certificate extension), the name in
 configuration. A variant whose issuer or validator is not implemented in this package yet is
 still registered with its name and OID, so configuration naming it is recognized; asking it
-for the missing part raises ``VariantUnavailableError`` instead of failing later. The SEV-SNP
-package registers its factories with ``DEFAULT_REGISTRY.register(...)`` when it is ready.
+for the missing part raises ``VariantUnavailableError`` instead of failing later, with the
+variant's ``unavailable`` note saying why.
+
+The SEV-SNP variants have validators (``snpvtpm``: keyword arguments ``policy``, ``roots``,
+``fetcher``, ``clock``, ``product`` go to ``SnpVtpmValidator``) but no issuer: issuing needs
+SEV-SNP hardware.
 
 | variant         | OID            |
 |-----------------|----------------|
@@ -24,6 +28,15 @@ from typing import Any
 
 from constellation.attestation.errors import AttestationError
 from constellation.attestation.evidence import Issuer, Validator
+from constellation.attestation.snpvtpm import (
+    AWS_SEV_SNP,
+    AZURE_SEV_SNP,
+    GCP_SEV_SNP,
+    ISSUER_UNAVAILABLE,
+    aws_validator,
+    azure_validator,
+    gcp_validator,
+)
 from constellation.attestation.vtpm import QEMU_VTPM, VtpmIssuer, VtpmValidator
 
 IssuerFactory = Callable[..., Issuer]
@@ -50,15 +63,20 @@ class Variant:
     oid: str
     issuer_factory: IssuerFactory | None = None
     validator_factory: ValidatorFactory | None = None
+    unavailable: str = ""
+
+    def _missing(self, part: str) -> VariantUnavailableError:
+        reason = f": {self.unavailable}" if self.unavailable else ""
+        return VariantUnavailableError(f"variant {self.name!r} has no {part} in this build{reason}")
 
     def issuer(self, *args: Any, **kwargs: Any) -> Issuer:
         if self.issuer_factory is None:
-            raise VariantUnavailableError(f"variant {self.name!r} has no issuer in this build")
+            raise self._missing("issuer")
         return self.issuer_factory(*args, **kwargs)
 
     def validator(self, *args: Any, **kwargs: Any) -> Validator:
         if self.validator_factory is None:
-            raise VariantUnavailableError(f"variant {self.name!r} has no validator in this build")
+            raise self._missing("validator")
         return self.validator_factory(*args, **kwargs)
 
 
@@ -126,9 +144,9 @@ class VariantRegistry:
 def _default_variants() -> list[Variant]:
     return [
         Variant(QEMU_VTPM, "1.3.9900.5.1", VtpmIssuer, VtpmValidator),
-        Variant("azure-sev-snp", "1.3.9900.4.1"),
-        Variant("aws-sev-snp", "1.3.9900.2.2"),
-        Variant("gcp-sev-snp", "1.3.9900.3.2"),
+        Variant(AZURE_SEV_SNP, "1.3.9900.4.1", None, azure_validator, ISSUER_UNAVAILABLE),
+        Variant(AWS_SEV_SNP, "1.3.9900.2.2", None, aws_validator, ISSUER_UNAVAILABLE),
+        Variant(GCP_SEV_SNP, "1.3.9900.3.2", None, gcp_validator, ISSUER_UNAVAILABLE),
         Variant("azure-tdx", "1.3.9900.4.3"),
     ]
 
