@@ -443,9 +443,12 @@ def test_registry_has_validators_but_no_issuers(variant):
         get_variant(variant).issuer()
 
 
-def test_unknown_binding_variant_is_refused():
+def test_unknown_binding_variant_or_product_is_refused():
     with pytest.raises(ValueError, match="no SEV-SNP AK binding"):
         SnpVtpmValidator(Measurements(), variant="qemu-vtpm")
+    with pytest.raises(ValueError, match="unknown SEV-SNP product"):
+        SnpVtpmValidator(Measurements(), variant=GCP_SEV_SNP, product="Naples")
+    assert SnpVtpmValidator(Measurements(), variant=GCP_SEV_SNP, product="milan")
 
 
 # --- the real Azure vector ------------------------------------------------------------------

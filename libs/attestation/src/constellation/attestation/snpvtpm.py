@@ -54,6 +54,7 @@ from constellation.attestation.snp.certs import Roots
 from constellation.attestation.snp.errors import VerificationError
 from constellation.attestation.snp.kds import KdsFetcher
 from constellation.attestation.snp.policy import Policy, ReportCheck
+from constellation.attestation.snp.products import normalize_product
 from constellation.attestation.snp.report import Report, parse_report
 from constellation.attestation.snp.verify import VerifiedReport, Verifier
 from constellation.attestation.tpm import TpmPublic
@@ -256,6 +257,8 @@ class SnpVtpmValidator:
             raise ValueError(
                 f"no SEV-SNP AK binding for variant {variant!r} (known: {', '.join(BINDERS)})"
             )
+        if product is not None:
+            product = normalize_product(product)  # ValueError names the known product lines
         self._variant = variant
         self._binder = BINDERS[variant]
         self._policy = policy or Policy()
@@ -320,7 +323,8 @@ class SnpVtpmValidator:
 
     def verify(self, document: bytes, nonce: bytes) -> VerifiedEvidence:
         """Return the verified evidence or raise ``ValidationError`` listing every failure
-        of every stage; ``MalformedEvidenceError`` for input that does not parse."""
+        of every stage; ``MalformedEvidenceError`` for input that does not parse, ``KdsError``
+        when a certificate had to be fetched and could not be (nothing was decided then)."""
         findings = self._vtpm.examine(document, nonce)
         evidence = parse_snp_member(findings.document)
         binding = self._binder(findings, nonce)
