@@ -362,6 +362,32 @@ def test_snp_policy_and_pcr_failures_are_reported_together(amd, swtpm, variant):
     assert "pcr[4]" in str(err.value)
 
 
+def test_failures_of_all_three_stages_are_listed_at_once(amd, swtpm):
+    """Broken report signature (SNP), an unbound AK (binding) and a PCR mismatch (quote)."""
+    other = rsa.generate_private_key(65537, 2048).public_key()
+    case = issue(amd, swtpm, AZURE_SEV_SNP, bound_key=other)
+    document = _flip_report_byte(case.document, MEASUREMENT_OFFSET)
+    wrong = Measurements().with_pcr(4, bytes([0x44]) * 32)
+    with pytest.raises(ValidationError) as err:
+        validator(amd, AZURE_SEV_SNP, wrong).validate(document, case.nonce)
+    assert checks(err.value) == {"snp.report.signature", "snp.azure.ak", "pcr[4]"}
+    assert err.value.subject == f"{AZURE_SEV_SNP} evidence"
+
+
+def test_chain_from_the_trust_directory_roots(amd, swtpm):
+    """A document with only the VCEK: the ASK and ARK come from the configured roots."""
+    case = issue(amd, swtpm, AZURE_SEV_SNP)
+    document = _edit(case.document, lambda d: d["snp"].update(chain=None))
+    roots = amd.roots().with_certificates([amd.ask, amd.ark])
+    assert (
+        validator(amd, AZURE_SEV_SNP, Measurements(), roots=roots).validate(document, case.nonce)
+        == USER_DATA
+    )
+    with pytest.raises(ValidationError) as err:
+        validator(amd, AZURE_SEV_SNP, Measurements()).validate(document, case.nonce)
+    assert all(check.startswith("snp.") for check in checks(err.value))
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_measurement_mismatch_rejects(amd, swtpm, variant):
     case = issue(amd, swtpm, variant)
