@@ -2,17 +2,17 @@
 
 State machine of one bootstrapper run::
 
-    node state on disk? ── yes ──► REJOIN: rejoin ticket, disk key checked, PCR 15 re-marked
-         │                          only if a reboot reset it (never a second lock otherwise)
+    node state on disk? ── yes ──► REJOIN: PCR 15 re-marked with the recorded cluster ID only
+         │                          if a reboot reset it (never a second lock otherwise), then
+         │                          rejoin ticket, disk key and cluster ID checked
          │                          │ the node runs the control plane (it initialized the
          │                          │ cluster) → start it again from its own files
          │                          │ rejoin attempts exhausted (no JoinService: full-cluster
          │                          ▼ shutdown) on such a node
-         │                       RECOVER: re-mark PCR 15 with the recorded cluster ID (so
-         │                          the CLI sees the node is of its cluster), serve
-         │                          recoverproto.API over aTLS until ``constellation recover``
-         │                          sent the master secret (:mod:`.recoveryserver`), which
-         │                          restarts the control plane
+         │                       RECOVER: serve recoverproto.API over aTLS (PCR 15 marked,
+         │                          so the CLI sees the node is of its cluster) until
+         │                          ``constellation recover`` sent the master secret
+         │                          (:mod:`.recoveryserver`), which restarts the control plane
          no
          │ (the node lock must be free too; a taken lock without node state is an
          │  inconsistent node and is refused)
@@ -167,6 +167,21 @@ class Node:
             and self._control_plane.is_installed()
         )
 
+    def _remark(self, state: NodeState) -> None:
+        """Re-mark PCR 15 with the recorded cluster ID if a reboot reset it.
+
+        Done before the node attests to anyone: the JoinService grants rejoin tickets only to
+        nodes whose PCR 15 carries its cluster's mark, and the CLI sends the master secret for
+        a recovery only to such a node. The mark claims nothing the node had not committed to
+        (the node lock is a one-way latch to that cluster); the ticket or the recovery then
+        proves it (the key must open the disk, the secret must reproduce this cluster ID).
+        """
+        if self._lock.is_initialized():
+            return
+        if not self._lock.try_lock(state.cluster_id):
+            raise NodeError("the node lock could not be re-marked after a reboot")
+        _log.info("node.relocked", cluster_id=state.cluster_id.hex())
+
     def _rejoin(self, state: NodeState) -> NodeOutcome | None:
         runs_control_plane = self._runs_control_plane(state)
         _log.info(
@@ -174,6 +189,7 @@ class Node:
             cluster_id=state.cluster_id.hex(),
             control_plane=runs_control_plane,
         )
+        self._remark(state)
         make_client = self._make_join_client
         if runs_control_plane and self._make_rejoin_client is not None:
             make_client = self._make_rejoin_client
@@ -195,18 +211,12 @@ class Node:
     def _recover(self, state: NodeState) -> NodeOutcome | None:
         """Wait (until shutdown) for the admin's ``constellation recover``.
 
-        A reboot reset PCR 15; it is re-marked with the cluster ID of the node state *before*
-        the recovery server attests, so the CLI can refuse a node that is not of its cluster
-        before it sends the master secret. The mark claims nothing the node did not already
-        commit to (the node lock is a one-way latch to that cluster); ``Recover`` then proves
-        the claim: the secret must open the disk and reproduce that very cluster ID.
+        PCR 15 carries the mark already (:meth:`_rejoin`), so the CLI can refuse a node that is
+        not of its cluster before it sends the master secret; ``Recover`` then proves the
+        mark's claim: the secret must open the disk and reproduce that very cluster ID.
         """
         assert self._serve_recovery is not None
         assert self._control_plane is not None
-        if not self._lock.is_initialized():
-            if not self._lock.try_lock(state.cluster_id):
-                raise NodeError("the node lock could not be re-marked after a reboot")
-            _log.info("node.relocked", cluster_id=state.cluster_id.hex(), reason="recovery")
         control_plane = self._control_plane
 
         def restart_control_plane(_key: DiskKey) -> None:
