@@ -126,6 +126,7 @@ def test_node_of_this_cluster_is_recovered(invoke: Any, node: RecoveringNode) ->
         "endpoint": answer["endpoint"],
         "diskUUID": node.parts.disk.uuid(),
         "recovered": True,
+        "servicesResumed": False,  # not a mini cluster
     }
     assert node.restarts == [node.disk_key]
     assert _pcr15(node.parts.tpm.tcti) == pcr15_for_cluster_id(node.cluster_id)

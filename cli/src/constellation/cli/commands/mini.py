@@ -18,21 +18,25 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.table import Table
 
+from constellation.attestation.nodelock import NodeLock
 from constellation.attestation.swtpm import LOOPBACK
 from constellation.bootstrapper.initsecret import InitSecret, hash_init_secret
 from constellation.bootstrapper.joinclient import joinservice_measurements
 from constellation.bootstrapper.metadata import Endpoint, Role
 from constellation.cli.config import Provider, default_config
 from constellation.cli.context import CLIContext, current
-from constellation.cli.mini import clusterobjects, image
+from constellation.cli.mini import clusterobjects, image, services
 from constellation.cli.mini.cluster import (
     INIT_COMPONENTS,
+    JOIN_POLL_S,
+    JOIN_TIMEOUT_S,
     KUBECONFIG_FILE,
     MINI_DIR,
     PUBLISHER_KEY_FILE,
@@ -43,10 +47,18 @@ from constellation.cli.mini.cluster import (
     exited_bootstrappers,
     kubernetes_binaries,
     save_init_secret,
+    stop_cluster,
     wait_joined,
 )
 from constellation.cli.mini.errors import JoinTimeoutError, MiniError
-from constellation.cli.mini.node import MiniNode, free_port, launch_node, wait_booted
+from constellation.cli.mini.node import (
+    MiniNode,
+    free_port,
+    launch_node,
+    reboot_node,
+    wait_booted,
+)
+from constellation.cli.mini.processes import is_running
 from constellation.cli.nodeverify import (
     VerifyReport,
     build_validator,
@@ -80,6 +92,7 @@ NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 Examples:
   constellation mini up
   constellation mini node add --image ./image-v2
+  constellation mini stop && constellation mini start && constellation recover
   constellation mini down
 """,
 )
@@ -365,6 +378,148 @@ def down_command(output_format: str) -> None:
     ctx.reporter.emit_text(
         f"Stopped {len(result['stopped'])} process(es), removed {', '.join(result['removed'])}."
     )
+
+
+# -- stop / start (a full-cluster shutdown and reboot) -----------------------------------------
+
+
+@mini_group.command(
+    "stop",
+    help="""Stop every process of the mini cluster and keep all its files (a full shutdown).
+
+Nodes keep their state disks, node state, control-plane data and vTPM state. Boot them again
+with `constellation mini start`, then give the control plane its keys with
+`constellation recover`.
+
+\b
+Examples:
+  constellation mini stop
+""",
+)
+@output_option
+def stop_command(output_format: str) -> None:
+    ctx = current()
+    with ctx.reporter.step("stopping every process of the mini cluster"):
+        stopped = stop_cluster(ctx.workspace, progress=ctx.reporter.debug)
+    if output_format == OutputFormat.JSON:
+        ctx.reporter.emit_json({"stopped": list(stopped)})
+        return
+    ctx.reporter.emit_text(
+        f"Stopped {len(stopped)} process(es); the files are kept. "
+        "Next: `constellation mini start`, then `constellation recover`."
+    )
+
+
+def mini_start(ctx: CLIContext) -> dict[str, Any]:
+    """Reboot every node (swtpm with PCRs reset, firmware step, bootstrapper).
+
+    Returns once the control-plane node waits for ``constellation recover`` on its init port;
+    the services start after the recovery (:func:`resume_services`).
+    """
+    record = MiniRecord.load(ctx.workspace)
+    running = sorted(p.name for p in record.processes if is_running(p))
+    if running:
+        raise MiniError(
+            f"the mini cluster is running ({', '.join(running)})",
+            hint="stop it first with `constellation mini stop`",
+        )
+    records: list[Any] = []
+    with ctx.reporter.step(f"booting {len(record.nodes)} nodes again (PCRs reset)"):
+        try:
+            for index, node in enumerate(record.nodes):
+                record.nodes[index] = reboot_node(node, record.logs_dir, records)
+        finally:
+            for process in records:
+                record.record_process(process)
+            record.save()
+    control_plane = record.control_plane()
+    with ctx.reporter.step(f"waiting for {control_plane.name} to wait for recovery"):
+        wait_booted(control_plane)
+    return {
+        "nodes": [n.name for n in record.nodes],
+        "recoverEndpoint": str(control_plane.init_endpoint),
+    }
+
+
+@mini_group.command(
+    "start",
+    help="""Boot a stopped mini cluster again, as after a power cycle.
+
+Each node's vTPM restarts (PCRs reset), its firmware step measures the image again, and its
+bootstrapper starts. The control-plane node finds no JoinService and waits for
+`constellation recover`, which also starts the services again.
+
+\b
+Examples:
+  constellation mini start && constellation recover
+""",
+)
+@output_option
+def start_command(output_format: str) -> None:
+    ctx = current()
+    result = mini_start(ctx)
+    if output_format == OutputFormat.JSON:
+        ctx.reporter.emit_json(result)
+        return
+    ctx.reporter.emit_text(
+        f"Booted {len(result['nodes'])} node(s); the control plane waits for recovery at "
+        f"{result['recoverEndpoint']}. Next: `constellation recover`."
+    )
+
+
+def resume_services(ctx: CLIContext, record: MiniRecord) -> None:
+    """After a recovery: start the KeyService, JoinService and VerificationServices again.
+
+    They run from the files ``apply`` materialized (the cluster objects are in etcd, which the
+    control plane kept), then every worker rejoins through the JoinService; the wait for that
+    is bounded and ends early when a worker's bootstrapper exited.
+    """
+    from dataclasses import replace
+
+    from constellation.cli.commands.apply import api_server_endpoint, start_verification
+
+    workspace = ctx.workspace
+    kubeconfig = kubeconfig_path_of(record)
+    files = clusterobjects.MountedFiles(
+        record.services_dir / "keyservice", record.services_dir / "joinservice"
+    )
+    keyservice, keyservice_port = services.start_keyservice(files, record.logs_dir)
+    record.record_process(keyservice)
+    record.keyservice_port = keyservice_port
+    joinservice = services.start_joinservice(
+        files,
+        port=record.joinservice_port,
+        keyservice_port=keyservice_port,
+        kubeconfig=kubeconfig,
+        api_server_endpoint=api_server_endpoint(kubeconfig),
+        node=record.control_plane(),
+        logs_dir=record.logs_dir,
+    )
+    record.record_process(joinservice)
+    services.wait_serving(keyservice, keyservice_port)
+    services.wait_serving(joinservice, record.joinservice_port)
+    record.joinservice_running = True
+    record.verification = []
+    record.save()
+    # The old verification endpoints are gone; each node gets its new one in the state file.
+    workspace.save_state(replace(workspace.load_state(), verify_endpoint=None, nodes=()))
+    for node in record.nodes:
+        start_verification(workspace, record, node.name, progress=ctx.reporter.debug)
+    workers = [n for n in record.nodes if n.role is Role.WORKER]
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    for worker in workers:
+        while not NodeLock(worker.tcti).is_initialized():
+            if not is_running(worker.bootstrapper):
+                raise JoinTimeoutError(
+                    f"node {worker.name} stopped before it rejoined",
+                    hint=f"see its log {worker.bootstrapper.log}",
+                )
+            if time.monotonic() >= deadline:
+                raise JoinTimeoutError(
+                    f"node {worker.name} did not rejoin within {JOIN_TIMEOUT_S:.0f}s",
+                    hint="see mini/logs/joinservice.log and the node's bootstrapper log",
+                )
+            time.sleep(JOIN_POLL_S)
 
 
 # -- node add ----------------------------------------------------------------------------------

@@ -101,6 +101,10 @@ anything is sent), then sends the master secret of this workspace. The node unlo
 state disk, re-marks PCR 15 and restarts its control plane.
 
 \b
+In a mini cluster after `mini start`, the services are started again afterwards and the
+command waits until every worker rejoined.
+
+\b
 Examples:
   constellation recover
   constellation recover -e 127.0.0.1:9000 -o json
@@ -141,9 +145,38 @@ def recover_command(endpoint: str | None, timeout: float, output_format: str) ->
     )
     with ctx.reporter.step(f"attesting {target} and sending the master secret"):
         disk_uuid = recover_node(target, validator, master, timeout=timeout)
+    services_resumed = _resume_mini_services()
     if output_format == OutputFormat.JSON:
-        ctx.reporter.emit_json({"endpoint": str(target), "diskUUID": disk_uuid, "recovered": True})
+        ctx.reporter.emit_json(
+            {
+                "endpoint": str(target),
+                "diskUUID": disk_uuid,
+                "recovered": True,
+                "servicesResumed": services_resumed,
+            }
+        )
         return
     ctx.reporter.emit_text(
         f"Recovered the node at {target} (state disk {disk_uuid}); its control plane is back."
     )
+    if services_resumed:
+        ctx.reporter.emit_text("The mini cluster's services run again and every node rejoined.")
+
+
+def _resume_mini_services() -> bool:
+    """In a mini cluster after ``mini start``, the services start once the control plane is back.
+
+    On a real cluster they are pods the restarted control plane schedules itself.
+    """
+    from constellation.cli.commands.mini import resume_services
+    from constellation.cli.mini.cluster import MiniRecord
+
+    ctx = current()
+    if not MiniRecord.exists(ctx.workspace):
+        return False
+    record = MiniRecord.load(ctx.workspace)
+    if record.joinservice_running:
+        return False
+    with ctx.reporter.step("starting the services again and waiting for the workers to rejoin"):
+        resume_services(ctx, record)
+    return True

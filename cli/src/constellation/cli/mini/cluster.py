@@ -22,6 +22,7 @@ import functools
 import json
 import os
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -316,6 +317,53 @@ def exited_bootstrappers(record: MiniRecord, names: set[str]) -> list[str]:
     return sorted(
         n.name for n in record.nodes if n.name in names and not is_running(n.bootstrapper)
     )
+
+
+def stop_cluster(
+    workspace: Workspace, *, progress: Callable[[str], None] | None = None
+) -> tuple[str, ...]:
+    """Stop every recorded process that is still ours and keep every file (a full shutdown).
+
+    Nodes keep their state disks, node state, control-plane files and swtpm state, so
+    ``start_nodes`` can boot them again. A control-plane child its bootstrapper did not end in
+    time (it runs in its own session) is ended too, but only if its command line still names
+    that node's control-plane directory.
+    """
+    record = MiniRecord.load(workspace)
+    stopped = []
+    for process in reversed(record.processes):
+        if stop(process):
+            stopped.append(process.name)
+            if progress is not None:
+                progress(f"stopped {process.name} (pid {process.pid})")
+    for node in record.nodes:
+        stopped.extend(_end_control_plane_orphans(node.directory / "state" / "control-plane"))
+    record.joinservice_running = False
+    record.save()
+    return tuple(stopped)
+
+
+def _end_control_plane_orphans(directory: Path) -> list[str]:
+    try:
+        pids = json.loads((directory / "pids.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(pids, dict):
+        return []
+    marker = str(directory.resolve()).encode()
+    ended = []
+    for name, pid in pids.items():
+        if not isinstance(pid, int) or pid <= 1:
+            continue
+        try:
+            if marker not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+        except OSError:
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+        ended.append(str(name))
+    return ended
 
 
 @dataclass(frozen=True)

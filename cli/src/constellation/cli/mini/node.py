@@ -28,7 +28,7 @@ import socket
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,15 @@ JOIN_RETRY = {
     "max_attempts": 600,
     "total_timeout_s": 1200.0,
     "rpc_timeout_s": 60.0,
+}
+# An initialized control-plane node tries a rejoin this briefly after a reboot, then waits for
+# `constellation recover` (after `mini stop` no JoinService runs that could answer).
+REJOIN_RETRY = {
+    "initial_delay_s": 0.2,
+    "max_delay_s": 1.0,
+    "max_attempts": 3,
+    "total_timeout_s": 5.0,
+    "rpc_timeout_s": 5.0,
 }
 
 
@@ -239,6 +248,7 @@ def launch_node(
         "join_measurements_path": str(directory / "join-measurements.json"),
         "event_log_path": str(directory / "eventlog.bin"),
         "join_retry": JOIN_RETRY,
+        "rejoin_retry": REJOIN_RETRY,
         "fast_luks_pbkdf": True,
     }
     write_atomic(
@@ -246,13 +256,7 @@ def launch_node(
         (json.dumps(config, indent=2) + "\n").encode(),
         mode=PUBLIC_MODE,
     )
-    bootstrapper = spawn(
-        f"{name}/bootstrapper",
-        [sys.executable, "-m", "constellation.bootstrapper", "--config", "bootstrapper.json"],
-        log_path=logs_dir / f"{name}-bootstrapper.log",
-        cwd=directory,
-        env=bootstrapper_env(image_dir),
-    )
+    bootstrapper = _spawn_bootstrapper(name, directory, logs_dir)
     records.append(bootstrapper)
     return MiniNode(
         name=name,
@@ -264,6 +268,48 @@ def launch_node(
         swtpm=swtpm,
         bootstrapper=bootstrapper,
     )
+
+
+def _spawn_bootstrapper(name: str, directory: Path, logs_dir: Path) -> ProcessRecord:
+    return spawn(
+        f"{name}/bootstrapper",
+        [sys.executable, "-m", "constellation.bootstrapper", "--config", "bootstrapper.json"],
+        log_path=logs_dir / f"{name}-bootstrapper.log",
+        cwd=directory,
+        env=bootstrapper_env(directory / "image"),
+    )
+
+
+def reboot_node(node: MiniNode, logs_dir: Path, records: list[ProcessRecord]) -> MiniNode:
+    """Boot a stopped node again from its own files, like a VM after a power cycle.
+
+    Its swtpm restarts on the same state directory (same TPM identity, PCRs reset by the
+    startup), the firmware step measures the node's image again and rewrites the event log, and
+    the bootstrapper starts with the node's configuration (only the vTPM address is updated).
+    The node's state disk, node state and control-plane files are kept: the bootstrapper finds
+    its node state and rejoins (or, on the control plane, waits for ``constellation recover``).
+    Every process started is appended to ``records`` as soon as it runs.
+    """
+    if is_running(node.swtpm) or is_running(node.bootstrapper):
+        raise ProcessStartError(
+            f"node {node.name} is still running", hint="run `constellation mini stop` first"
+        )
+    swtpm, swtpm_port = start_swtpm(
+        node.name, node.directory / "tpm", logs_dir / f"{node.name}-swtpm.log"
+    )
+    records.append(swtpm)
+    tcti = f"swtpm:host={LOOPBACK},port={swtpm_port}"
+    boot_measure(tcti, node.image_dir, node.event_log)
+    config_path = node.directory / "bootstrapper.json"
+    try:
+        config = json.loads(config_path.read_bytes())
+    except (OSError, ValueError) as err:
+        raise ProcessStartError(f"cannot read {config_path}: {err}") from None
+    config["tpm_tcti"] = tcti
+    write_atomic(config_path, (json.dumps(config, indent=2) + "\n").encode(), mode=PUBLIC_MODE)
+    bootstrapper = _spawn_bootstrapper(node.name, node.directory, logs_dir)
+    records.append(bootstrapper)
+    return replace(node, swtpm_port=swtpm_port, swtpm=swtpm, bootstrapper=bootstrapper)
 
 
 def wait_booted(node: MiniNode, timeout: float = BOOT_TIMEOUT_S) -> None:
