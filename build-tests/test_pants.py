@@ -240,9 +240,12 @@ def test_pants_wheel_equals_the_uv_wheel(member: str, tmp_path: Path) -> None:
 @pytest.mark.timeout(PANTS_TIMEOUT_S * 2)
 @needs_pants
 def test_pants_runs_a_test_file_and_reports_a_failed_run() -> None:
-    passed = pants("test", "libs/attestation/tests/test_kdf.py")
+    # test_main starts the KeyService as `python -m constellation.keyservice`: no import shows
+    # that, so the tests' BUILD files must give them the whole package.
+    passed = pants("test", "libs/attestation/tests/test_kdf.py", "keyservice/tests/test_main.py")
     assert passed.returncode == 0, passed.stderr[-4000:]
     assert "libs/attestation/tests/test_kdf.py succeeded" in passed.stderr
+    assert "keyservice/tests/test_main.py succeeded" in passed.stderr
     # Selecting no test is a pytest failure (exit 5); Pants must pass that on, not hide it.
     failed = pants("test", "libs/attestation/tests/test_kdf.py", "--", "-k", "no_such_test")
     assert failed.returncode != 0
