@@ -24,9 +24,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PANTS = REPO / "hack" / "pants"
 REQUIREMENTS = REPO / "3rdparty" / "python" / "requirements.txt"
-# Needed under Pants but declared by no component: the test runner, and urllib3, which
-# joinservice imports directly while only kubernetes depends on it.
-EXTRA_REQUIREMENTS = {"pytest", "pytest-timeout", "urllib3"}
+# Needed under Pants but declared by no component: the test runner.
+EXTRA_REQUIREMENTS = {"pytest", "pytest-timeout"}
 # Installing Pants and its tools the first time takes minutes; later runs take seconds.
 PANTS_TIMEOUT_S = 1500
 
