@@ -32,6 +32,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from constellation.attestation.secret import SecretBytes
 from constellation.bootstrapper.errors import (
     CryptsetupMissingError,
     StateDiskError,
@@ -47,35 +48,15 @@ _UUID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0
 DEFAULT_TIMEOUT_SECONDS = 120.0
 
 
-class DiskKey:
-    """A LUKS passphrase or disk key as raw bytes; its ``repr``/``str`` never show them."""
+class DiskKey(SecretBytes):
+    """A LUKS passphrase or disk key; its ``repr``/``str`` never show it, and it is never empty."""
 
-    __slots__ = ("_value",)
+    __slots__ = ()
 
     def __init__(self, value: bytes) -> None:
         if not value:
             raise StateDiskError("a disk key must not be empty")
-        self._value = bytes(value)
-
-    def reveal(self) -> bytes:
-        """The raw bytes, for handing to cryptsetup (and nothing else)."""
-        return self._value
-
-    def __len__(self) -> int:
-        return len(self._value)
-
-    def __repr__(self) -> str:
-        return f"DiskKey(<redacted {len(self._value)} bytes>)"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, DiskKey):
-            return NotImplemented
-        return secrets.compare_digest(self._value, other._value)
-
-    def __hash__(self) -> int:
-        return hash(DiskKey)
+        super().__init__(value)
 
 
 @dataclass(frozen=True)

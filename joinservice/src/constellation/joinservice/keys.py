@@ -13,14 +13,22 @@ repr ever shows them. Every call has a deadline and a bounded number of attempts
 
 from __future__ import annotations
 
-import hmac
 import time
 from typing import Final
 
 import grpc
 
+from constellation.attestation.secret import SecretBytes
 from constellation.joinservice.errors import UpstreamError
 from constellation.proto import kms_pb2, kms_pb2_grpc
+
+__all__ = [
+    "MEASUREMENT_SECRET_ID",
+    "MEASUREMENT_SECRET_LENGTH",
+    "STATE_DISK_KEY_LENGTH",
+    "KeyServiceClient",
+    "SecretBytes",
+]
 
 STATE_DISK_KEY_LENGTH: Final = 32
 MEASUREMENT_SECRET_LENGTH: Final = 32
@@ -28,37 +36,6 @@ MEASUREMENT_SECRET_ID: Final = "measurementSecret"  # noqa: S105 - a key id, not
 
 # Codes worth a second attempt: the KeyService pod may be restarting or briefly overloaded.
 _RETRYABLE: Final = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-
-
-class SecretBytes:
-    """Bytes that never show themselves in ``repr``/``str``/logs.
-
-    Use ``reveal()`` at the single point where the raw value must go on the wire.
-    """
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: bytes) -> None:
-        self._value = bytes(value)
-
-    def reveal(self) -> bytes:
-        return self._value
-
-    def __len__(self) -> int:
-        return len(self._value)
-
-    def __repr__(self) -> str:
-        return f"SecretBytes(<redacted {len(self._value)} bytes>)"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, SecretBytes):
-            return NotImplemented
-        return hmac.compare_digest(self._value, other._value)
-
-    def __hash__(self) -> int:
-        raise TypeError("SecretBytes is not hashable (it would leak through hash tables)")
 
 
 class KeyServiceClient:
