@@ -7,14 +7,12 @@ JoinService calls it (DESIGN.md §6). Keys are never logged, only ids and length
 from __future__ import annotations
 
 from collections.abc import Mapping
-from concurrent import futures
 
 import grpc
 import structlog
 
-from constellation.attestation.service.health import Health
+from constellation.attestation.service.grpcserver import PlainGrpcServer
 from constellation.attestation.service.metrics import ServiceMetrics
-from constellation.attestation.service.status import ErrorStatusInterceptor
 from constellation.keyservice.errors import InvalidRequestError
 from constellation.keyservice.keys import DataKeys
 from constellation.proto import kms_pb2, kms_pb2_grpc
@@ -39,22 +37,9 @@ class KeyServiceServicer(kms_pb2_grpc.APIServicer):
         return kms_pb2.GetDataKeyResponse(data_key=key)
 
 
-class KeyServiceServer:
+class KeyServiceServer(PlainGrpcServer):
     """The gRPC server with health and metrics wired in; ``add_port`` then ``start``."""
 
     def __init__(self, keys: DataKeys, metrics: ServiceMetrics, *, max_workers: int = 8) -> None:
-        self.metrics = metrics
-        self.health = Health([SERVICE_NAME])
-        self.grpc_server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=[metrics.interceptor(), ErrorStatusInterceptor(STATUS_CODES)],
-        )
+        super().__init__(SERVICE_NAME, metrics, STATUS_CODES, max_workers=max_workers)
         kms_pb2_grpc.add_APIServicer_to_server(KeyServiceServicer(keys), self.grpc_server)
-        self.health.attach(self.grpc_server)
-
-    def add_port(self, address: str) -> int:
-        return self.grpc_server.add_insecure_port(address)
-
-    def start(self) -> None:
-        self.grpc_server.start()
-        self.health.serving()

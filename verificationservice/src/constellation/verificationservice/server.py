@@ -12,7 +12,6 @@ import base64
 import json
 import threading
 from collections.abc import Mapping
-from concurrent import futures
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -20,9 +19,8 @@ from urllib.parse import urlsplit
 import grpc
 import structlog
 
-from constellation.attestation.service.health import Health
+from constellation.attestation.service.grpcserver import PlainGrpcServer
 from constellation.attestation.service.metrics import ServiceMetrics
-from constellation.attestation.service.status import ErrorStatusInterceptor
 from constellation.proto import verify_pb2, verify_pb2_grpc
 from constellation.verificationservice.errors import InvalidNonceError, IssueError
 from constellation.verificationservice.evidence import EvidenceSource, nonce_from_query
@@ -49,24 +47,14 @@ class VerifyServicer(verify_pb2_grpc.APIServicer):
         return verify_pb2.GetAttestationResponse(attestation=document)
 
 
-class VerificationGrpcServer:
+class VerificationGrpcServer(PlainGrpcServer):
+    """``verify.API`` with health and metrics wired in; ``add_port`` then ``start``."""
+
     def __init__(
         self, source: EvidenceSource, metrics: ServiceMetrics, *, max_workers: int = 4
     ) -> None:
-        self.health = Health([SERVICE_NAME])
-        self.grpc_server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=[metrics.interceptor(), ErrorStatusInterceptor(STATUS_CODES)],
-        )
+        super().__init__(SERVICE_NAME, metrics, STATUS_CODES, max_workers=max_workers)
         verify_pb2_grpc.add_APIServicer_to_server(VerifyServicer(source), self.grpc_server)
-        self.health.attach(self.grpc_server)
-
-    def add_port(self, address: str) -> int:
-        return self.grpc_server.add_insecure_port(address)
-
-    def start(self) -> None:
-        self.grpc_server.start()
-        self.health.serving()
 
 
 class _Handler(BaseHTTPRequestHandler):
