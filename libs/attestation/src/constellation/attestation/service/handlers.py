@@ -37,6 +37,25 @@ def wrap_rpc_handler(handler: grpc.RpcMethodHandler[Any, Any], around: Around) -
     return handler
 
 
+class BehaviourInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+    """A server interceptor that wraps every handler's behaviour with :meth:`around`."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        return wrap_rpc_handler(handler, lambda behaviour: self.around(method, behaviour))
+
+    def around(self, method: str, behaviour: Behaviour) -> Behaviour:
+        """The behaviour to run instead of ``behaviour`` for calls of ``method``."""
+        raise NotImplementedError
+
+
 def is_abort(exc: BaseException) -> bool:
     """True for the exception ``ServicerContext.abort`` raises to end a call.
 

@@ -12,7 +12,7 @@ process) and serves it over HTTP on its metrics port. Metric names:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +21,11 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-from constellation.attestation.service.handlers import Behaviour, is_abort, wrap_rpc_handler
+from constellation.attestation.service.handlers import (
+    Behaviour,
+    BehaviourInterceptor,
+    is_abort,
+)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -69,22 +73,11 @@ class ServiceMetrics:
         return _RequestCounter(self)
 
 
-class _RequestCounter(grpc.ServerInterceptor):  # type: ignore[type-arg]
+class _RequestCounter(BehaviourInterceptor):
     def __init__(self, metrics: ServiceMetrics) -> None:
         self._metrics = metrics
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Any],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        return wrap_rpc_handler(handler, lambda behaviour: self._count(method, behaviour))
-
-    def _count(self, method: str, behaviour: Behaviour) -> Behaviour:
+    def around(self, method: str, behaviour: Behaviour) -> Behaviour:
         def run(request: Any, context: grpc.ServicerContext) -> Any:
             try:
                 result = behaviour(request, context)

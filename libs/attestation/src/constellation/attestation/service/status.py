@@ -8,7 +8,7 @@ its traceback on the server and the caller gets INTERNAL with a fixed text.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -19,7 +19,11 @@ from constellation.attestation.errors import (
     MalformedEvidenceError,
     ValidationError,
 )
-from constellation.attestation.service.handlers import Behaviour, is_abort, wrap_rpc_handler
+from constellation.attestation.service.handlers import (
+    Behaviour,
+    BehaviourInterceptor,
+    is_abort,
+)
 
 _log = structlog.get_logger("constellation.service")
 
@@ -42,24 +46,13 @@ def status_for(
     return None
 
 
-class ErrorStatusInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+class ErrorStatusInterceptor(BehaviourInterceptor):
     """Turns exceptions escaping a handler into the mapped status code (see module docs)."""
 
     def __init__(self, codes: Mapping[type[BaseException], grpc.StatusCode] | None = None) -> None:
         self._codes = {**DEFAULT_STATUS_CODES, **(codes or {})}
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Any],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        return wrap_rpc_handler(handler, lambda behaviour: self._guard(method, behaviour))
-
-    def _guard(self, method: str, behaviour: Behaviour) -> Behaviour:
+    def around(self, method: str, behaviour: Behaviour) -> Behaviour:
         def run(request: Any, context: grpc.ServicerContext) -> Any:
             try:
                 return behaviour(request, context)
