@@ -7,9 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,21 +26,11 @@ from constellation.bootstrapper.testing import call_init, init_request, uninitia
 from constellation.cli.config import parse_config
 from constellation.cli.mini import image
 from constellation.cli.mini.firmware import boot_measure
+from constellation.cli.testing import Completed, run_cli
+from constellation.cli.testing import mini_cluster as up_mini_cluster
 from constellation.proto import join_pb2, join_pb2_grpc
 
-CLI = Path(sys.executable).parent / "constellation"
-UP_TIMEOUT_S = 600
 COMMAND_TIMEOUT_S = 300
-
-
-@dataclass(frozen=True)
-class Completed:
-    code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        return json.loads(self.stdout)
 
 
 @dataclass
@@ -52,56 +39,16 @@ class MiniCluster:
     summary: dict[str, Any]
 
     def run(self, *args: str, timeout: float = COMMAND_TIMEOUT_S) -> Completed:
-        return constellation(self.workspace, *args, timeout=timeout)
+        return run_cli(self.workspace, *args, timeout=timeout)
 
     def record(self) -> dict[str, Any]:
         return json.loads((self.workspace / "mini" / "cluster.json").read_text())
 
 
-def constellation(workspace: Path, *args: str, timeout: float = COMMAND_TIMEOUT_S) -> Completed:
-    """Run ``constellation -C workspace args`` as a subprocess, stdin not a terminal."""
-    process = subprocess.run(
-        [str(CLI), "-C", str(workspace), *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    return Completed(process.returncode, process.stdout, process.stderr)
-
-
-def _requirements() -> str | None:
-    if not CLI.exists():
-        return f"{CLI} is not installed (uv sync)"
-    for tool in ("swtpm", "cryptsetup"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (hack/setup)"
-    from constellation.cli.mini.cluster import INIT_COMPONENTS, JOIN_COMPONENTS, kubernetes_binaries
-    from constellation.cli.mini.errors import MiniError
-
-    try:
-        kubernetes_binaries(INIT_COMPONENTS + JOIN_COMPONENTS)
-    except MiniError as err:
-        return f"pinned Kubernetes binaries missing: {err}"
-    return None
-
-
 @pytest.fixture(scope="module")
 def mini_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MiniCluster]:
-    missing = _requirements()
-    if missing:
-        pytest.skip(missing)
-    workspace = tmp_path_factory.mktemp("workspace")
-    up = constellation(
-        workspace, "mini", "up", "--workers", "2", "-o", "json", timeout=UP_TIMEOUT_S
-    )
-    try:
-        assert up.code == 0, up.stderr[-4000:]
-        yield MiniCluster(workspace, up.json())
-    finally:
-        down = constellation(workspace, "mini", "down")
-        assert down.code == 0, down.stderr[-2000:]
+    with up_mini_cluster(tmp_path_factory.mktemp("workspace"), workers=2) as up:
+        yield MiniCluster(up.workspace, up.summary)
 
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.swtpm, pytest.mark.kube]
@@ -323,4 +270,4 @@ def test_down_leaves_no_process_and_no_file(mini_cluster: MiniCluster) -> None:
     again = mini_cluster.run("mini", "down")
     assert again.code == 0
     assert "nothing to do" in again.stdout
-    assert constellation(mini_cluster.workspace, "verify").code == 1
+    assert run_cli(mini_cluster.workspace, "verify").code == 1

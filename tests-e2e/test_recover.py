@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,37 +17,13 @@ from typing import Any
 import pytest
 
 from constellation.cli.mini.processes import ProcessRecord, is_running
+from constellation.cli.testing import Completed, mini_cluster, run_cli
 
-CLI = Path(sys.executable).parent / "constellation"
-UP_TIMEOUT_S = 600
 COMMAND_TIMEOUT_S = 600
 CONTROL_PLANE = "mini-cp-0"
 WORKER = "mini-worker-0"
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.swtpm, pytest.mark.kube]
-
-
-@dataclass(frozen=True)
-class Completed:
-    code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        return json.loads(self.stdout)
-
-
-def constellation(workspace: Path, *args: str, timeout: float = COMMAND_TIMEOUT_S) -> Completed:
-    """Run ``constellation -C workspace args`` as a subprocess, stdin not a terminal."""
-    process = subprocess.run(
-        [str(CLI), "-C", str(workspace), *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    return Completed(process.returncode, process.stdout, process.stderr)
 
 
 @dataclass
@@ -59,7 +33,7 @@ class Cluster:
     kubectl: Path
 
     def run(self, *args: str, timeout: float = COMMAND_TIMEOUT_S) -> Completed:
-        return constellation(self.workspace, *args, timeout=timeout)
+        return run_cli(self.workspace, *args, timeout=timeout)
 
     def processes(self) -> list[ProcessRecord]:
         record = json.loads((self.workspace / "mini" / "cluster.json").read_text())
@@ -85,37 +59,10 @@ class Cluster:
         return {n["metadata"]["name"]: n for n in json.loads(result.stdout)["items"]}
 
 
-def _requirements() -> str | None:
-    if not CLI.exists():
-        return f"{CLI} is not installed (uv sync)"
-    for tool in ("swtpm", "cryptsetup"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (hack/setup)"
-    return None
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    missing = _requirements()
-    if missing:
-        pytest.skip(missing)
-    from constellation.cli.mini.cluster import INIT_COMPONENTS, JOIN_COMPONENTS, kubernetes_binaries
-    from constellation.cli.mini.errors import MiniError
-
-    try:
-        _, installed = kubernetes_binaries(INIT_COMPONENTS + JOIN_COMPONENTS)
-    except MiniError as err:
-        pytest.skip(f"pinned Kubernetes binaries missing: {err}")
-    workspace = tmp_path_factory.mktemp("recover-workspace")
-    up = constellation(
-        workspace, "mini", "up", "--workers", "1", "-o", "json", timeout=UP_TIMEOUT_S
-    )
-    try:
-        assert up.code == 0, up.stderr[-4000:]
-        yield Cluster(workspace, up.json(), installed.path("kubectl"))
-    finally:
-        down = constellation(workspace, "mini", "down")
-        assert down.code == 0, down.stderr[-2000:]
+    with mini_cluster(tmp_path_factory.mktemp("recover-workspace"), workers=1) as up:
+        yield Cluster(up.workspace, up.summary, up.kubectl)
 
 
 def test_the_control_plane_node_is_a_registered_node(cluster: Cluster) -> None:
