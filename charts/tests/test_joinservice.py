@@ -1,6 +1,6 @@
 """JoinService chart: a DaemonSet on control-plane nodes in kube-system, NodePort 30090 -> 9090,
 join-config mounted so updates reach the pods, cluster CA from kube-system, and RBAC that can
-create Secrets in kube-system and nothing else."""
+create Secrets and create or get ConfigMaps in kube-system, and nothing else."""
 
 from __future__ import annotations
 
@@ -144,12 +144,17 @@ def test_keyservice_endpoint_defaults_to_the_release_namespace(
     assert "--keyservice-endpoint=ks.x.svc:9000" in custom["containers"][0]["args"]
 
 
-def test_rbac_can_only_create_secrets_in_kube_system(manifests: list[dict[str, Any]]) -> None:
+def test_rbac_creates_secrets_and_creates_or_reads_configmaps_in_kube_system_only(
+    manifests: list[dict[str, Any]],
+) -> None:
     assert by_kind(manifests, "ClusterRole") == []
     assert by_kind(manifests, "ClusterRoleBinding") == []
     (role,) = by_kind(manifests, "Role")
     assert role["metadata"]["namespace"] == "kube-system"
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "get"]},
+    ]
     (binding,) = by_kind(manifests, "RoleBinding")
     assert binding["metadata"]["namespace"] == "kube-system"
     assert binding["roleRef"] == {
