@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from constellation.attestation import atls
@@ -73,6 +74,17 @@ def test_up_initialized_the_cluster_and_every_node_verified(mini_cluster: MiniCl
     master = mini_cluster.workspace / "constellation-mastersecret.json"
     assert master.stat().st_mode & 0o077 == 0
     assert (mini_cluster.workspace / "constellation-admin.conf").stat().st_mode & 0o077 == 0
+
+
+def test_the_joinservice_runs_as_its_charts_serviceaccount(mini_cluster: MiniCluster) -> None:
+    (process,) = (p for p in mini_cluster.record()["processes"] if p["name"] == "joinservice")
+    argv = Path(f"/proc/{process['pid']}/cmdline").read_bytes().decode().split("\0")
+    (flag,) = (a for a in argv if a.startswith("--kubeconfig="))
+    kubeconfig = Path(flag.removeprefix("--kubeconfig="))
+    assert kubeconfig != mini_cluster.workspace / "constellation-admin.conf"
+    assert kubeconfig.stat().st_mode & 0o077 == 0
+    (user,) = yaml.safe_load(kubeconfig.read_text())["users"]
+    assert set(user["user"]) == {"token"}
 
 
 def test_verify_checks_every_node_with_a_fresh_nonce(mini_cluster: MiniCluster) -> None:

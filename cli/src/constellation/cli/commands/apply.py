@@ -48,6 +48,7 @@ from constellation.cli.mini.cluster import (
     load_init_secret,
 )
 from constellation.cli.mini.errors import ApplyError
+from constellation.cli.mini.serviceaccount import joinservice_kubeconfig
 from constellation.cli.nodeverify import build_validator
 from constellation.cli.output import OutputFormat, output_option
 from constellation.cli.workspace import ClusterState, MasterSecret, NodeRecord, Workspace
@@ -209,11 +210,12 @@ def install_services(
     keyservice, keyservice_port = services.start_keyservice(files, record.logs_dir)
     record.record_process(keyservice)
     record.keyservice_port = keyservice_port
+    progress("giving the JoinService its chart's ServiceAccount and Role")
     joinservice = services.start_joinservice(
         files,
         port=record.joinservice_port,
         keyservice_port=keyservice_port,
-        kubeconfig=init.kubeconfig,
+        kubeconfig=joinservice_kubeconfig(init.kubeconfig, record.services_dir),
         api_server_endpoint=api_server_endpoint(init.kubeconfig),
         node=control_plane,
         logs_dir=record.logs_dir,

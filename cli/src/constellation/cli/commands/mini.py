@@ -59,6 +59,7 @@ from constellation.cli.mini.node import (
     wait_booted,
 )
 from constellation.cli.mini.processes import is_running
+from constellation.cli.mini.serviceaccount import joinservice_kubeconfig
 from constellation.cli.nodeverify import (
     VerifyReport,
     build_validator,
@@ -490,7 +491,7 @@ def resume_services(ctx: CLIContext, record: MiniRecord) -> None:
         files,
         port=record.joinservice_port,
         keyservice_port=keyservice_port,
-        kubeconfig=kubeconfig,
+        kubeconfig=joinservice_kubeconfig(kubeconfig, record.services_dir),
         api_server_endpoint=api_server_endpoint(kubeconfig),
         node=record.control_plane(),
         logs_dir=record.logs_dir,

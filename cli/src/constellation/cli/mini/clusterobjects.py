@@ -73,7 +73,7 @@ def core_api(kubeconfig: Path) -> Any:
     return k8s.CoreV1Api(api_client)
 
 
-def _api_error(action: str, err: Exception) -> ApplyError:
+def api_error(action: str, err: Exception) -> ApplyError:
     status = getattr(err, "status", None)
     reason = getattr(err, "reason", None) or type(err).__name__
     return ApplyError(
@@ -82,23 +82,28 @@ def _api_error(action: str, err: Exception) -> ApplyError:
     )
 
 
-def _upsert(core: Any, kind: str, body: Any) -> None:
+def upsert(api: Any, kind: str, body: Any) -> None:
+    """Create ``body`` in kube-system, or replace the object of that name.
+
+    ``api`` is a client API object (CoreV1Api, RbacAuthorizationV1Api) with
+    ``create_namespaced_<kind>`` and ``replace_namespaced_<kind>``; ``body`` a model or a dict.
+    """
     from kubernetes.client.exceptions import ApiException
 
-    name = body.metadata.name
-    create = getattr(core, f"create_namespaced_{kind}")
-    replace = getattr(core, f"replace_namespaced_{kind}")
+    name = body["metadata"]["name"] if isinstance(body, dict) else body.metadata.name
+    create = getattr(api, f"create_namespaced_{kind}")
+    replace = getattr(api, f"replace_namespaced_{kind}")
     try:
         create(NAMESPACE, body, _request_timeout=API_TIMEOUT_S)
     except ApiException as err:
         if err.status != 409:
-            raise _api_error(f"create {kind} {name}", err) from None
+            raise api_error(f"create {kind} {name}", err) from None
         try:
             replace(name, NAMESPACE, body, _request_timeout=API_TIMEOUT_S)
         except ApiException as again:
-            raise _api_error(f"update {kind} {name}", again) from None
+            raise api_error(f"update {kind} {name}", again) from None
     except Exception as err:  # urllib3 connection errors and the like
-        raise _api_error(f"write {kind} {name}", err) from None
+        raise api_error(f"write {kind} {name}", err) from None
 
 
 def _secret(name: str, data: Mapping[str, bytes]) -> Any:
@@ -128,7 +133,7 @@ def join_config_data(variant: str, measurements: Measurements) -> dict[str, str]
 
 
 def write_join_config(core: Any, variant: str, measurements: Measurements) -> None:
-    _upsert(core, "config_map", _configmap(JOIN_CONFIG, join_config_data(variant, measurements)))
+    upsert(core, "config_map", _configmap(JOIN_CONFIG, join_config_data(variant, measurements)))
 
 
 def write_cluster_objects(
@@ -144,8 +149,8 @@ def write_cluster_objects(
 ) -> None:
     """Write every object the three services mount (create, or replace when it exists)."""
     write_join_config(core, variant, measurements)
-    _upsert(core, "secret", _secret(MEASUREMENT_SALT_SECRET, {"measurementSalt": measurement_salt}))
-    _upsert(
+    upsert(core, "secret", _secret(MEASUREMENT_SALT_SECRET, {"measurementSalt": measurement_salt}))
+    upsert(
         core,
         "secret",
         _secret(MASTER_SECRET_SECRET, {"mastersecret": master_key, "salt": master_salt}),
@@ -158,8 +163,8 @@ def write_cluster_objects(
             raise ApplyError(
                 f"the control-plane PKI file {pki_dir / relative} is unreadable: {err.strerror}"
             ) from None
-    _upsert(core, "secret", _secret(CLUSTER_PKI_SECRET, pki))
-    _upsert(
+    upsert(core, "secret", _secret(CLUSTER_PKI_SECRET, pki))
+    upsert(
         core,
         "config_map",
         _configmap(COMPONENTS_CONFIGMAP, {"components.json": json.dumps(components, indent=2)}),
@@ -204,7 +209,7 @@ def _read(core: Any, kind: str, name: str) -> Any:
             name, NAMESPACE, _request_timeout=API_TIMEOUT_S
         )
     except Exception as err:
-        raise _api_error(f"read {kind} {name}", err) from None
+        raise api_error(f"read {kind} {name}", err) from None
 
 
 def _secret_value(secret: Any, key: str) -> bytes:
@@ -259,5 +264,5 @@ def registered_nodes(core: Any) -> dict[str, Any]:
     try:
         nodes = core.list_node(_request_timeout=API_TIMEOUT_S)
     except Exception as err:
-        raise _api_error("list nodes", err) from None
+        raise api_error("list nodes", err) from None
     return {node.metadata.name: node for node in nodes.items}

@@ -6,8 +6,8 @@ loopback ports chosen here (recorded in the cluster record and the state file):
 
 - one KeyService (master secret from the ``constellation-mastersecret`` Secret);
 - one JoinService on the first control-plane node: it attests itself with that node's vTPM and
-  event log (mutual aTLS), and authenticates to the API server with the admin kubeconfig where a
-  pod would use its service account;
+  event log (mutual aTLS), and authenticates to the API server with a token of its chart's
+  ServiceAccount, bound to the chart's Role (:mod:`.serviceaccount`), as its pod would;
 - one VerificationService per node, quoting with that node's vTPM and attaching its event log.
 """
 
