@@ -50,7 +50,14 @@ def test_token_kubeconfig_keeps_the_cluster_and_holds_only_the_token(tmp_path: P
 
 
 @pytest.mark.parametrize(
-    "content", ["", "clusters: []", "clusters: [{name: a, cluster: {server: x}}]", "{{{"]
+    "content",
+    [
+        "",
+        "clusters: []",
+        "clusters: [{name: a, cluster: {server: x}}]",
+        "clusters: [{cluster: {server: x, certificate-authority-data: eA==}}]",
+        "{{{",
+    ],
 )
 def test_token_kubeconfig_refuses_an_admin_kubeconfig_without_one_usable_cluster(
     tmp_path: Path, content: str

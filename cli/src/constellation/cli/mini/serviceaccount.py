@@ -18,6 +18,7 @@ again whenever the services start (``apply``, ``recover``).
 from __future__ import annotations
 
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any, Final
 
@@ -54,14 +55,16 @@ def find_chart() -> Path:
 def render_identity(helm: Path, chart: Path) -> list[dict[str, Any]]:
     """The chart's ServiceAccount, Role and RoleBinding, rendered for kube-system."""
     try:
-        result = subprocess.run(
-            [str(helm), "template", RELEASE, str(chart), "--namespace", NAMESPACE],
-            capture_output=True,
-            text=True,
-            timeout=HELM_TIMEOUT_S,
-            check=False,
-            env={"PATH": "/usr/bin:/bin", "HOME": str(chart)},
-        )
+        # A throw-away HOME: helm keeps its cache and config there, never in the chart or ~.
+        with tempfile.TemporaryDirectory(prefix="constellation-helm-") as home:
+            result = subprocess.run(
+                [str(helm), "template", RELEASE, str(chart), "--namespace", NAMESPACE],
+                capture_output=True,
+                text=True,
+                timeout=HELM_TIMEOUT_S,
+                check=False,
+                env={"PATH": "/usr/bin:/bin", "HOME": home},
+            )
     except (OSError, subprocess.TimeoutExpired) as err:
         raise ApplyError(f"helm template {chart} did not run: {err}") from None
     if result.returncode != 0:
@@ -119,6 +122,7 @@ def token_kubeconfig(admin_kubeconfig: Path, token: str) -> bytes:
     try:
         admin = yaml.safe_load(admin_kubeconfig.read_bytes())
         (cluster,) = admin["clusters"]
+        name = str(cluster["name"])
         server = cluster["cluster"]["server"]
         ca_data = cluster["cluster"]["certificate-authority-data"]
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
@@ -130,12 +134,12 @@ def token_kubeconfig(admin_kubeconfig: Path, token: str) -> bytes:
         "kind": "Config",
         "clusters": [
             {
-                "name": cluster["name"],
+                "name": name,
                 "cluster": {"server": server, "certificate-authority-data": ca_data},
             }
         ],
         "users": [{"name": USER, "user": {"token": token}}],
-        "contexts": [{"name": USER, "context": {"cluster": cluster["name"], "user": USER}}],
+        "contexts": [{"name": USER, "context": {"cluster": name, "user": USER}}],
         "current-context": USER,
     }
     return yaml.safe_dump(document, sort_keys=False).encode()
