@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from kubernetes.client.exceptions import ApiException
 
+from constellation.attestation.secret import SecretBytes
 from constellation.joinservice.bootstrap_token import (
     DEFAULT_TTL,
     MAX_TTL,
@@ -31,7 +32,6 @@ from constellation.joinservice.bootstrap_token import (
     token_secret,
 )
 from constellation.joinservice.errors import UpstreamError
-from constellation.joinservice.keys import SecretBytes
 from constellation.joinservice.tickets import TokenIssuer
 
 NOW = datetime(2026, 6, 1, 12, 0, 30, 123456, tzinfo=UTC)

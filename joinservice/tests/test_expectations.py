@@ -13,6 +13,7 @@ from constellation.attestation.errors import ValidationError
 from constellation.attestation.kdf import derive_cluster_id
 from constellation.attestation.measurements import Measurements, pcr15_for_cluster_id
 from constellation.attestation.nodelock import NodeLock
+from constellation.attestation.secret import SecretBytes
 from constellation.attestation.service import ServiceMetrics
 from constellation.attestation.vtpm import VtpmValidator
 from constellation.joinservice.errors import RefusedError
@@ -25,7 +26,6 @@ from constellation.joinservice.expectations import (
     require,
 )
 from constellation.joinservice.joinconfig import parse_join_config
-from constellation.joinservice.keys import SecretBytes
 
 from .conftest import IMAGE, Node, image_measurements
 

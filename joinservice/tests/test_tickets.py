@@ -7,8 +7,8 @@ import hashlib
 import pytest
 
 from constellation.attestation.evidence import VerifiedEvidence
+from constellation.attestation.secret import SecretBytes
 from constellation.joinservice.errors import InvalidRequestError, RefusedError
-from constellation.joinservice.keys import SecretBytes
 from constellation.joinservice.tickets import (
     MAX_CSR_SIZE,
     canonical_disk_uuid,

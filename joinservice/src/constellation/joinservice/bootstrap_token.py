@@ -9,7 +9,7 @@ Secret. Tokens here live 15 minutes by default: long enough to join, short enoug
 when leaked later.
 
 Randomness comes from :mod:`secrets`. The token's secret half never appears in a ``repr``, a log
-line or an error message; it travels in :class:`~constellation.joinservice.keys.SecretBytes`.
+line or an error message; it travels in :class:`~constellation.attestation.secret.SecretBytes`.
 The token *id* is public (it is the user name and the Secret's name) and may be logged.
 
 The discovery hash pins the cluster CA for a joining node the way ``kubeadm join
@@ -31,13 +31,13 @@ from cryptography.hazmat.primitives import serialization
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from constellation.attestation.secret import SecretBytes
 from constellation.joinservice.errors import (
     ConfigError,
     InvalidRequestError,
     JoinServiceError,
     UpstreamError,
 )
-from constellation.joinservice.keys import SecretBytes
 from constellation.joinservice.tickets import IssuedToken
 
 TOKEN_ALPHABET: Final = "abcdefghijklmnopqrstuvwxyz0123456789"  # noqa: S105 - alphabet

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from constellation.attestation.secret import SecretBytes
 from constellation.joinservice.errors import ConfigError
-from constellation.joinservice.keys import SecretBytes
 
 #: kubeadm's control-plane PKI, relative to the PKI directory, in the order nodes get them.
 CONTROL_PLANE_FILES: Final = (

@@ -37,9 +37,9 @@ from constellation.attestation.measurements import (
     Measurements,
     pcr15_for_cluster_id,
 )
+from constellation.attestation.secret import SecretBytes
 from constellation.joinservice.errors import RefusedError
 from constellation.joinservice.joinconfig import JoinConfig
-from constellation.joinservice.keys import SecretBytes
 
 EXPECTATION_DETAIL: Final = "joinservice.expectation"
 TIMER_OPERATION: Final = "validate"

@@ -7,8 +7,9 @@ asks it for exactly two kinds of key:
 - a node's state-disk key, ``GetDataKey(lowercase(disk_uuid), 32)``;
 - the cluster's measurement secret, ``GetDataKey("measurementSecret", 32)``.
 
-Keys come back wrapped in ``SecretBytes`` so that no log line, exception message or debugger
-repr ever shows them. Every call has a deadline and a bounded number of attempts.
+Keys come back wrapped in ``SecretBytes`` (:mod:`constellation.attestation.secret`) so that no
+log line, exception message or debugger repr ever shows them. Every call has a deadline and a
+bounded number of attempts.
 """
 
 from __future__ import annotations
@@ -21,14 +22,6 @@ import grpc
 from constellation.attestation.secret import SecretBytes
 from constellation.joinservice.errors import UpstreamError
 from constellation.proto import kms_pb2, kms_pb2_grpc
-
-__all__ = [
-    "MEASUREMENT_SECRET_ID",
-    "MEASUREMENT_SECRET_LENGTH",
-    "STATE_DISK_KEY_LENGTH",
-    "KeyServiceClient",
-    "SecretBytes",
-]
 
 STATE_DISK_KEY_LENGTH: Final = 32
 MEASUREMENT_SECRET_LENGTH: Final = 32

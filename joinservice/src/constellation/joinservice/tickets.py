@@ -33,10 +33,11 @@ import structlog
 
 from constellation.attestation.errors import Failure
 from constellation.attestation.evidence import VerifiedEvidence
+from constellation.attestation.secret import SecretBytes
 from constellation.joinservice.clusterfiles import ClusterFiles, Component
 from constellation.joinservice.errors import InvalidRequestError, JoinServiceError, RefusedError
 from constellation.joinservice.expectations import Expectation, Expectations, require
-from constellation.joinservice.keys import KeyServiceClient, SecretBytes
+from constellation.joinservice.keys import KeyServiceClient
 
 #: A kubelet CSR is a few hundred bytes of PEM; anything far larger is refused unparsed.
 MAX_CSR_SIZE: Final = 16 * 1024

@@ -214,16 +214,28 @@ def load_init_secret(record: MiniRecord) -> InitSecret:
 # -- Kubernetes components ---------------------------------------------------------------------
 
 
+def find_in_checkout(relative: Path) -> Path | None:
+    """``relative`` (a file) in the repository checkout above this file or the working directory.
+
+    Mini mode runs from a checkout: the components lock and the charts live there, not in the
+    installed package.
+    """
+    for start in (Path(__file__).resolve(), Path.cwd().resolve()):
+        for parent in (start, *start.parents):
+            candidate = parent / relative
+            if candidate.is_file():
+                return candidate
+    return None
+
+
 def find_lock() -> Path:
-    """The components lock: ``$CONSTELLATION_K8S_LOCK``, else found above this file or cwd."""
+    """The components lock: ``$CONSTELLATION_K8S_LOCK``, else found in the checkout."""
     override = os.environ.get(LOCK_ENV)
     if override:
         return Path(override)
-    for start in (Path(__file__).resolve(), Path.cwd().resolve()):
-        for parent in (start, *start.parents):
-            candidate = parent / LOCK_RELATIVE
-            if candidate.is_file():
-                return candidate
+    found = find_in_checkout(LOCK_RELATIVE)
+    if found is not None:
+        return found
     raise MiniError(
         f"no {LOCK_RELATIVE} found to pin the Kubernetes binaries",
         hint=f"run from the repository or set ${LOCK_ENV}",

@@ -25,8 +25,14 @@ from typing import Any, Final
 import yaml
 
 from constellation.bootstrapper.atomicfile import SECRET_MODE, write_atomic
-from constellation.cli.mini.cluster import kubernetes_binaries
-from constellation.cli.mini.clusterobjects import API_TIMEOUT_S, NAMESPACE, api_error, upsert
+from constellation.cli.mini.cluster import find_in_checkout, kubernetes_binaries
+from constellation.cli.mini.clusterobjects import (
+    API_TIMEOUT_S,
+    NAMESPACE,
+    api_error,
+    core_api,
+    upsert,
+)
 from constellation.cli.mini.errors import ApplyError
 
 CHART: Final = Path("charts") / "joinservice"
@@ -40,12 +46,10 @@ KUBECONFIG_FILE: Final = "joinservice.kubeconfig"
 
 
 def find_chart() -> Path:
-    """The JoinService chart of this checkout: found above this file or the working directory."""
-    for start in (Path(__file__).resolve(), Path.cwd().resolve()):
-        for parent in (start, *start.parents):
-            candidate = parent / CHART
-            if (candidate / "Chart.yaml").is_file():
-                return candidate
+    """The JoinService chart of this checkout."""
+    found = find_in_checkout(CHART / "Chart.yaml")
+    if found is not None:
+        return found.parent
     raise ApplyError(
         f"no {CHART} found: mini mode installs the JoinService's RBAC from its chart",
         hint="run the CLI from the repository checkout",
@@ -147,16 +151,9 @@ def token_kubeconfig(admin_kubeconfig: Path, token: str) -> bytes:
 
 def joinservice_kubeconfig(admin_kubeconfig: Path, services_dir: Path) -> Path:
     """Install the chart's identity for the JoinService; write and return its kubeconfig."""
-    from kubernetes import config as k8s_config
-
     _, installed = kubernetes_binaries(("helm",))
     objects = render_identity(installed.path("helm"), find_chart())
-    try:
-        api_client = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
-            config_file=str(admin_kubeconfig)
-        )
-    except (k8s_config.ConfigException, OSError, ValueError) as err:
-        raise ApplyError(f"cannot use the kubeconfig {admin_kubeconfig}: {err}") from None
+    api_client = core_api(admin_kubeconfig).api_client
     try:
         account = apply_identity(api_client, objects)
         token = request_token(api_client, account)

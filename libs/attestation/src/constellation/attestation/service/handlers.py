@@ -7,6 +7,7 @@ instead. This module does that once for all four kinds of handler.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from typing import Any
 
@@ -51,9 +52,9 @@ class BehaviourInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         method = handler_call_details.method
         return wrap_rpc_handler(handler, lambda behaviour: self.around(method, behaviour))
 
+    @abc.abstractmethod
     def around(self, method: str, behaviour: Behaviour) -> Behaviour:
         """The behaviour to run instead of ``behaviour`` for calls of ``method``."""
-        raise NotImplementedError
 
 
 def is_abort(exc: BaseException) -> bool:
