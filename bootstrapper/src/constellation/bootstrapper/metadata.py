@@ -24,23 +24,16 @@ import ipaddress
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from constellation.attestation.identity import Role
 from constellation.bootstrapper.atomicfile import PUBLIC_MODE, write_atomic
 from constellation.bootstrapper.errors import MetadataError
 
 METADATA_FORMAT_VERSION = 1
 _MAX_FILE_SIZE = 1024 * 1024
 _MAX_NAME_LENGTH = 253
-
-
-class Role(StrEnum):
-    """A node's role in the cluster."""
-
-    CONTROL_PLANE = "control-plane"
-    WORKER = "worker"
 
 
 @dataclass(frozen=True, order=True)

@@ -65,8 +65,19 @@ def test_verified_peers_expire():
     clock = Clock()
     peers = VerifiedPeers(ttl=60, clock=clock)
     evidence = VerifiedEvidence("v", b"u")
-    peers.remember(b"fp", evidence)
-    assert peers.lookup(b"fp") is evidence
-    assert peers.lookup(b"fp") is evidence  # lookups do not consume
+    session = peers.remember(b"fp", evidence)
+    assert session.evidence is evidence
+    assert peers.lookup(b"fp") is session
+    assert peers.lookup(b"fp") is session  # lookups do not consume
     clock.now += 60
     assert peers.lookup(b"fp") is None
+
+
+def test_an_attestation_is_spent_once_per_purpose():
+    peers = VerifiedPeers()
+    session = peers.remember(b"fp", VerifiedEvidence("v", b"u"))
+    assert session.claim("join-ticket")
+    assert not session.claim("join-ticket")
+    assert peers.lookup(b"fp").claim("rejoin-ticket")
+    # A fresh attestation of the same certificate is a new session with nothing spent.
+    assert peers.remember(b"fp", VerifiedEvidence("v", b"u")).claim("join-ticket")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from constellation.attestation.errors import Failure
+from constellation.attestation.identity import NodeIdentity
 
 
 def extra_data(user_data: bytes, nonce: bytes) -> bytes:
@@ -31,6 +32,8 @@ class VerifiedEvidence:
 
     ``pcrs`` are the quoted SHA-256 PCR values (index -> 32 bytes); ``details`` holds
     variant-specific, public facts (e.g. SNP report fields) for logs and handlers.
+    ``identity`` is the platform identity of the attesting machine when the variant verified
+    one (an AK certificate chaining to a configured platform root); ``None`` otherwise.
     """
 
     variant: str
@@ -38,6 +41,7 @@ class VerifiedEvidence:
     pcrs: Mapping[int, bytes] = field(default_factory=dict)
     warnings: tuple[Failure, ...] = ()
     details: Mapping[str, Any] = field(default_factory=dict)
+    identity: NodeIdentity | None = None
 
 
 @runtime_checkable

@@ -10,6 +10,12 @@ Later calls over any TLS connection that authenticates the same certificate (and
 possession of the same attested key) are let through without consuming another nonce. It is
 bounded and expiring in the same way; an evicted client is asked for fresh evidence.
 
+What it remembers is an ``AttestationSession``: the evidence plus the one-shot uses that
+evidence has been spent on. Remembering a verdict keeps a connection usable; it must not let
+one attestation buy a secret twice, so a handler that hands out something countable (a join
+ticket) claims the session for that purpose and is refused a second claim
+(``AttestationSession.claim``). A fresh attestation starts a fresh session.
+
 Both take a monotonic clock so tests can drive expiry without sleeping.
 """
 
@@ -103,18 +109,38 @@ class NonceStore:
         return len(self._nonces)
 
 
+class AttestationSession:
+    """One verified attestation of a client key, and the one-shot purposes it was spent on."""
+
+    def __init__(self, evidence: VerifiedEvidence) -> None:
+        self.evidence = evidence
+        self._claimed: set[str] = set()
+        self._lock = threading.Lock()
+
+    def claim(self, purpose: str) -> bool:
+        """True the first time ``purpose`` is claimed on this attestation, False afterwards."""
+        with self._lock:
+            if purpose in self._claimed:
+                return False
+            self._claimed.add(purpose)
+            return True
+
+
 class VerifiedPeers:
-    """Evidence already verified for a client certificate (keyed by SHA-256 of its DER)."""
+    """Attestations already verified for a client certificate (keyed by SHA-256 of its DER)."""
 
     def __init__(
         self, capacity: int = 1024, ttl: float = 600.0, clock: Clock = time.monotonic
     ) -> None:
-        self._peers: _ExpiringMap[VerifiedEvidence] = _ExpiringMap(capacity, ttl, clock)
+        self._peers: _ExpiringMap[AttestationSession] = _ExpiringMap(capacity, ttl, clock)
 
-    def remember(self, cert_fingerprint: bytes, evidence: VerifiedEvidence) -> None:
-        self._peers.put(cert_fingerprint, evidence)
+    def remember(self, cert_fingerprint: bytes, evidence: VerifiedEvidence) -> AttestationSession:
+        """Start a new session for freshly verified ``evidence`` (replacing any older one)."""
+        session = AttestationSession(evidence)
+        self._peers.put(cert_fingerprint, session)
+        return session
 
-    def lookup(self, cert_fingerprint: bytes) -> VerifiedEvidence | None:
+    def lookup(self, cert_fingerprint: bytes) -> AttestationSession | None:
         return self._peers.get(cert_fingerprint, remove=False)
 
     def forget_all(self) -> None:

@@ -6,7 +6,8 @@ See the package docstring for the protocol. ``AttestedServer`` is what services 
     join_pb2_grpc.add_APIServicer_to_server(servicer, server.grpc_server)
     server.add_port("0.0.0.0:9090"); server.start()
 
-Handlers of a mutual server call :func:`verified_peer` to learn who is calling.
+Handlers of a mutual server call :func:`verified_peer` to learn who is calling, and
+:func:`claim_attestation` before handing out anything that one attestation may buy only once.
 """
 
 from __future__ import annotations
@@ -30,7 +31,12 @@ from constellation.attestation.atls.certificates import (
     spki_hash,
 )
 from constellation.attestation.atls.errors import ATLSError
-from constellation.attestation.atls.nonces import NONCE_SIZE, NonceStore, VerifiedPeers
+from constellation.attestation.atls.nonces import (
+    NONCE_SIZE,
+    AttestationSession,
+    NonceStore,
+    VerifiedPeers,
+)
 from constellation.attestation.atls.protocol import (
     GRPC_OPTIONS,
     HANDSHAKE_METHOD,
@@ -56,7 +62,7 @@ DEFAULT_UNPROTECTED_METHODS: frozenset[str] = frozenset(
     {HANDSHAKE_METHOD, "/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"}
 )
 
-_PEER: contextvars.ContextVar[VerifiedEvidence | None] = contextvars.ContextVar(
+_PEER: contextvars.ContextVar[AttestationSession | None] = contextvars.ContextVar(
     "atls_verified_peer", default=None
 )
 
@@ -68,10 +74,25 @@ def verified_peer() -> VerifiedEvidence:
 
     Raises ``ATLSError`` outside such a call, so a handler cannot mistake "no peer" for a peer.
     """
-    peer = _PEER.get()
-    if peer is None:
+    return _session().evidence
+
+
+def claim_attestation(purpose: str) -> bool:
+    """Spend the current peer's attestation on ``purpose``: True once, False ever after.
+
+    A remembered verdict lets a client keep calling over new connections with the same key;
+    it must not let one attestation mint a second join ticket. Handlers call this before they
+    create anything countable; the client has to attest afresh (a new key, a new nonce) to
+    claim the same purpose again. Raises ``ATLSError`` outside a call on a mutual server.
+    """
+    return _session().claim(purpose)
+
+
+def _session() -> AttestationSession:
+    session = _PEER.get()
+    if session is None:
         raise ATLSError("no attested peer: not inside a call on a mutual aTLS server")
-    return peer
+    return session
 
 
 class HandshakeServicer(atls_pb2_grpc.HandshakeServicer):
@@ -147,7 +168,7 @@ class ClientAttestationInterceptor(grpc.ServerInterceptor):  # type: ignore[type
         source = self._validators
         return source() if callable(source) else source
 
-    def _authenticate(self, context: grpc.ServicerContext) -> VerifiedEvidence:
+    def _authenticate(self, context: grpc.ServicerContext) -> AttestationSession:
         presented: object = context.auth_context().get("x509_pem_cert") or []
         certs = (
             [c for c in presented if isinstance(c, bytes)] if isinstance(presented, list) else []
@@ -193,9 +214,9 @@ class ClientAttestationInterceptor(grpc.ServerInterceptor):  # type: ignore[type
         except MalformedEvidenceError as exc:
             _log.warning("atls.client_refused", variant=str(variant), error=str(exc))
             context.abort(grpc.StatusCode.UNAUTHENTICATED, f"aTLS: {exc}")
-        self._peers.remember(fingerprint, evidence)
+        session = self._peers.remember(fingerprint, evidence)
         _log.info("atls.client_verified", variant=evidence.variant, warnings=len(evidence.warnings))
-        return evidence
+        return session
 
 
 def _metadata(context: grpc.ServicerContext) -> dict[str, str | bytes]:
@@ -205,7 +226,7 @@ def _metadata(context: grpc.ServicerContext) -> dict[str, str | bytes]:
 
 def _gate_handler(
     handler: grpc.RpcMethodHandler[Any, Any],
-    authenticate: Callable[[grpc.ServicerContext], VerifiedEvidence],
+    authenticate: Callable[[grpc.ServicerContext], AttestationSession],
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """Wrap ``handler`` so ``authenticate`` runs first and its result is the call's peer."""
 
