@@ -10,68 +10,32 @@ import hashlib
 import struct
 
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from constellation.attestation.errors import MalformedEvidenceError, ValidationError
+from constellation.attestation.testing import softtpm
+from constellation.attestation.testing.softtpm import (
+    ecc_public,
+    ecdsa_signature,
+    rsa_public,
+    rsassa_signature,
+    selection,
+    tpm2b,
+)
 from constellation.attestation.tpm import (
     AK_REQUIRED_ATTRIBUTES,
-    TPM_ALG_ECC,
-    TPM_ALG_ECDSA,
-    TPM_ALG_NULL,
-    TPM_ALG_RSA,
-    TPM_ALG_RSASSA,
     TPM_ALG_SHA1,
     TPM_ALG_SHA256,
-    TPM_ECC_NIST_P256,
-    TPM_GENERATED_VALUE,
-    TPM_ST_ATTEST_QUOTE,
     TPMA_OBJECT_DECRYPT,
     parse_attest,
     parse_pcr_selection,
     parse_signature,
     parse_tpmt_public,
-    pcr_digest,
     verify_quote,
 )
 
 PCRS = {i: hashlib.sha256(bytes([i])).digest() for i in range(24)}
 QUALIFYING = hashlib.sha256(b"qualifying").digest()
-
-
-def tpm2b(data: bytes) -> bytes:
-    return struct.pack(">H", len(data)) + data
-
-
-def ecc_public(key: ec.EllipticCurvePrivateKey, attributes: int = AK_REQUIRED_ATTRIBUTES) -> bytes:
-    numbers = key.public_key().public_numbers()
-    return (
-        struct.pack(">HHI", TPM_ALG_ECC, TPM_ALG_SHA256, attributes)
-        + tpm2b(b"")
-        + struct.pack(
-            ">HHHHH", TPM_ALG_NULL, TPM_ALG_ECDSA, TPM_ALG_SHA256, TPM_ECC_NIST_P256, TPM_ALG_NULL
-        )
-        + tpm2b(numbers.x.to_bytes(32, "big"))
-        + tpm2b(numbers.y.to_bytes(32, "big"))
-    )
-
-
-def rsa_public(key: rsa.RSAPrivateKey) -> bytes:
-    numbers = key.public_key().public_numbers()
-    return (
-        struct.pack(">HHI", TPM_ALG_RSA, TPM_ALG_SHA256, AK_REQUIRED_ATTRIBUTES)
-        + tpm2b(b"")
-        + struct.pack(">HHHHI", TPM_ALG_NULL, TPM_ALG_RSASSA, TPM_ALG_SHA256, 2048, 0)
-        + tpm2b(numbers.n.to_bytes(256, "big"))
-    )
-
-
-def selection(bank: int, pcrs: list[int]) -> bytes:
-    bitmap = bytearray(3)
-    for i in pcrs:
-        bitmap[i // 8] |= 1 << (i % 8)
-    return struct.pack(">IHB", 1, bank, 3) + bytes(bitmap)
 
 
 def attest(
@@ -80,35 +44,7 @@ def attest(
     pcrs: list[int] | None = None,
     digest: bytes | None = None,
 ) -> bytes:
-    chosen = list(range(24)) if pcrs is None else pcrs
-    if digest is None:
-        digest = pcr_digest(PCRS, chosen, TPM_ALG_SHA256)
-    return (
-        struct.pack(">IH", TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE)
-        + tpm2b(b"\x00\x0b" + bytes(32))
-        + tpm2b(extra)
-        + struct.pack(">QIIB", 1234, 1, 0, 1)
-        + struct.pack(">Q", 0x20191023)
-        + selection(bank, chosen)
-        + tpm2b(digest)
-    )
-
-
-def ecdsa_signature(
-    key: ec.EllipticCurvePrivateKey, data: bytes, hash_alg: int = TPM_ALG_SHA256
-) -> bytes:
-    algorithm = hashes.SHA256() if hash_alg == TPM_ALG_SHA256 else hashes.SHA1()  # noqa: S303 (a weak TPM signature)
-    r, s = decode_dss_signature(key.sign(data, ec.ECDSA(algorithm)))
-    return (
-        struct.pack(">HH", TPM_ALG_ECDSA, hash_alg)
-        + tpm2b(r.to_bytes(32, "big"))
-        + tpm2b(s.to_bytes(32, "big"))
-    )
-
-
-def rsassa_signature(key: rsa.RSAPrivateKey, data: bytes) -> bytes:
-    blob = key.sign(data, padding.PKCS1v15(), hashes.SHA256())
-    return struct.pack(">HH", TPM_ALG_RSASSA, TPM_ALG_SHA256) + tpm2b(blob)
+    return softtpm.attest(extra, PCRS, bank=bank, selected=pcrs, digest=digest)
 
 
 @pytest.fixture(scope="module")
