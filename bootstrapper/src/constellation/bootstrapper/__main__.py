@@ -34,6 +34,7 @@ from constellation.bootstrapper.config import (
 from constellation.bootstrapper.initserver import InitCallbacks, InitServer, LocalControlPlane
 from constellation.bootstrapper.installer import ComponentInstaller
 from constellation.bootstrapper.joinclient import JoinClient, joinservice_measurements
+from constellation.bootstrapper.joinservicetrust import JoinServiceValidator
 from constellation.bootstrapper.metadata import FileMetadata
 from constellation.bootstrapper.node import Node
 from constellation.bootstrapper.recoveryserver import RecoveryServer
@@ -131,9 +132,10 @@ def build_node(config: BootstrapperConfig) -> tuple[Node, LocalControlPlane]:
             lambda server: recover_pb2_grpc.add_APIServicer_to_server(servicer, server),
         )
 
-    def connect(target: str) -> atls.AttestedChannel:
+    def connect(target: str, *, cluster_id: bytes | None = None) -> atls.AttestedChannel:
+        validator = JoinServiceValidator(join_validator, cluster_id=cluster_id)
         return atls.connect(
-            target, [join_validator], issuer=issuer, timeout=config.join_retry.rpc_timeout_s
+            target, [validator], issuer=issuer, timeout=config.join_retry.rpc_timeout_s
         )
 
     def make_client(retry: RetryPolicy, stop: threading.Event) -> JoinClient:

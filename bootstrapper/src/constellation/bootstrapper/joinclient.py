@@ -91,9 +91,13 @@ class RejoinError(JoinError):
 
 
 class ChannelFactory(Protocol):
-    """Opens a verified (mutual aTLS) channel to a JoinService at ``host:port``."""
+    """Opens a verified (mutual aTLS) channel to a JoinService at ``host:port``.
 
-    def __call__(self, target: str) -> AttestedChannel: ...
+    ``cluster_id`` is the node's cluster on a rejoin: the JoinService's node must then carry
+    exactly that cluster's node-lock mark (``joinservicetrust.JoinServiceValidator``).
+    """
+
+    def __call__(self, target: str, *, cluster_id: bytes | None = None) -> AttestedChannel: ...
 
 
 class NodeRegistrar(Protocol):
@@ -221,6 +225,7 @@ class JoinClient:
             lambda channel: join_pb2_grpc.APIStub(channel.channel).IssueRejoinTicket(
                 request, timeout=self._retry.rpc_timeout_s
             ),
+            cluster_id=state.cluster_id,
         )
         if len(ticket.state_disk_key) != KEY_LENGTH or len(ticket.measurement_secret) != KEY_LENGTH:
             raise TicketError("rejoin ticket: the disk key and measurement secret need 32 bytes")
@@ -247,6 +252,7 @@ class JoinClient:
         call: Callable[[AttestedChannel], T],
         *,
         stop_when_locked: bool = False,
+        cluster_id: bytes | None = None,
     ) -> T:
         """Try every endpoint per attempt; back off between attempts; give up at the bounds.
 
@@ -267,7 +273,7 @@ class JoinClient:
                 if self._stop.is_set():
                     raise JoinStoppedError(f"{what}: stopped")
                 try:
-                    with self._connect(target) as channel:
+                    with self._connect(target, cluster_id=cluster_id) as channel:
                         return call(channel)
                 except grpc.RpcError as exc:
                     code = exc.code() if isinstance(exc, grpc.Call) else None
@@ -299,21 +305,20 @@ def joinservice_measurements(image: Measurements) -> Measurements:
 
 
 def check_joinservice_cluster(server: VerifiedEvidence, cluster_id: bytes) -> None:
-    """The JoinService's node must not belong to another cluster than its ticket names.
+    """The JoinService's node must carry the mark of the cluster its ticket names.
 
-    Its PCR 15 (verified evidence, not a claim) is either the mark of ``cluster_id`` or, on a
-    node that was never initialized, zero (logged); any other mark means the ticket comes from
-    a service running on a node of a different cluster, and the node refuses to join.
+    Its PCR 15 (verified evidence, not a claim) must be exactly the mark of ``cluster_id``:
+    a ticket from a service on an unmarked node, or on a node of another cluster, is refused
+    before the node locks itself to that cluster. (``JoinServiceValidator`` already refused an
+    unmarked node during the handshake; this check ties the mark to the ticket's secrets.)
     """
     marked = server.pcrs.get(PCR_NODE_LOCK)
-    if marked is None or marked == pcr15_for_cluster_id(cluster_id):
-        return
-    if not any(marked):
-        _log.warning("join.joinservice_unmarked", detail="the JoinService's node has PCR 15 = 0")
+    expected = pcr15_for_cluster_id(cluster_id)
+    if marked == expected:
         return
     raise TicketError(
-        "join ticket: the JoinService runs on a node marked for another cluster "
-        f"(PCR 15 {marked.hex()}, expected {pcr15_for_cluster_id(cluster_id).hex()})"
+        "join ticket: the JoinService does not run on a node of the ticket's cluster "
+        f"(PCR 15 {'missing' if marked is None else marked.hex()}, expected {expected.hex()})"
     )
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from constellation.attestation.identity import Role
+from constellation.attestation.identity import Role as Role  # moved; importers switch to identity
 from constellation.bootstrapper.atomicfile import PUBLIC_MODE, write_atomic
 from constellation.bootstrapper.errors import MetadataError
 

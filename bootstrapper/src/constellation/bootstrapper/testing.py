@@ -45,8 +45,12 @@ from constellation.bootstrapper.initserver import (
 )
 from constellation.bootstrapper.installer import ComponentInstaller
 from constellation.bootstrapper.joinclient import (
+    ChannelFactory,
+)
+from constellation.bootstrapper.joinclient import (
     joinservice_measurements as joinservice_expectation,
 )
+from constellation.bootstrapper.joinservicetrust import JoinServiceValidator
 from constellation.bootstrapper.metadata import (
     Endpoint,
     FileMetadata,
@@ -373,14 +377,15 @@ def join_channel_factory(
     *,
     event_log: bytes | None = None,
     timeout: float = 10.0,
-) -> Callable[[str], atls.AttestedChannel]:
+) -> ChannelFactory:
     """What the bootstrapper wires: mutual aTLS, the node attests, it verifies the service."""
     issuer = VtpmIssuer(node_tpm.tcti, event_log=event_log)
     validator = VtpmValidator(
         joinservice_expectation(joinservice_measurements), require_event_log=event_log is not None
     )
 
-    def connect(target: str) -> atls.AttestedChannel:
-        return atls.connect(target, [validator], issuer=issuer, timeout=timeout)
+    def connect(target: str, *, cluster_id: bytes | None = None) -> atls.AttestedChannel:
+        checked = JoinServiceValidator(validator, cluster_id=cluster_id)
+        return atls.connect(target, [checked], issuer=issuer, timeout=timeout)
 
     return connect
