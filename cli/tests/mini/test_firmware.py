@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from constellation.attestation.eventlog import parse_event_log, replay
+from constellation.attestation.eventlog import (
+    DATA_BOUND_EVENT_TYPES,
+    check_replay,
+    parse_event_log,
+    replay,
+)
 from constellation.attestation.swtpm import Swtpm
 from constellation.attestation.vtpm import open_tpm, read_pcrs
 from constellation.cli.mini import image
@@ -35,6 +40,17 @@ def test_measured_pcrs_equal_the_expected_pcrs(built: Path, swtpm: Swtpm, tmp_pa
     replayed = replay(parse_event_log(log))
     for index in (4, 9, 11):
         assert replayed[index] == image.expected_pcrs(built)[index]
+
+
+def test_the_firmware_log_passes_the_full_check(built: Path, swtpm: Swtpm, tmp_path: Path) -> None:
+    log = parse_event_log(boot_measure(swtpm.tcti, built, tmp_path / "eventlog.bin"))
+    assert [e.pcr for e in log.events] == [4, 9, 11]
+    assert all(e.event_type in DATA_BOUND_EVENT_TYPES for e in log.events)
+    expected = image.boot_events(image.read_image(built))
+    assert [e.data for e in log.events] == [e.data for e in expected]
+    with open_tpm(swtpm.tcti) as esapi:
+        _, quoted = read_pcrs(esapi, tuple(range(24)))
+    assert check_replay(log, dict(quoted)) == []
 
 
 def test_a_tampered_copy_measures_differently(built: Path, swtpm: Swtpm, tmp_path: Path) -> None:

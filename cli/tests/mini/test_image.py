@@ -10,6 +10,16 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from constellation.attestation.eventlog import (
+    DATA_BOUND_EVENT_TYPES,
+    EV_EVENT_TAG,
+    TPM_ALG_SHA256,
+    Event,
+    TaggedEvent,
+    check_replay,
+    encode_event_log,
+    parse_event_log,
+)
 from constellation.attestation.measurements import (
     MeasurementsSignatureError,
     verify_signed_measurements,
@@ -60,7 +70,43 @@ def test_expected_pcrs_replay_the_boot_events_from_zero(built: Path) -> None:
         assert values[event.pcr] == hashlib.sha256(bytes(32) + event.digest).digest()
     untouched = set(range(16)) - {e.pcr for e in events}
     assert all(values[i] == bytes(32) for i in untouched)
-    assert events[0].digest == hashlib.sha256(image.manifest(contents.files)).digest()
+    assert events[0].measured == hashlib.sha256(image.manifest(contents.files)).digest()
+    assert events[2].measured == hashlib.sha256(contents.config).digest()
+
+
+def test_boot_events_are_tagged_events_hashed_from_their_data(built: Path) -> None:
+    events = image.boot_events(image.read_image(built))
+    assert [e.pcr for e in events] == [image.PCR_MANIFEST, image.PCR_CODE, image.PCR_CONFIG]
+    for event in events:
+        assert event.event_type == EV_EVENT_TAG in DATA_BOUND_EVENT_TYPES
+        assert event.digest == hashlib.sha256(event.data).digest()
+        tagged = TaggedEvent.parse(event.data)
+        assert tagged.event_id == event.tag
+        assert tagged.data == event.measured + event.description.encode()
+    assert len({e.tag for e in events}) == len(events)
+
+
+def _logged(event: image.BootEvent, data: bytes | None = None) -> Event:
+    """``event`` as the firmware logs it, optionally with its data rewritten."""
+    return Event(event.pcr, event.event_type, {TPM_ALG_SHA256: event.digest}, data or event.data)
+
+
+def test_the_boot_log_passes_the_full_event_log_check(built: Path) -> None:
+    events = image.boot_events(image.read_image(built))
+    log = parse_event_log(encode_event_log(_logged(e) for e in events))
+    quoted = {index: bytes(32) for index in range(24)} | image.expected_pcrs(built)
+    assert check_replay(log, quoted) == []
+    # The description rewritten in the log with every digest kept: refused.
+    forged_data = events[0].data.replace(b"image manifest", b"image manifesT")
+    assert forged_data != events[0].data
+    forged = [_logged(events[0], forged_data), *(_logged(e) for e in events[1:])]
+    failures = check_replay(parse_event_log(encode_event_log(forged)), quoted)
+    assert [f.check for f in failures] == ["eventlog.event[0].data"]
+
+
+def test_a_boot_event_measures_a_sha256_digest() -> None:
+    with pytest.raises(ImageError, match="SHA-256"):
+        image.BootEvent(4, image.TAG_IMAGE_MANIFEST, b"short", "x")
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,9 @@
 A real node's firmware and boot loader extend PCRs with the boot chain and keep a TCG event log
 of what they measured. Mini mode does the same for a node's own copy of the image: it extends
 PCRs 4/9/11 of the node's swtpm with the digests :func:`.image.boot_events` computes from the
-bytes on disk and writes a TCG crypto-agile event log that replays to exactly those PCRs. Only
+bytes on disk and writes a TCG crypto-agile event log that replays to exactly those PCRs. Every
+event is an ``EV_EVENT_TAG`` whose digest is the hash of its own data, so the validator checks
+the log's content as well as its replay (``eventlog.check_replay``). Only
 then is the bootstrapper started from that same directory (see :mod:`.node`), so the code that
 runs is the code that was measured: change any file and the node's PCRs change with it.
 
@@ -37,7 +39,9 @@ def measure_boot(tcti: str, events: tuple[BootEvent, ...]) -> bytes:
         )
     log = b""
     for event in events:
-        log = firmware_measure(tcti, log, event.pcr, event.digest, event.data)
+        log = firmware_measure(
+            tcti, log, event.pcr, event.digest, event.data, event_type=event.event_type
+        )
     return log
 
 

@@ -16,11 +16,16 @@ zero; every digest is SHA-256):
 - PCR 9  ("initrd / code"): the manifest of the ``constellation/bootstrapper`` tree alone;
 - PCR 11 ("unified kernel image / command line"): the bytes of ``image.json``.
 
-Each is one EV_IPL event whose data names what was measured, so the TCG event log replays to
-exactly these values. All other PCRs of 0..14 stay zero and are expected as zero; PCR 15 is the
-node lock and is expected zero in published measurements (``join-config`` and init enforce
-that; ``verify`` substitutes the cluster's value). Changing any byte of any file changes PCR 4,
-a change in the bootstrapper also PCR 9, a change of the configuration PCR 11.
+Each is one ``EV_EVENT_TAG`` event (:class:`BootEvent`) whose data is a
+``TCG_PCClientTaggedEvent``: a tag naming the measurement, then the SHA-256 of what was
+measured and a description. The PCR is extended with the SHA-256 of that whole event data, a
+relation the validator recomputes from the log (``eventlog.DATA_BOUND_EVENT_TYPES``), so
+neither the description nor the measured hash in the log can be rewritten while the PCR still
+replays, and the TCG event log replays to exactly these values. All other PCRs of 0..14 stay
+zero and are expected as zero; PCR 15 is the node lock and is expected zero in published
+measurements (``join-config`` and init enforce that; ``verify`` substitutes the cluster's
+value). Changing any byte of any file changes PCR 4, a change in the bootstrapper also PCR 9, a
+change of the configuration PCR 11.
 
 The measurement functions are pure (file contents in, digests out); :func:`read_image` is the
 only one that reads the directory, and it refuses symlinks and special files so the measured
@@ -39,11 +44,12 @@ import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, ClassVar
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from constellation.attestation.eventlog import EV_EVENT_TAG, TaggedEvent
 from constellation.attestation.measurements import (
     PCR_NODE_LOCK,
     ImageMeasurements,
@@ -68,6 +74,10 @@ BOOT_COMMAND = ("python", "-m", "constellation.bootstrapper", "--config", "boots
 PCR_MANIFEST = 4
 PCR_CODE = 9
 PCR_CONFIG = 11
+# taggedEventID of each measurement: "CM" (constellation-mini) and the PCR it goes into.
+TAG_IMAGE_MANIFEST = 0x434D0000 | PCR_MANIFEST
+TAG_BOOTSTRAPPER_CODE = 0x434D0000 | PCR_CODE
+TAG_IMAGE_CONFIG = 0x434D0000 | PCR_CONFIG
 MEASURED_PCRS = tuple(range(PCR_NODE_LOCK + 1))  # 0..14 from the boot chain, 15 the node lock
 ZERO = bytes(32)
 
@@ -115,11 +125,34 @@ class ImageConfig:
 
 @dataclass(frozen=True)
 class BootEvent:
-    """One measurement the firmware makes: extend ``pcr`` by ``digest``; ``data`` names it."""
+    """One measurement the firmware makes, logged as an ``EV_EVENT_TAG`` event.
+
+    ``measured`` is the SHA-256 of what was measured (a manifest, ``image.json``). The event
+    data (:attr:`data`) is a ``TCG_PCClientTaggedEvent`` with id ``tag`` whose payload is
+    ``measured`` (32 bytes) followed by the UTF-8 ``description``; the PCR is extended by
+    :attr:`digest`, the SHA-256 of that whole event data, which is what the TCG PC Client
+    profile defines for this event type and what the validator recomputes.
+    """
 
     pcr: int
-    digest: bytes
-    data: bytes
+    tag: int
+    measured: bytes
+    description: str
+
+    event_type: ClassVar[int] = EV_EVENT_TAG
+
+    def __post_init__(self) -> None:
+        if len(self.measured) != len(ZERO):
+            raise ImageError(f"a boot event measures a SHA-256 digest, got {len(self.measured)}")
+
+    @property
+    def data(self) -> bytes:
+        """The event data the log carries (and the PCR is extended with the hash of)."""
+        return TaggedEvent(self.tag, self.measured + self.description.encode()).encode()
+
+    @property
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.data).digest()
 
 
 def parse_image_config(data: bytes) -> ImageConfig:
@@ -169,18 +202,21 @@ def boot_events(contents: ImageContents) -> tuple[BootEvent, ...]:
     return (
         BootEvent(
             PCR_MANIFEST,
+            TAG_IMAGE_MANIFEST,
             hashlib.sha256(full).digest(),
-            f"constellation-mini image manifest ({len(contents.files)} files)".encode(),
+            f"constellation-mini image manifest ({len(contents.files)} files)",
         ),
         BootEvent(
             PCR_CODE,
+            TAG_BOOTSTRAPPER_CODE,
             hashlib.sha256(manifest(code)).digest(),
-            f"constellation-mini bootstrapper code ({len(code)} files)".encode(),
+            f"constellation-mini bootstrapper code ({len(code)} files)",
         ),
         BootEvent(
             PCR_CONFIG,
+            TAG_IMAGE_CONFIG,
             hashlib.sha256(contents.config).digest(),
-            b"constellation-mini image.json (image configuration and command line)",
+            "constellation-mini image.json (image configuration and command line)",
         ),
     )
 
