@@ -22,7 +22,7 @@ def _base(tmp_path: Path) -> dict[str, Any]:
         "state_disk_path": str(tmp_path / "disk.img"),
         "state_dir": str(tmp_path / "state"),
         "install_root": str(tmp_path / "root"),
-        "tpm_tcti": "swtpm:host=127.0.0.1,port=2321",
+        "tpm_tcti": "swtpm:path=/run/node-1/tpm/sock",
     }
 
 

@@ -1,4 +1,4 @@
-"""The VerificationService image, run with podman against a real swtpm on loopback, serves
+"""The VerificationService image, run with podman against a real swtpm's Unix socket, serves
 evidence that validates: proves the compiled tpm2-pytss, the tpm2-tss libraries and the swtpm
 TCTI module in the runtime stage work together, as uid 65532 on a read-only root."""
 
@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 TAG = "localhost/constellation/verificationservice:0.1.0"
 PODMAN = ["podman", "--storage-driver", "vfs", "--runtime", "runc"]
 READY_TIMEOUT = 120.0
+CONTAINER_UID = 65532  # the image's USER
 
 pytestmark = [pytest.mark.slow, pytest.mark.swtpm, pytest.mark.timeout(3600)]
 
@@ -68,8 +69,14 @@ def image() -> str:
 
 @pytest.fixture
 def container(image: str, swtpm: Any) -> Iterator[dict[str, int]]:
-    """The service in a container on the host's loopback; always removed afterwards."""
+    """The service in a container on the host's loopback; always removed afterwards.
+
+    The swtpm's private socket directory is mounted in and handed to the container's user, as
+    a node hands its vTPM to its own service and to no one else.
+    """
     name = f"constellation-test-{uuid.uuid4().hex[:12]}"
+    for path in (swtpm.socket_path.parent, swtpm.socket_path, swtpm.ctrl_path):
+        os.chown(path, CONTAINER_UID, CONTAINER_UID)
     ports = {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
     subprocess.run(
         [
@@ -81,6 +88,8 @@ def container(image: str, swtpm: Any) -> Iterator[dict[str, int]]:
             "--network",
             "host",
             "--read-only",
+            "--volume",
+            f"{swtpm.socket_path.parent}:{swtpm.socket_path.parent}",
             "--ulimit",
             "nofile=1024:20000",
             "--ulimit",

@@ -59,4 +59,4 @@ def test_bad_cluster_id_and_unreachable_tpm(swtpm: Swtpm) -> None:
         NodeLock(swtpm.tcti).try_lock(b"x" * 1025)
     assert not NodeLock(swtpm.tcti).is_initialized()
     with pytest.raises(TpmError):
-        NodeLock("swtpm:host=127.0.0.1,port=1").is_initialized()
+        NodeLock("swtpm:path=/nonexistent/sock").is_initialized()

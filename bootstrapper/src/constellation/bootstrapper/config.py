@@ -12,7 +12,7 @@ Example (mini mode; every path is the node's own)::
 
     {"metadata_path": "node-1/metadata.json", "state_disk_path": "node-1/disk.img",
      "state_dir": "node-1/state", "install_root": "node-1/root",
-     "tpm_tcti": "swtpm:host=127.0.0.1,port=2321", "init_port": 9001,
+     "tpm_tcti": "swtpm:path=/abs/node-1/tpm/sock", "init_port": 9001,
      "join_measurements_path": "measurements.json", "event_log_path": "node-1/eventlog.bin",
      "join_retry": {"max_attempts": 120, "total_timeout_s": 900}}
 """

@@ -22,8 +22,8 @@ examples:
   # on a node, with the node's TPM through the kernel resource manager
   constellation-verificationservice --tpm device:/dev/tpmrm0 --variant qemu-vtpm
 
-  # mini mode / tests: a swtpm on loopback, ephemeral ports (logged at start-up)
-  constellation-verificationservice --tpm swtpm:host=127.0.0.1,port=2321 \\
+  # mini mode / tests: a swtpm on its private Unix socket, ephemeral ports (logged at start-up)
+  constellation-verificationservice --tpm swtpm:path=/abs/node-1/tpm/sock \\
       --listen 127.0.0.1 --grpc-port 0 --http-port 0 --metrics-port 0
 
   # ask it for evidence over HTTP (nonce: base64url)
@@ -88,7 +88,7 @@ def load_config(argv: Sequence[str] | None = None) -> VerificationServiceConfig:
     name, sep, _ = args.tpm.partition(":")
     if not sep or name not in TCTI_NAMES:
         raise ConfigError(
-            f"--tpm must be a TCTI such as swtpm:host=127.0.0.1,port=2321 "
+            f"--tpm must be a TCTI such as swtpm:path=/abs/node-1/tpm/sock "
             f"({', '.join(TCTI_NAMES)}), got {args.tpm!r}"
         )
     if args.variant != "qemu-vtpm":

@@ -26,7 +26,6 @@ import click
 from rich.table import Table
 
 from constellation.attestation.nodelock import NodeLock
-from constellation.attestation.swtpm import LOOPBACK
 from constellation.bootstrapper.initsecret import InitSecret, hash_init_secret
 from constellation.bootstrapper.joinclient import joinservice_measurements
 from constellation.bootstrapper.metadata import Endpoint, Role
@@ -52,6 +51,7 @@ from constellation.cli.mini.cluster import (
 )
 from constellation.cli.mini.errors import JoinTimeoutError, MiniError
 from constellation.cli.mini.node import (
+    LOOPBACK,
     MiniNode,
     free_port,
     launch_node,

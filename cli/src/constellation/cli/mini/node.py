@@ -3,7 +3,9 @@
 Layout of a node (``<workspace>/mini/nodes/<name>/``)::
 
     image/               the node's own copy of the node image (measured, then imported)
-    tpm/                 the swtpm state of the node's vTPM
+    tpm/                 the node's vTPM (0700): swtpm state and its Unix sockets ``sock`` and
+                         ``sock.ctrl`` (0600); no TCP port, so only root and the node's own
+                         user can reach it
     eventlog.bin         the TCG event log the firmware step wrote
     disk.img             the state disk: a blank file the bootstrapper formats as LUKS2
     metadata.json        instance metadata (name, role, 127.0.0.1, init-secret bcrypt hash for
@@ -33,7 +35,16 @@ from pathlib import Path
 from typing import Any
 
 from constellation.attestation.measurements import Measurements
-from constellation.attestation.swtpm import LOOPBACK, free_port_pair, swtpm_binary
+from constellation.attestation.swtpm import (
+    SwtpmError,
+    answers_tpm_command,
+    prepare_socket_dir,
+    refuse_if_served,
+    socket_path,
+    swtpm_binary,
+    swtpm_command,
+    tcti_for,
+)
 from constellation.bootstrapper.atomicfile import PUBLIC_MODE, write_atomic
 from constellation.bootstrapper.metadata import (
     Endpoint,
@@ -44,8 +55,9 @@ from constellation.bootstrapper.metadata import (
 from constellation.cli.mini.errors import ProcessStartError
 from constellation.cli.mini.firmware import boot_measure
 from constellation.cli.mini.image import copy_image
-from constellation.cli.mini.processes import ProcessRecord, is_running, spawn
+from constellation.cli.mini.processes import ProcessRecord, is_running, spawn, stop
 
+LOOPBACK = "127.0.0.1"
 DISK_SIZE = 32 * 1024 * 1024
 SWTPM_READY_TIMEOUT_S = 15.0
 BOOT_TIMEOUT_S = 90.0
@@ -106,7 +118,7 @@ class MiniNode:
     name: str
     role: Role
     directory: Path
-    swtpm_port: int
+    swtpm_socket: Path
     init_port: int
     image_version: str
     swtpm: ProcessRecord
@@ -114,7 +126,7 @@ class MiniNode:
 
     @property
     def tcti(self) -> str:
-        return f"swtpm:host={LOOPBACK},port={self.swtpm_port}"
+        return tcti_for(self.swtpm_socket)
 
     @property
     def init_endpoint(self) -> Endpoint:
@@ -133,7 +145,7 @@ class MiniNode:
             "name": self.name,
             "role": self.role.value,
             "directory": str(self.directory),
-            "swtpmPort": self.swtpm_port,
+            "swtpmSocket": str(self.swtpm_socket),
             "initPort": self.init_port,
             "imageVersion": self.image_version,
             "swtpm": self.swtpm.to_dict(),
@@ -146,7 +158,7 @@ class MiniNode:
             name=str(data["name"]),
             role=Role(data["role"]),
             directory=Path(data["directory"]),
-            swtpm_port=int(data["swtpmPort"]),
+            swtpm_socket=Path(data["swtpmSocket"]),
             init_port=int(data["initPort"]),
             image_version=str(data["imageVersion"]),
             swtpm=ProcessRecord.from_dict(data["swtpm"]),
@@ -154,35 +166,62 @@ class MiniNode:
         )
 
 
-def start_swtpm(name: str, state_dir: Path, log_path: Path) -> tuple[ProcessRecord, int]:
-    """A detached swtpm on a free loopback port pair (ctrl = data port + 1)."""
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+def swtpm_socket(tpm_dir: Path) -> Path:
+    """The node's vTPM data socket in ``tpm_dir``; a typed error if the path is unusable.
+
+    Called before anything of the node is created, so a workspace too deep for a Unix socket
+    path fails at once with advice rather than half-way through the boot.
+    """
+    try:
+        return socket_path(tpm_dir)
+    except SwtpmError as err:
+        raise ProcessStartError(
+            f"the vTPM of node {tpm_dir.parent.name} cannot get a Unix socket: {err}",
+            hint="move the workspace to a shorter path",
+        ) from None
+
+
+def start_swtpm(name: str, tpm_dir: Path, log_path: Path) -> tuple[ProcessRecord, Path]:
+    """A detached swtpm serving Unix sockets in the node's private ``tpm_dir``.
+
+    Returns its record and its data socket. ``tpm_dir`` is made 0700 before swtpm runs and the
+    sockets are created 0600, so no other user's process can open them (see
+    :mod:`constellation.attestation.swtpm`).
+    """
+    data_socket = swtpm_socket(tpm_dir)
+    try:
+        prepare_socket_dir(tpm_dir)
+        refuse_if_served(data_socket)
+        command = swtpm_command(swtpm_binary(), tpm_dir.absolute(), data_socket)
+    except SwtpmError as err:
+        raise ProcessStartError(f"swtpm of {name} cannot start: {err}") from None
     last = ""
     for _ in range(3):
-        port = free_port_pair()
-        record = spawn(
-            f"{name}/swtpm",
-            [
-                swtpm_binary(),
-                "socket",
-                "--tpm2",
-                "--server",
-                f"type=tcp,port={port},bindaddr={LOOPBACK}",
-                "--ctrl",
-                f"type=tcp,port={port + 1},bindaddr={LOOPBACK}",
-                "--tpmstate",
-                f"dir={state_dir}",
-                "--flags",
-                "not-need-init,startup-clear",
-            ],
-            log_path=log_path,
-        )
+        record = spawn(f"{name}/swtpm", command, log_path=log_path)
         try:
-            wait_listening(record, port, SWTPM_READY_TIMEOUT_S)
-            return record, port
+            wait_tpm_ready(record, data_socket, SWTPM_READY_TIMEOUT_S)
+            return record, data_socket
         except ProcessStartError as err:
             last = str(err)
+            stop(record)  # a hung attempt would keep the state lock from the next one
     raise ProcessStartError(f"swtpm of {name} did not start: {last}", hint=f"see {log_path}")
+
+
+def wait_tpm_ready(record: ProcessRecord, path: Path, timeout: float) -> None:
+    """Wait (bounded) until the TPM of ``record`` answers on the Unix socket ``path``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not is_running(record):
+            raise ProcessStartError(
+                f"{record.name} exited during start-up", hint=f"see its log {record.log}"
+            )
+        if answers_tpm_command(path):
+            return
+        time.sleep(POLL_S)
+    raise ProcessStartError(
+        f"{record.name} did not answer TPM commands on {path} within {timeout:.0f}s",
+        hint=f"see its log {record.log}",
+    )
 
 
 def bootstrapper_env(image_dir: Path) -> dict[str, str]:
@@ -211,12 +250,13 @@ def launch_node(
     Every process started is appended to ``records`` as soon as it runs, so a failure later in
     the boot still leaves it recorded for ``mini down``.
     """
+    swtpm_socket(directory / "tpm")
     directory.mkdir(parents=True, mode=0o700)
     image_dir = directory / "image"
     copy_image(image_source, image_dir)
-    swtpm, swtpm_port = start_swtpm(name, directory / "tpm", logs_dir / f"{name}-swtpm.log")
+    swtpm, tpm_socket = start_swtpm(name, directory / "tpm", logs_dir / f"{name}-swtpm.log")
     records.append(swtpm)
-    tcti = f"swtpm:host={LOOPBACK},port={swtpm_port}"
+    tcti = tcti_for(tpm_socket)
     boot_measure(tcti, image_dir, directory / "eventlog.bin")
 
     with (directory / "disk.img").open("wb") as disk:
@@ -262,7 +302,7 @@ def launch_node(
         name=name,
         role=role,
         directory=directory,
-        swtpm_port=swtpm_port,
+        swtpm_socket=tpm_socket,
         init_port=init_port,
         image_version=image_version,
         swtpm=swtpm,
@@ -294,11 +334,11 @@ def reboot_node(node: MiniNode, logs_dir: Path, records: list[ProcessRecord]) ->
         raise ProcessStartError(
             f"node {node.name} is still running", hint="run `constellation mini stop` first"
         )
-    swtpm, swtpm_port = start_swtpm(
+    swtpm, tpm_socket = start_swtpm(
         node.name, node.directory / "tpm", logs_dir / f"{node.name}-swtpm.log"
     )
     records.append(swtpm)
-    tcti = f"swtpm:host={LOOPBACK},port={swtpm_port}"
+    tcti = tcti_for(tpm_socket)
     boot_measure(tcti, node.image_dir, node.event_log)
     config_path = node.directory / "bootstrapper.json"
     try:
@@ -309,7 +349,7 @@ def reboot_node(node: MiniNode, logs_dir: Path, records: list[ProcessRecord]) ->
     write_atomic(config_path, (json.dumps(config, indent=2) + "\n").encode(), mode=PUBLIC_MODE)
     bootstrapper = _spawn_bootstrapper(node.name, node.directory, logs_dir)
     records.append(bootstrapper)
-    return replace(node, swtpm_port=swtpm_port, swtpm=swtpm, bootstrapper=bootstrapper)
+    return replace(node, swtpm_socket=tpm_socket, swtpm=swtpm, bootstrapper=bootstrapper)
 
 
 def wait_booted(node: MiniNode, timeout: float = BOOT_TIMEOUT_S) -> None:

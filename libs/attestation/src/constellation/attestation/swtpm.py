@@ -1,26 +1,54 @@
-"""Running swtpm software TPMs: one process per vTPM, on loopback, stopped by PID.
+"""Running swtpm software TPMs: one process per vTPM, on private Unix sockets, stopped by PID.
 
-Command line (DESIGN.md §10)::
+Invariant: a vTPM this module starts is reachable only through two Unix sockets inside one
+directory that is owned by the current user and has mode 0700 (the sockets themselves are
+0600); it listens on no TCP port. Command line (``D`` is that directory, which also holds the
+TPM state)::
 
-    swtpm socket --tpm2 --server type=tcp,port=P,bindaddr=127.0.0.1
-                 --ctrl type=tcp,port=P+1,bindaddr=127.0.0.1
+    swtpm socket --tpm2 --server type=unixio,path=D/sock,mode=0600
+                 --ctrl type=unixio,path=D/sock.ctrl,mode=0600
                  --tpmstate dir=D --flags not-need-init,startup-clear
 
-The TCTI of an instance is ``swtpm:host=127.0.0.1,port=P`` (the TCTI finds the control channel
-at P+1, so the two ports are always adjacent). Ports are picked by probing a random free pair;
-if another process wins the race for a port, the start is retried a bounded number of times.
-Readiness is the data port accepting a connection, waited for within a deadline. Stopping sends
-SIGTERM to the recorded PID, then SIGKILL after a grace period; a state directory the manager
-created is removed with it. Mini mode and the test fixtures both use this module.
+The TCTI of an instance is ``swtpm:path=D/sock``: tpm2-tss's swtpm TCTI (3.2 and later) takes
+the data socket's path and finds the control channel at the same path plus ``.ctrl``, so the two
+names are fixed by the TCTI, not by us.
+
+Why Unix sockets: on loopback TCP any local process of any user could connect to a node's vTPM
+and quote (or extend PCRs) as that node, which is how an attacker obtained a worker's disk key
+through a rejoin. A socket file in a 0700 directory is opened only by root and the processes of
+the directory's owner, and nothing on the network can reach it at all. That is mini mode's
+threat model: root owns the machine anyway, and a node's processes run as the user who owns
+its directory. The boundary is that user: nodes started by one user (as ``mini up`` does) are
+not separated from each other by it; only one user per node would do that.
+
+Steps of :func:`start_swtpm`, each failing with a typed :class:`SwtpmError`:
+
+1. :func:`prepare_socket_dir` creates the directory 0700, or tightens an existing one to 0700,
+   and refuses a symlink or a directory another user owns (that user could swap the sockets).
+2. :func:`socket_path` refuses a path the kernel cannot bind: ``sun_path`` holds 107 bytes plus
+   the terminating NUL, and the longer control path must fit
+   (:class:`SwtpmSocketPathError`); a comma is refused too, as it would end the TCTI's value.
+3. If something already answers on the data socket, the start is refused: a second swtpm on the
+   same directory would unlink the first one's sockets before failing on the state lock, leaving
+   the running vTPM unreachable.
+4. swtpm is started; readiness is the TPM answering a command (``TPM2_GetRandom``) on the data
+   socket while our process is alive, waited for within a deadline. A connection alone is not
+   enough: swtpm listens before it has loaded its state, and one that then fails (a corrupt
+   state file) would have looked ready. A start that fails is retried a bounded number of times.
+
+Stopping sends SIGTERM to the recorded PID (swtpm removes its sockets), then SIGKILL after a
+grace period (the next swtpm on the directory replaces the stale socket files); a directory the
+module created is removed with it. Mini mode and the test fixtures both use this module.
 """
 
 from __future__ import annotations
 
-import contextlib
-import secrets
+import os
 import shutil
 import signal
 import socket
+import stat
+import struct
 import subprocess
 import tempfile
 import threading
@@ -31,17 +59,26 @@ from types import TracebackType
 
 from constellation.attestation.errors import AttestationError
 
-LOOPBACK = "127.0.0.1"
-PORT_RANGE = (20000, 60000)
-MAX_PORT_PROBES = 200
+#: The data socket's file name inside the vTPM's directory; the TCTI appends ``CTRL_SUFFIX``.
+SOCKET_NAME = "sock"
+CTRL_SUFFIX = ".ctrl"
+#: ``sizeof(sockaddr_un.sun_path)`` on Linux is 108, one byte of which is the terminating NUL.
+MAX_SOCKET_PATH_BYTES = 107
+DIR_MODE = 0o700
+SOCKET_MODE = 0o600
 MAX_START_ATTEMPTS = 5
 READY_TIMEOUT_S = 10.0
 READY_POLL_S = 0.02
+PROBE_TIMEOUT_S = 1.0
 STOP_GRACE_S = 5.0
 
 
 class SwtpmError(AttestationError):
     """swtpm is missing, did not start, or did not become ready in time."""
+
+
+class SwtpmSocketPathError(SwtpmError):
+    """The vTPM's socket path cannot be used: too long for AF_UNIX or not expressible as TCTI."""
 
 
 def swtpm_binary() -> str:
@@ -52,38 +89,168 @@ def swtpm_binary() -> str:
     return path
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+def ctrl_path(data_socket: Path) -> Path:
+    """The control socket that belongs to ``data_socket`` (where the swtpm TCTI looks for it)."""
+    return data_socket.with_name(data_socket.name + CTRL_SUFFIX)
+
+
+def socket_path(directory: Path) -> Path:
+    """The absolute data-socket path of a vTPM living in ``directory``, checked to be usable.
+
+    Absolute because the TCTI is handed to processes with other working directories. Checked
+    here, before anything starts, so a too-deep workspace fails with advice instead of as an
+    opaque "IO failure" from the TCTI later.
+    """
+    data = directory.absolute() / SOCKET_NAME
+    longest = os.fsencode(ctrl_path(data))
+    if len(longest) > MAX_SOCKET_PATH_BYTES:
+        raise SwtpmSocketPathError(
+            f"the vTPM control socket path {ctrl_path(data)} is {len(longest)} bytes; a Unix "
+            f"socket path can have at most {MAX_SOCKET_PATH_BYTES}. Use a directory at most "
+            f"{len(os.fsencode(directory.absolute())) - (len(longest) - MAX_SOCKET_PATH_BYTES)} "
+            f"bytes long (e.g. a shorter workspace path)"
+        )
+    if "," in str(data):
+        raise SwtpmSocketPathError(
+            f"the vTPM socket path {data} contains a comma, which ends a value in a TCTI "
+            f"configuration string; use a directory without commas"
+        )
+    return data
+
+
+def tcti_for(data_socket: Path) -> str:
+    """The tpm2-tss TCTI string that reaches the swtpm serving ``data_socket``."""
+    return f"swtpm:path={data_socket}"
+
+
+def prepare_socket_dir(directory: Path) -> Path:
+    """Make ``directory`` a private (0700, ours, not a symlink) home for a vTPM's sockets.
+
+    An existing directory is tightened rather than refused: it is the vTPM's own state
+    directory, whose TPM seeds deserve 0700 as much as the sockets do.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        info = directory.lstat()
+    except OSError as exc:
+        raise SwtpmError(
+            f"cannot create swtpm state directory {directory}: {exc.strerror or exc}; "
+            f"choose a directory the current user can create"
+        ) from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise SwtpmError(
+            f"swtpm state directory {directory} must be a real directory, found a symlink or "
+            f"another file type; pass the directory itself"
+        )
+    if info.st_uid != os.geteuid():
+        raise SwtpmError(
+            f"swtpm state directory {directory} must be owned by uid {os.geteuid()}, found uid "
+            f"{info.st_uid}; another user could replace the vTPM's sockets. Use a directory of "
+            f"your own"
+        )
+    if stat.S_IMODE(info.st_mode) != DIR_MODE:
         try:
-            sock.bind((LOOPBACK, port))
+            directory.chmod(DIR_MODE)
+        except OSError as exc:
+            raise SwtpmError(
+                f"cannot set swtpm state directory {directory} to mode 0700 (found "
+                f"{stat.S_IMODE(info.st_mode):04o}): {exc.strerror or exc}"
+            ) from None
+    return directory.absolute()
+
+
+def swtpm_command(binary: str, state_dir: Path, data_socket: Path) -> list[str]:
+    """The swtpm command line serving ``data_socket`` (and its ``.ctrl``) with state in
+    ``state_dir``; shared with mini mode, which starts swtpm detached."""
+    mode = f"mode={SOCKET_MODE:04o}"
+    return [
+        binary,
+        "socket",
+        "--tpm2",
+        "--server",
+        f"type=unixio,path={data_socket},{mode}",
+        "--ctrl",
+        f"type=unixio,path={ctrl_path(data_socket)},{mode}",
+        "--tpmstate",
+        f"dir={state_dir}",
+        "--flags",
+        "not-need-init,startup-clear",
+    ]
+
+
+def accepts_connections(data_socket: Path) -> bool:
+    """True if a process listens on ``data_socket`` now (a connect succeeds)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(READY_POLL_S * 10)
+        try:
+            probe.connect(str(data_socket))
         except OSError:
             return False
     return True
 
 
-def free_port_pair() -> int:
-    """A port P such that P and P+1 are currently free on loopback (bounded probing)."""
-    low, high = PORT_RANGE
-    for _ in range(MAX_PORT_PROBES):
-        port = low + secrets.randbelow(high - low - 1)
-        if _port_free(port) and _port_free(port + 1):
-            return port
-    raise SwtpmError(f"no free port pair found on {LOOPBACK} after {MAX_PORT_PROBES} probes")
+# TPM2_GetRandom(8) without sessions: harmless, and answered only by a started TPM.
+_TPM_ST_NO_SESSIONS = 0x8001
+_TPM_CC_GET_RANDOM = 0x0000017B
+_PROBE_COMMAND = struct.pack(">HIIH", _TPM_ST_NO_SESSIONS, 12, _TPM_CC_GET_RANDOM, 8)
+_RESPONSE_HEADER = struct.Struct(">HII")  # tag, size, response code
+_MAX_PROBE_RESPONSE = 64
+
+
+def _receive(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def answers_tpm_command(data_socket: Path) -> bool:
+    """True if a started TPM answers ``TPM2_GetRandom`` on ``data_socket`` with success."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(PROBE_TIMEOUT_S)
+        try:
+            probe.connect(str(data_socket))
+            probe.sendall(_PROBE_COMMAND)
+            header = _receive(probe, _RESPONSE_HEADER.size)
+            if len(header) != _RESPONSE_HEADER.size:
+                return False
+            tag, size, code = _RESPONSE_HEADER.unpack(header)
+            if tag != _TPM_ST_NO_SESSIONS or size < _RESPONSE_HEADER.size:
+                return False
+            if size > _MAX_PROBE_RESPONSE:
+                return False
+            # Drain the rest so swtpm finishes its write before we hang up.
+            _receive(probe, size - _RESPONSE_HEADER.size)
+        except OSError:
+            return False
+    return int(code) == 0
+
+
+def refuse_if_served(data_socket: Path) -> None:
+    """Raise if a vTPM already answers on ``data_socket`` (see step 3 of the module doc)."""
+    if accepts_connections(data_socket):
+        raise SwtpmError(
+            f"a swtpm already serves {data_socket}; starting another one on the same directory "
+            f"would unlink its sockets. Stop the running one first"
+        )
 
 
 @dataclass
 class Swtpm:
     """One running swtpm process."""
 
-    port: int
+    socket_path: Path
     state_dir: Path
     process: subprocess.Popen[bytes]
     owns_state_dir: bool = False
     _stopped: bool = field(default=False, repr=False)
 
     @property
-    def ctrl_port(self) -> int:
-        return self.port + 1
+    def ctrl_path(self) -> Path:
+        return ctrl_path(self.socket_path)
 
     @property
     def pid(self) -> int:
@@ -91,7 +258,7 @@ class Swtpm:
 
     @property
     def tcti(self) -> str:
-        return f"swtpm:host={LOOPBACK},port={self.port}"
+        return tcti_for(self.socket_path)
 
     def running(self) -> bool:
         return self.process.poll() is None
@@ -112,55 +279,45 @@ class Swtpm:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
-def _wait_ready(process: subprocess.Popen[bytes], port: int, timeout: float) -> bool:
+def _wait_ready(process: subprocess.Popen[bytes], data_socket: Path, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             return False
-        with (
-            contextlib.suppress(OSError),
-            socket.create_connection((LOOPBACK, port), timeout=READY_POLL_S * 10),
-        ):
-            # Someone else may own the port; only our live process counts as ready.
+        if answers_tpm_command(data_socket):
+            # Nobody served the socket before the start, so a live process of ours is the one.
             return process.poll() is None
         time.sleep(READY_POLL_S)
     return False
 
 
 def start_swtpm(state_dir: Path | None = None, *, ready_timeout: float = READY_TIMEOUT_S) -> Swtpm:
-    """Start one swtpm on a free loopback port pair and wait until it accepts connections.
+    """Start one swtpm on Unix sockets in ``state_dir`` and wait until it accepts connections.
 
     With ``state_dir=None`` a temporary directory is created and removed on ``stop()``; a given
     directory is kept (its TPM state survives a restart, like a node's vTPM across reboots).
     """
     binary = swtpm_binary()
     owns = state_dir is None
-    directory = Path(tempfile.mkdtemp(prefix="swtpm-")) if state_dir is None else state_dir
+    created = Path(tempfile.mkdtemp(prefix="swtpm-")) if state_dir is None else state_dir
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SwtpmError(f"cannot create swtpm state directory {directory}: {exc}") from None
+        data_socket = socket_path(created)
+        directory = prepare_socket_dir(created)
+        refuse_if_served(data_socket)
+    except SwtpmError:
+        if owns:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     last_error = ""
     for _ in range(MAX_START_ATTEMPTS):
-        port = free_port_pair()
-        command = [
-            binary,
-            "socket",
-            "--tpm2",
-            "--server",
-            f"type=tcp,port={port},bindaddr={LOOPBACK}",
-            "--ctrl",
-            f"type=tcp,port={port + 1},bindaddr={LOOPBACK}",
-            "--tpmstate",
-            f"dir={directory}",
-            "--flags",
-            "not-need-init,startup-clear",
-        ]
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            swtpm_command(binary, directory, data_socket),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
-        if _wait_ready(process, port, ready_timeout):
-            return Swtpm(port, directory, process, owns_state_dir=owns)
+        if _wait_ready(process, data_socket, ready_timeout):
+            return Swtpm(data_socket, directory, process, owns_state_dir=owns)
         if process.poll() is None:
             process.kill()
         try:
@@ -171,8 +328,8 @@ def start_swtpm(state_dir: Path | None = None, *, ready_timeout: float = READY_T
     if owns:
         shutil.rmtree(directory, ignore_errors=True)
     raise SwtpmError(
-        f"swtpm did not become ready after {MAX_START_ATTEMPTS} attempts: "
-        f"{last_error or 'no output'}"
+        f"swtpm did not become ready on {data_socket} after {MAX_START_ATTEMPTS} attempts: "
+        f"{last_error or 'no output'}; check the state directory {directory}"
     )
 
 
