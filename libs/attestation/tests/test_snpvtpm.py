@@ -212,6 +212,9 @@ def test_valid_evidence_returns_user_data_and_report_fields(amd, swtpm, variant)
         verified.details["ak_spki_sha256"]
         == hashlib.sha256(parse_tpmt_public(case.ak_public).spki_der()).hexdigest()
     )
+    # The report roots the AK (no AK certificate needed); it names no platform identity.
+    assert json.loads(case.document)["ak_certificate"] is None
+    assert verified.identity is None
     assert checker.validate(case.document, case.nonce) == USER_DATA
 
 

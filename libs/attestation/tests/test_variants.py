@@ -6,10 +6,13 @@ import os
 
 import pytest
 
-from constellation.attestation.errors import AttestationError
+from constellation.attestation.errors import AttestationError, ValidationError
+from constellation.attestation.eventlog import encode_event_log
 from constellation.attestation.evidence import Validator
+from constellation.attestation.identity import Role
 from constellation.attestation.measurements import Measurements
 from constellation.attestation.swtpm import Swtpm
+from constellation.attestation.testing.platform import cached_platform_ca, provision_node
 from constellation.attestation.variants import (
     DEFAULT_REGISTRY,
     UnknownVariantError,
@@ -56,9 +59,18 @@ def test_qemu_vtpm_validator_factory() -> None:
 @pytest.mark.swtpm
 def test_qemu_vtpm_issuer_factory(swtpm: Swtpm) -> None:
     variant = get_variant("qemu-vtpm")
+    ca = cached_platform_ca()
+    certificate = provision_node(swtpm.tcti, ca, "worker-0", Role.WORKER)
     nonce = os.urandom(32)
-    document = variant.issuer(swtpm.tcti).issue(b"user", nonce)
-    assert variant.validator(Measurements()).validate(document, nonce) == b"user"
+    document = variant.issuer(
+        swtpm.tcti, ak_certificate=certificate, event_log=encode_event_log([])
+    ).issue(b"user", nonce)
+    rooted = variant.validator(Measurements(), platform_roots=[ca.certificate])
+    assert rooted.validate(document, nonce) == b"user"
+    # The factory's validator without platform roots fails closed.
+    with pytest.raises(ValidationError) as rejected:
+        variant.validator(Measurements()).validate(document, nonce)
+    assert [f.check for f in rejected.value.failures] == ["ak.root"]
 
 
 def test_missing_parts_are_unavailable_not_crashes() -> None:

@@ -271,6 +271,7 @@ class SnpVtpmValidator:
             measurements,
             variant=variant,
             trusted_ak_keys=trusted_ak_keys,
+            ak_rooted_elsewhere=True,  # the SNP report binds the AK (stage 2 above)
             require_event_log=require_event_log,
             replay_pcrs=replay_pcrs,
         )

@@ -10,13 +10,20 @@ The SEV-SNP variants have validators (``snpvtpm``: keyword arguments ``policy``,
 ``fetcher``, ``clock``, ``product`` go to ``SnpVtpmValidator``) but no issuer: issuing needs
 SEV-SNP hardware.
 
-| variant         | OID            |
-|-----------------|----------------|
-| qemu-vtpm       | 1.3.9900.5.1   |
-| azure-sev-snp   | 1.3.9900.4.1   |
-| aws-sev-snp     | 1.3.9900.2.2   |
-| gcp-sev-snp     | 1.3.9900.3.2   |
-| azure-tdx       | 1.3.9900.4.3   |
+Every validator refuses a quote whose attestation key (AK) is not rooted; what roots it
+differs per variant. The ``qemu-vtpm`` validator takes ``platform_roots`` (the platform CA
+certificates, ``identity.verify.load_platform_roots``) and optionally ``trusted_ak_keys``;
+with neither it refuses every document (``ak.root``).
+
+| variant         | OID            | the AK is rooted by                                      |
+|-----------------|----------------|----------------------------------------------------------|
+| qemu-vtpm       | 1.3.9900.5.1   | an AK certificate chaining to a configured platform root |
+|                 |                | (names the instance and role: ``VerifiedEvidence.identity``) |
+| azure-sev-snp   | 1.3.9900.4.1   | the SNP report (VCEK), via the HCL runtime data's AK     |
+| aws-sev-snp     | 1.3.9900.2.2   | the SNP report (VLEK), REPORT_DATA = SHA-512(AK SPKI)    |
+| gcp-sev-snp     | 1.3.9900.3.2   | nothing yet: the report binds the extra data, not the AK |
+|                 |                | (GCP's AK certificate is not checked; pin the AK)        |
+| azure-tdx       | 1.3.9900.4.3   | (not implemented)                                        |
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ Document (UTF-8 JSON, binary fields base64)::
     {"version": 1, "variant": "qemu-vtpm",
      "user_data": ..., "instance_info": ...,
      "ak_public": <TPMT_PUBLIC of the attestation key>,
+     "ak_certificate": <DER AK certificate from the platform> | null,
      "quotes": [{"attest": <TPMS_ATTEST>, "signature": <TPMT_SIGNATURE>}],
      "pcrs": {"0": <32-byte SHA-256 PCR value>, ..., "23": ...},
      "event_log": <TCG crypto-agile log> | null}
@@ -16,7 +17,21 @@ without one is rejected), replays the event log against the quoted PCRs, compare
 expected measurements and reports every failure at once. It is pure: bytes and trusted inputs
 in, ``VerifiedEvidence`` or an exception out.
 
-The issuer talks to a TPM through tpm2-pytss. swtpm has no resource manager, so every
+Rooting the AK (fail closed): a quote proves only that *some* key with the claimed
+attributes signed it. A validator accepts a document only if the AK is rooted by one of
+
+- an AK certificate (``identity.verify``) chaining to a configured platform root and
+  certifying exactly this AK; the certificate's name and role become
+  ``VerifiedEvidence.identity``;
+- a pin (``trusted_ak_keys``) naming this AK's SubjectPublicKeyInfo;
+- another stage of the same validation (``ak_rooted_elsewhere``: the SEV-SNP variants, whose
+  report binds the AK).
+
+With none of them configured every document is refused (``ak.root``).
+
+The issuer talks to a TPM through tpm2-pytss. Its AK is a primary key of the owner hierarchy
+made persistent at ``AK_HANDLE`` the first time it is needed (``provision_ak``), so the key a
+platform certified is the key every later quote uses. swtpm has no resource manager, so every
 transient object the issuer creates is flushed before the connection closes, also on error.
 """
 
@@ -30,7 +45,10 @@ import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+
+from cryptography import x509
 
 from constellation.attestation.errors import (
     AttestationError,
@@ -47,6 +65,8 @@ from constellation.attestation.eventlog import (
     parse_event_log,
 )
 from constellation.attestation.evidence import VerifiedEvidence, extra_data
+from constellation.attestation.identity import NodeIdentity
+from constellation.attestation.identity.verify import verify_ak_certificate
 from constellation.attestation.measurements import Measurements
 from constellation.attestation.tpm import (
     HASH_SIZES,
@@ -67,12 +87,18 @@ QUOTED_PCRS = tuple(range(PCR_COUNT))
 SHA256_SIZE = HASH_SIZES[TPM_ALG_SHA256]
 MAX_DOCUMENT_SIZE = 16 << 20
 DEFAULT_AK_TEMPLATE = "ecc256:ecdsa-sha256:null"
+# Where the AK lives: an owner-hierarchy persistent handle (TCG reserves 0x81000000..0x8100FFFF
+# for owner objects; 0x81000001/2 are customarily the SRK and the EK's companions).
+AK_HANDLE = 0x81000003
+PERSISTENT_OWNER_HANDLES = range(0x81000000, 0x81800000)
 # A TPM returns at most 8 PCR values per TPM2_PCR_Read; reading 24 takes a few rounds.
 MAX_PCR_READ_ROUNDS = 8
 # PCRs may change between quote and read (e.g. the node lock); retry a bounded number of times.
 MAX_QUOTE_ATTEMPTS = 3
 
 EventLogSource = bytes | Callable[[], bytes | None] | None
+AkCertificateSource = bytes | Callable[[], bytes | None] | None
+Clock = Callable[[], datetime]
 
 
 class TpmError(AttestationError):
@@ -94,7 +120,7 @@ def qualifying_data(instance_info: bytes, user_data: bytes, nonce: bytes) -> byt
 
 @contextmanager
 def open_tpm(tcti: str) -> Iterator[Any]:
-    """An ESAPI connection to the TPM at ``tcti`` (e.g. ``swtpm:host=127.0.0.1,port=P``)."""
+    """An ESAPI connection to the TPM at ``tcti`` (e.g. ``swtpm:path=D/sock``)."""
     from tpm2_pytss import ESAPI, TSS2_Exception
 
     try:
@@ -149,15 +175,10 @@ def _selected(selection: Any) -> list[int]:
     ]
 
 
-@contextmanager
-def _attestation_key(esapi: Any, template: str) -> Iterator[tuple[Any, bytes]]:
-    """Create the AK as an owner-hierarchy primary; always flush it afterwards.
-
-    A primary key is derived from the hierarchy seed and the template, so "creating" it again
-    yields the same key: this is how the AK is loaded without persistent handles.
-    """
-    from tpm2_pytss.constants import ESYS_TR, TPMA_OBJECT
-    from tpm2_pytss.types import TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE
+def _ak_template(template: str) -> Any:
+    """The AK's ``TPM2B_PUBLIC`` template: a restricted signing key that never leaves the TPM."""
+    from tpm2_pytss.constants import TPMA_OBJECT
+    from tpm2_pytss.types import TPM2B_PUBLIC
 
     attributes = (
         TPMA_OBJECT.RESTRICTED
@@ -167,14 +188,91 @@ def _attestation_key(esapi: Any, template: str) -> Iterator[tuple[Any, bytes]]:
         | TPMA_OBJECT.SENSITIVEDATAORIGIN
         | TPMA_OBJECT.USERWITHAUTH
     )
-    public = TPM2B_PUBLIC.parse(template, objectAttributes=attributes)
-    handle, out_public, _, _, _ = esapi.create_primary(
-        TPM2B_SENSITIVE_CREATE(), public, ESYS_TR.OWNER
+    return TPM2B_PUBLIC.parse(template, objectAttributes=attributes)
+
+
+def _is_persisted(esapi: Any, handle: int) -> bool:
+    from tpm2_pytss.constants import TPM2_CAP
+
+    _, data = esapi.get_capability(TPM2_CAP.HANDLES, handle, 1)
+    return handle in list(data.data.handles)
+
+
+def _provision(esapi: Any, template: str, handle: int) -> None:
+    """Create the AK as an owner primary and persist it at ``handle``, unless it is there.
+
+    The transient copy is flushed whatever happens. If persisting fails because another
+    connection persisted the AK first, that AK is the one to use.
+    """
+    from tpm2_pytss import TSS2_Exception
+    from tpm2_pytss.constants import ESYS_TR
+    from tpm2_pytss.types import TPM2B_SENSITIVE_CREATE
+
+    if _is_persisted(esapi, handle):
+        return
+    transient, _, _, _, _ = esapi.create_primary(
+        TPM2B_SENSITIVE_CREATE(), _ak_template(template), ESYS_TR.OWNER
     )
     try:
-        yield handle, bytes(out_public.publicArea.marshal())
+        persistent = esapi.evict_control(ESYS_TR.OWNER, transient, handle)
+        esapi.tr_close(persistent)
+    except TSS2_Exception:
+        if not _is_persisted(esapi, handle):
+            raise
     finally:
-        esapi.flush_context(handle)
+        esapi.flush_context(transient)
+
+
+def _matches_template(public: Any, template: str) -> bool:
+    """Whether ``public`` is the key ``template`` makes, apart from its unique public point."""
+    expected = _ak_template(template)
+    if expected.publicArea.type != public.publicArea.type:
+        return False
+    expected.publicArea.unique = public.publicArea.unique
+    return bytes(expected.publicArea.marshal()) == bytes(public.publicArea.marshal())
+
+
+@contextmanager
+def _attestation_key(esapi: Any, template: str, handle: int) -> Iterator[tuple[Any, bytes]]:
+    """The persistent AK at ``handle`` (provisioned on first use) and its ``TPMT_PUBLIC``.
+
+    The key at ``handle`` must be the one ``template`` describes: a different key there (an
+    RSA AK where ECDSA is asked for, or a key without the AK attributes) is refused rather
+    than used. Only the ESYS resource is closed afterwards; the key stays in the TPM.
+    """
+    if handle not in PERSISTENT_OWNER_HANDLES:
+        raise TpmError(
+            f"AK handle {handle:#x} is not an owner persistent handle "
+            f"({PERSISTENT_OWNER_HANDLES.start:#x}..{PERSISTENT_OWNER_HANDLES.stop - 1:#x})"
+        )
+    _provision(esapi, template, handle)
+    resource = esapi.tr_from_tpmpublic(handle)
+    try:
+        public, _, _ = esapi.read_public(resource)
+        if not _matches_template(public, template):
+            raise TpmError(
+                f"persistent handle {handle:#x} holds a key other than an AK of template "
+                f"{template!r}; evict it (tpm2_evictcontrol -c {handle:#x}) or use another "
+                "AK handle"
+            )
+        yield resource, bytes(public.publicArea.marshal())
+    finally:
+        esapi.tr_close(resource)
+
+
+def provision_ak(tcti: str, template: str = DEFAULT_AK_TEMPLATE, handle: int = AK_HANDLE) -> bytes:
+    """Make sure the TPM at ``tcti`` holds its AK at ``handle`` and return its ``TPMT_PUBLIC``.
+
+    Idempotent: an AK already persisted there is returned as is. This is the step a platform
+    runs when it creates a vTPM, before it certifies the AK (``ak_spki_der`` of the result).
+    """
+    with open_tpm(tcti) as esapi, _attestation_key(esapi, template, handle) as (_, public):
+        return public
+
+
+def ak_spki_der(tpmt_public: bytes) -> bytes:
+    """The DER SubjectPublicKeyInfo of an AK's ``TPMT_PUBLIC``: what an AK certificate holds."""
+    return parse_tpmt_public(tpmt_public).spki_der()
 
 
 def _b64(data: bytes) -> str:
@@ -185,8 +283,11 @@ class VtpmIssuer:
     """Issues vTPM evidence: a SHA-256 quote over PCRs 0..23 bound to user data and a nonce.
 
     ``event_log`` is the log to attach: bytes, a callable returning the current log (mini mode
-    re-reads its firmware log), or ``None``. ``quote_banks`` lists the banks quoted; the
-    validator only trusts the SHA-256 one, other banks are carried for inspection.
+    re-reads its firmware log), or ``None``. ``ak_certificate`` is the platform's certificate
+    of this vTPM's AK, in the same three forms (the document carries ``null`` without one,
+    which a ``qemu-vtpm`` validator with platform roots refuses). ``quote_banks`` lists the
+    banks quoted; the validator only trusts the SHA-256 one, other banks are carried for
+    inspection. The AK is the persistent key at ``ak_handle`` (see ``provision_ak``).
     """
 
     def __init__(
@@ -196,14 +297,18 @@ class VtpmIssuer:
         variant: str = QEMU_VTPM,
         instance_info: bytes = b"",
         event_log: EventLogSource = None,
+        ak_certificate: AkCertificateSource = None,
         ak_template: str = DEFAULT_AK_TEMPLATE,
+        ak_handle: int = AK_HANDLE,
         quote_banks: Sequence[str] = ("sha256",),
     ) -> None:
         self._tcti = tcti
         self._variant = variant
         self._instance_info = bytes(instance_info)
         self._event_log = event_log
+        self._ak_certificate = ak_certificate
         self._ak_template = ak_template
+        self._ak_handle = ak_handle
         self._quote_banks = tuple(quote_banks)
         self._lock = threading.Lock()
 
@@ -212,11 +317,11 @@ class VtpmIssuer:
         return self._variant
 
     def ak_public(self) -> bytes:
-        """The AK's ``TPMT_PUBLIC`` (what a verifier may pin)."""
+        """The AK's ``TPMT_PUBLIC`` (what a verifier may pin, what a platform certifies)."""
         with (
             self._lock,
             open_tpm(self._tcti) as esapi,
-            _attestation_key(esapi, self._ak_template) as (_, public),
+            _attestation_key(esapi, self._ak_template, self._ak_handle) as (_, public),
         ):
             return public
 
@@ -224,6 +329,11 @@ class VtpmIssuer:
         source = self._event_log
         log = source() if callable(source) else source
         return bytes(log) if log else None
+
+    def _current_ak_certificate(self) -> bytes | None:
+        source = self._ak_certificate
+        certificate = source() if callable(source) else source
+        return bytes(certificate) if certificate else None
 
     def _quote_once(
         self, esapi: Any, handle: Any, qualifying: bytes
@@ -261,7 +371,7 @@ class VtpmIssuer:
         with (
             self._lock,
             open_tpm(self._tcti) as esapi,
-            _attestation_key(esapi, self._ak_template) as (handle, ak_public),
+            _attestation_key(esapi, self._ak_template, self._ak_handle) as (handle, ak_public),
         ):
             for _ in range(MAX_QUOTE_ATTEMPTS):
                 try:
@@ -272,12 +382,14 @@ class VtpmIssuer:
             else:
                 raise TpmError("PCRs kept changing while quoting; giving up")
         event_log = self._current_event_log()
+        ak_certificate = self._current_ak_certificate()
         document = {
             "version": DOCUMENT_VERSION,
             "variant": self._variant,
             "user_data": _b64(user_data),
             "instance_info": _b64(self._instance_info),
             "ak_public": _b64(ak_public),
+            "ak_certificate": None if ak_certificate is None else _b64(ak_certificate),
             "quotes": quotes,
             "pcrs": {str(i): _b64(v) for i, v in sorted(pcrs.items())},
             "event_log": None if event_log is None else _b64(event_log),
@@ -330,12 +442,11 @@ def _field(doc: Mapping[str, Any], name: str) -> bytes:
 
 
 def _parse_document(document: bytes) -> dict[str, Any]:
-    if len(document) > MAX_DOCUMENT_SIZE:
-        raise MalformedEvidenceError(f"vTPM document larger than {MAX_DOCUMENT_SIZE} bytes")
-    try:
-        doc = json.loads(document)
-    except (ValueError, UnicodeDecodeError):
-        raise MalformedEvidenceError("vTPM document is not valid JSON") from None
+    from constellation.attestation.boundedparse import loads_json  # (hoist with the imports)
+
+    doc = loads_json(
+        document, max_size=MAX_DOCUMENT_SIZE, error=MalformedEvidenceError, what="vTPM document"
+    )
     if not isinstance(doc, dict):
         raise MalformedEvidenceError("vTPM document must be a JSON object")
     if doc.get("version") != DOCUMENT_VERSION:
@@ -367,7 +478,8 @@ class QuoteFindings:
     """The outcome of the vTPM checks on one document, before the verdict.
 
     ``quote`` is the SHA-256 quote when its signature, qualifying data and digest verified;
-    ``failures``/``warnings`` hold every enforced and warn-only finding of the vTPM stage.
+    ``failures``/``warnings`` hold every enforced and warn-only finding of the vTPM stage;
+    ``identity`` is what the AK certificate established, when one was required and verified.
     """
 
     document: Mapping[str, Any] = field(repr=False)
@@ -379,6 +491,7 @@ class QuoteFindings:
     event_count: int
     failures: tuple[Failure, ...]
     warnings: tuple[Failure, ...]
+    identity: NodeIdentity | None = None
 
     def details(self) -> dict[str, Any]:
         """Public facts of the vTPM stage for ``VerifiedEvidence.details``."""
@@ -414,15 +527,27 @@ class QuoteFindings:
             pcrs=dict(self.pcrs),
             warnings=tuple(all_warnings),
             details={**self.details(), **(details or {})},
+            identity=self.identity,
         )
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _optional_field(doc: Mapping[str, Any], name: str) -> bytes | None:
+    return None if doc.get(name) is None else _field(doc, name)
 
 
 class VtpmValidator:
     """Validates vTPM documents against expected measurements. Pure: no I/O.
 
-    ``trusted_ak_keys`` (DER SubjectPublicKeyInfo) pins the AKs accepted; ``None`` takes the AK
-    as is (``qemu-vtpm`` has no root of trust for it, only PCRs). ``require_event_log`` rejects
-    documents without a log instead of skipping replay.
+    The AK must be rooted, or every document is refused (module docstring):
+    ``platform_roots`` are the platform CA certificates an AK certificate must chain to (the
+    verified name and role become ``VerifiedEvidence.identity``); ``trusted_ak_keys`` (DER
+    SubjectPublicKeyInfo) pins the AKs accepted; ``ak_rooted_elsewhere`` says a caller's other
+    stage roots the AK (the SEV-SNP wrappers). ``clock`` is the time certificates must be valid
+    at. ``require_event_log`` rejects documents without a log instead of skipping replay.
     """
 
     def __init__(
@@ -430,14 +555,23 @@ class VtpmValidator:
         measurements: Measurements,
         *,
         variant: str = QEMU_VTPM,
+        platform_roots: Sequence[x509.Certificate] | None = None,
         trusted_ak_keys: Collection[bytes] | None = None,
-        require_event_log: bool = False,
+        ak_rooted_elsewhere: bool = False,
+        require_event_log: bool = True,
+        clock: Clock = _utc_now,
         replay_pcrs: Sequence[int] = DEFAULT_REPLAY_PCRS,
     ) -> None:
+        roots = tuple(platform_roots or ())
+        if not all(isinstance(root, x509.Certificate) for root in roots):
+            raise TypeError("platform_roots must be x509.Certificate objects (load_platform_roots)")
         self._measurements = measurements
         self._variant = variant
+        self._roots = roots
         self._trusted = None if trusted_ak_keys is None else frozenset(trusted_ak_keys)
+        self._rooted_elsewhere = ak_rooted_elsewhere
         self._require_event_log = require_event_log
+        self._clock = clock
         self._replay_pcrs = tuple(replay_pcrs)
 
     @property
@@ -447,6 +581,42 @@ class VtpmValidator:
     @property
     def measurements(self) -> Measurements:
         return self._measurements
+
+    @property
+    def platform_roots(self) -> tuple[x509.Certificate, ...]:
+        return self._roots
+
+    def _root_ak(
+        self, ak: TpmPublic, certificate: bytes | None
+    ) -> tuple[NodeIdentity | None, list[Failure]]:
+        """Every configured way of rooting the AK, checked; the identity if a certificate was."""
+        spki = ak.spki_der()
+        identity: NodeIdentity | None = None
+        failures: list[Failure] = []
+        if self._roots:
+            identity, certificate_failures = verify_ak_certificate(
+                certificate, ak_spki_der=spki, roots=self._roots, at=self._clock()
+            )
+            failures.extend(certificate_failures)
+        if self._trusted is not None and spki not in self._trusted:
+            failures.append(
+                Failure(
+                    "ak.trusted",
+                    "one of the pinned attestation keys",
+                    hashlib.sha256(spki).hexdigest()[:16] + "… (SPKI SHA-256)",
+                )
+            )
+        if not self._roots and self._trusted is None and not self._rooted_elsewhere:
+            failures.append(
+                Failure(
+                    "ak.root",
+                    "an AK certificate chaining to a configured platform root",
+                    "no platform root configured",
+                    detail="configure the platform CA certificate(s) as platform roots; "
+                    "without a root any software key could sign this quote",
+                )
+            )
+        return identity, failures
 
     def examine(self, document: bytes, nonce: bytes) -> QuoteFindings:
         """Run every vTPM check and return the findings without deciding.
@@ -459,6 +629,7 @@ class VtpmValidator:
         user_data = _field(doc, "user_data")
         instance_info = _field(doc, "instance_info")
         ak = parse_tpmt_public(_field(doc, "ak_public"))
+        ak_certificate = _optional_field(doc, "ak_certificate")
         pcrs = _parse_pcrs(doc)
         quotes = doc.get("quotes")
         if not isinstance(quotes, list) or not quotes:
@@ -476,14 +647,8 @@ class VtpmValidator:
         failures: list[Failure] = []
         if doc.get("variant") != self._variant:
             failures.append(Failure("document.variant", self._variant, str(doc.get("variant"))))
-        if self._trusted is not None and ak.spki_der() not in self._trusted:
-            failures.append(
-                Failure(
-                    "ak.trusted",
-                    "one of the pinned attestation keys",
-                    hashlib.sha256(ak.spki_der()).hexdigest()[:16] + "… (SPKI SHA-256)",
-                )
-            )
+        identity, root_failures = self._root_ak(ak, ak_certificate)
+        failures.extend(root_failures)
         sha256_quotes = [
             (attest, sig)
             for attest, sig in parsed_quotes
@@ -527,6 +692,7 @@ class VtpmValidator:
             event_count=0 if event_log is None else len(event_log.events),
             failures=tuple(failures),
             warnings=tuple(warnings),
+            identity=identity,
         )
 
     def verify(self, document: bytes, nonce: bytes) -> VerifiedEvidence:

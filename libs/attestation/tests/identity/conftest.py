@@ -1,0 +1,55 @@
+"""Fixtures of the identity tests: platform CAs, AK keys and the ``forge`` module.
+
+``forge`` is loaded by path because the test tree is not a package (pytest runs with
+``--import-mode=importlib``); tests reach it through the ``forge`` fixture.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from datetime import timedelta
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from constellation.attestation.identity.ca import PlatformCA
+
+_HERE = Path(__file__).resolve().parent
+
+
+def load_forge() -> ModuleType:
+    name = "constellation_identity_tests_forge"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, _HERE / "forge.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def forge() -> ModuleType:
+    return load_forge()
+
+
+@pytest.fixture(scope="session")
+def platform(forge: ModuleType) -> PlatformCA:
+    """The trusted platform CA, valid around ``forge.NOW``."""
+    return PlatformCA.generate("test platform", not_before=forge.NOW - timedelta(days=30))
+
+
+@pytest.fixture(scope="session")
+def other_platform(forge: ModuleType) -> PlatformCA:
+    """An unrelated CA with the same subject name: an impostor platform."""
+    return PlatformCA.generate("test platform", not_before=forge.NOW - timedelta(days=30))
+
+
+@pytest.fixture
+def ak() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
