@@ -25,6 +25,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from constellation.attestation.errors import MalformedEvidenceError, ValidationError
+from constellation.attestation.eventlog import encode_header
 from constellation.attestation.evidence import Validator, extra_data
 from constellation.attestation.measurements import Measurements
 from constellation.attestation.snp import KdsClient, Policy, Roots
@@ -162,6 +163,7 @@ def issue(
     template = template or (RSA_AK if variant == AZURE_SEV_SNP else ECC_AK)
     nonce = os.urandom(32)
     ak_public = VtpmIssuer(tpm.tcti, ak_template=template).ak_public()
+    ISSUED_AKS.add(parse_tpmt_public(ak_public).spki_der())
     bound = bound_key or parse_tpmt_public(ak_public).public_key
     instance_info = b""
     signer = "vcek"
@@ -175,13 +177,24 @@ def issue(
         data = extra_data(USER_DATA, report_nonce or nonce) + bytes(32)
     evidence = amd.evidence(signer, report_data=report_data or data, **report_fields)
     vtpm = VtpmIssuer(
-        tpm.tcti, variant=variant, instance_info=instance_info, ak_template=template
+        tpm.tcti,
+        variant=variant,
+        instance_info=instance_info,
+        ak_template=template,
+        event_log=encode_header(),  # no boot events on a fresh swtpm, but a log all the same
     ).issue(USER_DATA, nonce)
     document = compose_document(vtpm, SnpEvidence(evidence.report, evidence.signer, evidence.chain))
     return Case(document, nonce, current_pcrs(tpm), ak_public)
 
 
+#: AKs of the swtpms these tests issued from. A GCP report does not bind the AK, so a GCP
+#: verifier must pin it (or certify it); the tests pin every AK they issued with.
+ISSUED_AKS: set[bytes] = set()
+
+
 def validator(amd: Any, variant: str, measurements: Measurements, **kwargs: Any) -> Validator:
+    if variant == GCP_SEV_SNP:
+        kwargs.setdefault("trusted_ak_keys", frozenset(ISSUED_AKS))
     kwargs.setdefault("roots", amd.roots())
     kwargs.setdefault("clock", lambda: fakeamd.NOW)
     return get_variant(variant).validator(measurements, **kwargs)
@@ -272,10 +285,13 @@ def test_quote_by_another_ak_than_the_bound_one_rejects(amd, swtpm, variant):
         else ec.generate_private_key(ec.SECP256R1())
     ).public_key()
     case = issue(amd, swtpm, variant, bound_key=other)
-    document = set_ak(case.document, substitute_key(case.ak_public, other))
+    substituted = substitute_key(case.ak_public, other)
+    document = set_ak(case.document, substituted)
     with pytest.raises(ValidationError) as err:
         validator(amd, variant, Measurements()).validate(document, case.nonce)
-    assert checks(err.value) == {"quote.signature"}
+    # GCP's report does not bind the AK: there the key must also be one the verifier pinned.
+    expected = {"quote.signature"} | ({"ak.trusted"} if variant == GCP_SEV_SNP else set())
+    assert checks(err.value) == expected
 
 
 def test_azure_ecc_ak_cannot_be_hclakpub(amd, swtpm):
@@ -498,7 +514,11 @@ def azure_vector() -> dict[str, bytes]:
 
 def _azure_document(vector: dict[str, bytes], tpm: Swtpm, nonce: bytes) -> bytes:
     vtpm = VtpmIssuer(
-        tpm.tcti, variant=AZURE_SEV_SNP, instance_info=vector["runtime"], ak_template=RSA_AK
+        tpm.tcti,
+        variant=AZURE_SEV_SNP,
+        instance_info=vector["runtime"],
+        ak_template=RSA_AK,
+        event_log=encode_header(),
     ).issue(USER_DATA, nonce)
     return compose_document(vtpm, SnpEvidence(vector["report"], vector["vcek"], vector["chain"]))
 
@@ -537,3 +557,12 @@ def test_real_azure_report_tampered_fails_the_snp_stage_too(azure_vector, swtpm)
     with pytest.raises(ValidationError) as err:
         checker.validate(document, nonce)
     assert checks(err.value) == {"snp.report.signature", "snp.azure.ak"}
+
+
+def test_a_gcp_ak_that_nobody_pinned_or_certified_is_refused(amd, swtpm):
+    """A GCP report proves a fresh SNP guest but does not name the AK that quoted the PCRs."""
+    case = issue(amd, swtpm, GCP_SEV_SNP)
+    checker = validator(amd, GCP_SEV_SNP, Measurements(), trusted_ak_keys=None)
+    with pytest.raises(ValidationError) as err:
+        checker.validate(case.document, case.nonce)
+    assert checks(err.value) == {"ak.root"}

@@ -250,7 +250,8 @@ class SnpVtpmValidator:
         product: str | None = None,
         verifier: Verifier | None = None,
         trusted_ak_keys: Collection[bytes] | None = None,
-        require_event_log: bool = False,
+        platform_roots: Sequence[x509.Certificate] | None = None,
+        require_event_log: bool = True,
         replay_pcrs: Sequence[int] = DEFAULT_REPLAY_PCRS,
     ) -> None:
         if variant not in BINDERS:
@@ -271,7 +272,11 @@ class SnpVtpmValidator:
             measurements,
             variant=variant,
             trusted_ak_keys=trusted_ak_keys,
-            ak_rooted_elsewhere=True,  # the SNP report binds the AK (stage 2 above)
+            platform_roots=platform_roots,
+            # Azure's and AWS's reports bind the AK itself (stage 2 above). GCP's binds only the
+            # extra data: the report proves a fresh SNP guest, not that this AK lives in it, so
+            # a GCP AK must be pinned (trusted_ak_keys) or certified (platform_roots).
+            ak_rooted_elsewhere=variant != GCP_SEV_SNP,
             require_event_log=require_event_log,
             replay_pcrs=replay_pcrs,
         )
