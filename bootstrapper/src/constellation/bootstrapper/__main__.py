@@ -21,6 +21,7 @@ import structlog
 
 from constellation.attestation import atls
 from constellation.attestation.errors import ConstellationError
+from constellation.attestation.identity.verify import load_platform_roots
 from constellation.attestation.measurements import Measurements
 from constellation.attestation.nodelock import NodeLock
 from constellation.attestation.service import Health, Shutdown, configure_logging
@@ -45,7 +46,7 @@ from constellation.proto import init_pb2_grpc, recover_pb2_grpc
 _log = structlog.get_logger("constellation.bootstrapper")
 INIT_SERVICE = "init.API"
 RECOVER_SERVICE = "recoverproto.API"
-MAX_MEASUREMENTS_FILE = 1 << 20
+MAX_TRUST_FILE = 1 << 20
 
 
 def _event_log(path: Path | None) -> Callable[[], bytes | None] | None:
@@ -54,19 +55,46 @@ def _event_log(path: Path | None) -> Callable[[], bytes | None] | None:
     return lambda: path.read_bytes() if path.exists() else None
 
 
+def _read_small(path: Path, what: str) -> bytes:
+    try:
+        raw = path.read_bytes()[: MAX_TRUST_FILE + 1]
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if len(raw) > MAX_TRUST_FILE:
+        raise ConfigError(f"{what} {path} is larger than 1 MiB")
+    return raw
+
+
 def _join_validator(config: BootstrapperConfig) -> VtpmValidator:
+    """The image validator for the JoinService's node (``JoinServiceValidator`` wraps it)."""
     if config.join_measurements_path is None:
         raise ConfigError(
             "join_measurements_path is required: the node must verify the JoinService"
         )
+    if config.platform_roots_path is None:
+        raise ConfigError(
+            "platform_roots_path is required: the JoinService's attestation key must chain to "
+            "the platform's root CA"
+        )
+    raw = _read_small(config.join_measurements_path, "JoinService measurements")
+    roots_pem = _read_small(config.platform_roots_path, "platform roots")
     try:
-        raw = config.join_measurements_path.read_bytes()[: MAX_MEASUREMENTS_FILE + 1]
-    except OSError as exc:
-        raise ConfigError(f"cannot read {config.join_measurements_path}: {exc.strerror}") from None
-    if len(raw) > MAX_MEASUREMENTS_FILE:
-        raise ConfigError(f"{config.join_measurements_path} is larger than 1 MiB")
-    image = Measurements.from_json(raw)
-    return VtpmValidator(joinservice_measurements(image), variant=config.attestation_variant)
+        image = Measurements.from_json(raw)
+        roots = load_platform_roots(roots_pem)
+    except ConstellationError as exc:
+        raise ConfigError(str(exc)) from None
+    return VtpmValidator(
+        joinservice_measurements(image),
+        variant=config.attestation_variant,
+        platform_roots=roots,
+        require_event_log=True,
+    )
+
+
+def _ak_certificate(config: BootstrapperConfig) -> bytes | None:
+    if config.ak_certificate_path is None:
+        return None
+    return _read_small(config.ak_certificate_path, "AK certificate")
 
 
 def build_node(config: BootstrapperConfig) -> tuple[Node, LocalControlPlane]:
@@ -76,6 +104,7 @@ def build_node(config: BootstrapperConfig) -> tuple[Node, LocalControlPlane]:
         config.tpm_tcti,
         variant=config.attestation_variant,
         event_log=_event_log(config.event_log_path),
+        ak_certificate=_ak_certificate(config),
     )
     node_lock = NodeLock(config.tpm_tcti)
     disk = StateDisk(
@@ -83,6 +112,7 @@ def build_node(config: BootstrapperConfig) -> tuple[Node, LocalControlPlane]:
     )
     installer = ComponentInstaller(
         config.install_root,
+        source_dirs=config.component_source_dirs,
         http_timeout_s=config.component_http_timeout_s,
         total_timeout_s=config.component_total_timeout_s,
     )

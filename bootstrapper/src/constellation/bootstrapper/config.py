@@ -14,6 +14,7 @@ Example (mini mode; every path is the node's own)::
      "state_dir": "node-1/state", "install_root": "node-1/root",
      "tpm_tcti": "swtpm:path=/abs/node-1/tpm/sock", "init_port": 9001,
      "join_measurements_path": "measurements.json", "event_log_path": "node-1/eventlog.bin",
+     "ak_certificate_path": "node-1/ak-cert.der", "platform_roots_path": "platform-roots.pem",
      "join_retry": {"max_attempts": 120, "total_timeout_s": 900}}
 """
 
@@ -81,12 +82,20 @@ class BootstrapperConfig:
     join_measurements_path: Path | None = None
     # TCG event log the node's "firmware" wrote; attached to every attestation.
     event_log_path: Path | None = None
+    # The platform's certificate for the vTPM's attestation key (DER), attached to every
+    # attestation; a cloud keeps it in a TPM NV index, mini mode writes it next to the node.
+    ak_certificate_path: Path | None = None
+    # PEM root CA certificate(s) of the platform: the JoinService's AK must chain to one.
+    platform_roots_path: Path | None = None
     join_retry: RetryPolicy = field(default_factory=RetryPolicy)
     # A node that runs the control plane tries to rejoin within these (short) bounds, then
     # waits for `constellation recover` (after a full-cluster shutdown nobody answers).
     rejoin_retry: RetryPolicy = field(default_factory=lambda: REJOIN_RETRY)
     component_http_timeout_s: float = 30.0
     component_total_timeout_s: float = 600.0
+    # Directories local (file://) component sources must lie in; None: the installer's
+    # defaults (the node image's artifact directory and the Kubernetes component cache).
+    component_source_dirs: tuple[Path, ...] | None = None
     # Tests only: pbkdf2 with 1000 iterations for LUKS keyslots instead of argon2id.
     fast_luks_pbkdf: bool = False
     control_plane_dir: Path | None = None
@@ -124,6 +133,8 @@ _PATH_FIELDS = (
     "install_root",
     "join_measurements_path",
     "event_log_path",
+    "ak_certificate_path",
+    "platform_roots_path",
     "control_plane_dir",
 )
 _POSITIVE_FIELDS = ("component_http_timeout_s", "component_total_timeout_s")
@@ -141,6 +152,11 @@ def config_from_mapping(data: dict[str, Any]) -> BootstrapperConfig:
     for key in _PATH_FIELDS:
         if values.get(key) is not None:
             values[key] = Path(values[key])
+    dirs = values.get("component_source_dirs")
+    if dirs is not None:
+        if not isinstance(dirs, list) or not all(isinstance(d, str) and d for d in dirs):
+            raise ConfigError("component_source_dirs must be a list of directory paths")
+        values["component_source_dirs"] = tuple(Path(d) for d in dirs)
     for key in ("join_retry", "rejoin_retry"):
         if key not in values:
             continue
