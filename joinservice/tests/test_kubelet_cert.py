@@ -15,9 +15,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from constellation.joinservice.errors import ConfigError, InvalidRequestError
+from constellation.joinservice.errors import ConfigError, InvalidRequestError, RefusedError
 from constellation.joinservice.kubelet_cert import (
     MAX_VALIDITY,
+    CSRNodeNameError,
     CSRRejectedError,
     KubeletCertSigner,
     MalformedCSRError,
@@ -28,6 +29,7 @@ from constellation.joinservice.kubelet_cert import (
 from constellation.joinservice.tickets import MAX_CSR_SIZE, KubeletSigner
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+NODE = "worker-1"
 UNSPECIFIED = "0.0.0.0"  # noqa: S104 - a SAN value that must be refused, nothing binds to it
 
 
@@ -100,7 +102,7 @@ def checks_of(err: CSRRejectedError) -> set[str]:
 
 
 def test_signs_a_valid_csr_as_the_node(ca: SigningCA) -> None:
-    signed = sign_kubelet_csr(make_csr(), ca, now=NOW)
+    signed = sign_kubelet_csr(make_csr(), ca, node_name=NODE, now=NOW)
     cert = x509.load_pem_x509_certificate(signed.cert_pem)
     assert signed.node_name == "worker-1"
     assert cert.subject.rfc4514_string() == "CN=system:node:worker-1,O=system:nodes"
@@ -121,13 +123,15 @@ def test_signs_a_valid_csr_as_the_node(ca: SigningCA) -> None:
 
 def test_validity_never_exceeds_the_ca(ca: SigningCA) -> None:
     short_ca = SigningCA.from_pem(*make_ca(not_after=NOW + timedelta(days=10)))
-    cert = x509.load_pem_x509_certificate(sign_kubelet_csr(make_csr(), short_ca, now=NOW).cert_pem)
+    cert = x509.load_pem_x509_certificate(
+        sign_kubelet_csr(make_csr(), short_ca, node_name=NODE, now=NOW).cert_pem
+    )
     assert cert.not_valid_after_utc == NOW + timedelta(days=10)
 
 
 def test_signer_uses_its_clock(ca: SigningCA) -> None:
     signer: KubeletSigner = KubeletCertSigner(ca, clock=lambda: NOW, validity=timedelta(hours=1))
-    cert = x509.load_pem_x509_certificate(signer.sign(make_csr()).cert_pem)
+    cert = x509.load_pem_x509_certificate(signer.sign(make_csr(), node_name=NODE).cert_pem)
     assert cert.not_valid_after_utc == NOW + timedelta(hours=1)
 
 
@@ -137,12 +141,12 @@ def test_signer_uses_its_clock(ca: SigningCA) -> None:
 )
 def test_malformed_csr_is_refused(ca: SigningCA, csr_pem: bytes) -> None:
     with pytest.raises(MalformedCSRError):
-        sign_kubelet_csr(csr_pem, ca, now=NOW)
+        sign_kubelet_csr(csr_pem, ca, node_name=NODE, now=NOW)
 
 
 def test_oversized_csr_is_refused_unparsed(ca: SigningCA) -> None:
     with pytest.raises(MalformedCSRError, match="limit"):
-        sign_kubelet_csr(b"A" * (MAX_CSR_SIZE + 1), ca, now=NOW)
+        sign_kubelet_csr(b"A" * (MAX_CSR_SIZE + 1), ca, node_name=NODE, now=NOW)
 
 
 def test_tampered_csr_signature_is_refused(ca: SigningCA) -> None:
@@ -152,7 +156,7 @@ def test_tampered_csr_signature_is_refused(ca: SigningCA) -> None:
     der[at : at + 8] = b"worker-2"  # same length: still parses, signature no longer matches
     tampered = x509.load_der_x509_csr(bytes(der)).public_bytes(serialization.Encoding.PEM)
     with pytest.raises(CSRRejectedError) as err:
-        sign_kubelet_csr(tampered, ca, now=NOW)
+        sign_kubelet_csr(tampered, ca, node_name=NODE, now=NOW)
     assert checks_of(err.value) == {"csr.signature"}
 
 
@@ -198,11 +202,11 @@ def test_tampered_csr_signature_is_refused(ca: SigningCA) -> None:
                 (NameOID.ORGANIZATION_NAME, "system:nodes"),
                 (NameOID.COMMON_NAME, "system:node:Bad_"),
             ],
-            "csr.node_name",
+            "csr.subject.node_name",
         ),
         (
             [(NameOID.ORGANIZATION_NAME, "system:nodes"), (NameOID.COMMON_NAME, "system:node:")],
-            "csr.node_name",
+            "csr.subject.node_name",
         ),
     ],
 )
@@ -210,8 +214,29 @@ def test_subject_rules(
     ca: SigningCA, attributes: list[tuple[x509.ObjectIdentifier, str]], check: str
 ) -> None:
     with pytest.raises(CSRRejectedError) as err:
-        sign_kubelet_csr(make_csr(attributes=attributes), ca, now=NOW)
+        sign_kubelet_csr(make_csr(attributes=attributes), ca, node_name=NODE, now=NOW)
     assert check in checks_of(err.value)
+
+
+def test_csr_for_another_node_is_refused_not_invalid(ca: SigningCA) -> None:
+    """A valid CSR for a name the caller's identity does not carry: PERMISSION_DENIED."""
+    with pytest.raises(CSRNodeNameError) as err:
+        sign_kubelet_csr(make_csr(), ca, node_name="mini-cp-0", now=NOW)
+    (failure,) = err.value.failures
+    assert failure.check == "csr.node_name"
+    assert failure.expected == "CN=system:node:mini-cp-0"
+    assert failure.actual == "CN=system:node:worker-1"
+    assert isinstance(err.value, RefusedError)
+    assert not isinstance(err.value, InvalidRequestError)
+    with pytest.raises(CSRNodeNameError):
+        KubeletCertSigner(ca, clock=lambda: NOW).sign(make_csr(), node_name="worker-10")
+
+
+def test_malformed_csr_is_invalid_whatever_the_name(ca: SigningCA) -> None:
+    """Format problems are reported as such even when the name differs too."""
+    csr = make_csr(attributes=[(NameOID.ORGANIZATION_NAME, "system:masters")])
+    with pytest.raises(CSRRejectedError):
+        sign_kubelet_csr(csr, ca, node_name="other", now=NOW)
 
 
 def test_multi_valued_rdn_is_refused(ca: SigningCA) -> None:
@@ -222,7 +247,7 @@ def test_multi_valued_rdn_is_refused(ca: SigningCA) -> None:
         ]
     )
     with pytest.raises(CSRRejectedError) as err:
-        sign_kubelet_csr(make_csr(rdns=[rdn]), ca, now=NOW)
+        sign_kubelet_csr(make_csr(rdns=[rdn]), ca, node_name=NODE, now=NOW)
     assert "csr.subject.rdn" in checks_of(err.value)
 
 
@@ -239,12 +264,14 @@ def test_multi_valued_rdn_is_refused(ca: SigningCA) -> None:
 )
 def test_only_unicast_ip_sans_are_accepted(ca: SigningCA, san: x509.GeneralName) -> None:
     with pytest.raises(CSRRejectedError) as err:
-        sign_kubelet_csr(make_csr(sans=[san]), ca, now=NOW)
+        sign_kubelet_csr(make_csr(sans=[san]), ca, node_name=NODE, now=NOW)
     assert checks_of(err.value) == {"csr.san"}
 
 
 def test_csr_without_sans_is_signed_without_sans(ca: SigningCA) -> None:
-    cert = x509.load_pem_x509_certificate(sign_kubelet_csr(make_csr(sans=[]), ca, now=NOW).cert_pem)
+    cert = x509.load_pem_x509_certificate(
+        sign_kubelet_csr(make_csr(sans=[]), ca, node_name=NODE, now=NOW).cert_pem
+    )
     with pytest.raises(x509.ExtensionNotFound):
         cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
 
@@ -258,12 +285,14 @@ def test_weak_or_unexpected_keys_are_refused(
     ca: SigningCA, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 ) -> None:
     with pytest.raises(CSRRejectedError) as err:
-        sign_kubelet_csr(make_csr(key=key), ca, now=NOW)
+        sign_kubelet_csr(make_csr(key=key), ca, node_name=NODE, now=NOW)
     assert checks_of(err.value) == {"csr.public_key"}
 
 
 def test_rsa_2048_key_is_accepted(ca: SigningCA) -> None:
-    signed = sign_kubelet_csr(make_csr(key=rsa.generate_private_key(65537, 2048)), ca, now=NOW)
+    signed = sign_kubelet_csr(
+        make_csr(key=rsa.generate_private_key(65537, 2048)), ca, node_name=NODE, now=NOW
+    )
     assert signed.node_name == "worker-1"
 
 
@@ -274,7 +303,7 @@ def test_every_failure_is_reported_at_once(ca: SigningCA) -> None:
         key=weak_rsa_key(),
     )
     with pytest.raises(CSRRejectedError) as err:
-        sign_kubelet_csr(csr, ca, now=NOW)
+        sign_kubelet_csr(csr, ca, node_name=NODE, now=NOW)
     assert checks_of(err.value) == {
         "csr.subject.organization",
         "csr.subject.common_name",
@@ -319,17 +348,17 @@ def test_expired_ca_does_not_sign() -> None:
         *make_ca(not_before=NOW - timedelta(days=20), not_after=NOW - timedelta(days=1))
     )
     with pytest.raises(SigningCAError, match="not valid"):
-        sign_kubelet_csr(make_csr(), old, now=NOW)
+        sign_kubelet_csr(make_csr(), old, node_name=NODE, now=NOW)
 
 
 @pytest.mark.parametrize("validity", [timedelta(0), -timedelta(days=1), MAX_VALIDITY * 2])
 def test_validity_is_bounded(ca: SigningCA, validity: timedelta) -> None:
     with pytest.raises(SigningCAError):
-        sign_kubelet_csr(make_csr(), ca, now=NOW, validity=validity)
+        sign_kubelet_csr(make_csr(), ca, node_name=NODE, now=NOW, validity=validity)
     with pytest.raises(SigningCAError):
         KubeletCertSigner(ca, validity=validity)
 
 
 def test_naive_clock_is_refused(ca: SigningCA) -> None:
     with pytest.raises(SigningCAError, match="timezone"):
-        sign_kubelet_csr(make_csr(), ca, now=NOW.replace(tzinfo=None))
+        sign_kubelet_csr(make_csr(), ca, node_name=NODE, now=NOW.replace(tzinfo=None))

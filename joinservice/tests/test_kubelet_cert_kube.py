@@ -44,7 +44,7 @@ def node_credentials(tmp_path: Path, signer: KubeletCertSigner, name: str) -> tu
         )
         .sign(key, hashes.SHA256())
     )
-    signed = signer.sign(csr.public_bytes(serialization.Encoding.PEM))
+    signed = signer.sign(csr.public_bytes(serialization.Encoding.PEM), node_name=name)
     cert_path, key_path = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
     cert_path.write_bytes(signed.cert_pem)
     key_path.write_bytes(

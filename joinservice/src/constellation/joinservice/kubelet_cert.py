@@ -8,6 +8,10 @@ authorizer and NodeRestriction then confine the node to its own objects). The ru
   the requester holds the private key).
 * The subject is exactly ``O=system:nodes`` + ``CN=system:node:<name>``: one attribute per
   RDN, each exactly once, nothing else; ``<name>`` is a DNS-1123 subdomain.
+* ``<name>`` is the name the caller's verified platform identity gives the node, passed in
+  by the JoinService (``node_name``); the request cannot choose it. A CSR for any other name
+  is a claim the identity does not back: :class:`CSRNodeNameError`, a ``RefusedError``
+  (PERMISSION_DENIED), not a format error.
 * The public key is ECDSA (P-256/P-384) or RSA with at least 2048 bits.
 * Subject alternative names may only be IP addresses (copied into the certificate); other
   names are refused rather than silently dropped, and so are unspecified or multicast IPs.
@@ -18,13 +22,12 @@ authorizer and NodeRestriction then confine the node to its own objects). The ru
 
 Every failed CSR check is reported at once in :class:`CSRRejectedError` (``failures``), so a
 refused node's log names all the problems. The core, :func:`sign_kubelet_csr`, does no I/O:
-bytes, the CA and a clock in; a certificate or a typed error out.
+bytes, the CA, the node's name and a clock in; a certificate or a typed error out.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,8 +41,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from constellation.attestation.errors import Failure, render_failures
-from constellation.joinservice.errors import ConfigError, InvalidRequestError
-from constellation.joinservice.tickets import MAX_CSR_SIZE, SignedKubeletCert
+from constellation.joinservice.errors import ConfigError, InvalidRequestError, RefusedError
+from constellation.joinservice.tickets import MAX_CSR_SIZE, NODE_NAME_PATTERN, SignedKubeletCert
 
 NODES_GROUP: Final = "system:nodes"
 NODE_USER_PREFIX: Final = "system:node:"
@@ -49,7 +52,6 @@ MAX_VALIDITY: Final = timedelta(days=365)
 BACKDATE: Final = timedelta(minutes=5)
 MIN_RSA_BITS: Final = 2048
 ALLOWED_CURVES: Final = frozenset({"secp256r1", "secp384r1"})
-_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _MAX_NODE_NAME = 253
 
 
@@ -67,6 +69,11 @@ class CSRRejectedError(KubeletCSRError):
     def __init__(self, failures: Sequence[Failure]) -> None:
         self.failures: tuple[Failure, ...] = tuple(failures)
         super().__init__(f"kubelet CSR refused: {render_failures(self.failures)}")
+
+
+class CSRNodeNameError(RefusedError):
+    """A well-formed CSR for a node name other than the caller's attested name
+    (``csr.node_name``)."""
 
 
 class SigningCAError(ConfigError):
@@ -159,10 +166,12 @@ def _subject_failures(csr: x509.CertificateSigningRequest) -> tuple[list[Failure
         )
     else:
         name = cns[0][len(NODE_USER_PREFIX) :]
-        if len(name) > _MAX_NODE_NAME or not _DNS1123_SUBDOMAIN.fullmatch(name):
+        if len(name) > _MAX_NODE_NAME or not NODE_NAME_PATTERN.fullmatch(name):
             failures.append(
                 Failure(
-                    "csr.node_name", "a DNS-1123 subdomain (lowercase, <= 253)", repr(name)[:80]
+                    "csr.subject.node_name",
+                    "a DNS-1123 subdomain (lowercase, <= 253)",
+                    repr(name)[:80],
                 )
             )
         else:
@@ -242,10 +251,16 @@ def sign_kubelet_csr(
     csr_pem: bytes,
     ca: SigningCA,
     *,
+    node_name: str,
     now: datetime,
     validity: timedelta = DEFAULT_VALIDITY,
 ) -> SignedKubeletCert:
-    """Issue the kubelet certificate for a valid CSR (pure: no I/O, clock passed in)."""
+    """Issue the kubelet certificate for a valid CSR for ``node_name`` (pure: no I/O).
+
+    ``node_name`` is required, not defaulted to "whatever the CSR says": the certificate is
+    the node's Kubernetes identity, and only the attested platform identity may name it.
+    Raises :class:`CSRNodeNameError` for a valid CSR that names another node.
+    """
     if not timedelta(0) < validity <= MAX_VALIDITY:
         raise SigningCAError(f"kubelet certificate validity must be in (0, {MAX_VALIDITY}]")
     if now.tzinfo is None:
@@ -257,7 +272,20 @@ def sign_kubelet_csr(
             f"{ca_cert.not_valid_before_utc.isoformat()} to "
             f"{ca_cert.not_valid_after_utc.isoformat()})"
         )
-    csr, node_name, ips = check_kubelet_csr(csr_pem)
+    csr, requested, ips = check_kubelet_csr(csr_pem)
+    if requested != node_name:
+        raise CSRNodeNameError(
+            [
+                Failure(
+                    "csr.node_name",
+                    f"CN={NODE_USER_PREFIX}{node_name[:80]}",
+                    f"CN={NODE_USER_PREFIX}{requested[:80]}",
+                    detail="the platform identity names this node; request the kubelet "
+                    "certificate for that name",
+                )
+            ],
+            subject="kubelet CSR",
+        )
     public_key = csr.public_key()
     assert isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)  # checked above
     not_after = min(now + validity, ca_cert.not_valid_after_utc)
@@ -329,5 +357,7 @@ class KubeletCertSigner:
         self._clock = clock
         self._validity = validity
 
-    def sign(self, csr_pem: bytes) -> SignedKubeletCert:
-        return sign_kubelet_csr(csr_pem, self._ca, now=self._clock(), validity=self._validity)
+    def sign(self, csr_pem: bytes, *, node_name: str) -> SignedKubeletCert:
+        return sign_kubelet_csr(
+            csr_pem, self._ca, node_name=node_name, now=self._clock(), validity=self._validity
+        )

@@ -7,19 +7,35 @@ Layers of a call, outside in (the shared plumbing of ``constellation.attestation
 2. ``ErrorStatusInterceptor`` with ``STATUS_CODES``, the one place the JoinService's typed
    errors become gRPC status codes:
 
-   ===========================  ===================
-   ``InvalidRequestError``      INVALID_ARGUMENT
-   ``RefusedError`` (+binding)  PERMISSION_DENIED
-   ``UpstreamError``            UNAVAILABLE
-   ``NotReadyError``            UNAVAILABLE
+   ===========================  ===================  ==========================================
+   error                        status               failures (``Failure.check``)
+   ===========================  ===================  ==========================================
+   ``InvalidRequestError``      INVALID_ARGUMENT     malformed disk UUID or CSR (``csr.subject.*``,
+                                                     ``csr.signature``, ``csr.public_key``, ...)
+   ``RefusedError``             PERMISSION_DENIED    ``identity.present``, ``identity.ak``,
+                                                     ``identity.name``, ``identity.role``,
+                                                     ``node_state``, ``pcr[15]``
+   ``CSRNodeNameError``         PERMISSION_DENIED    ``csr.node_name``
+   ``NodeNameTakenError``       PERMISSION_DENIED    ``node.name_taken``
+   ``DiskBindingError``         PERMISSION_DENIED    ``disk.bound_elsewhere``
+   ``UnknownDiskError``         PERMISSION_DENIED    ``disk.unknown`` (rejoin never binds)
+   ``AttestationSpentError``    PERMISSION_DENIED    ``attestation.spent`` (attest again)
+   ``RateLimitedError``         RESOURCE_EXHAUSTED   ``rate.identity``, ``rate.overall``,
+                                                     ``rate.identities`` (message: when to retry)
+   ``UpstreamError``            UNAVAILABLE          (KeyService or Kubernetes API failed)
+   ``NotReadyError``            UNAVAILABLE          (no valid join-config yet)
    ``ConfigError``              FAILED_PRECONDITION
-   any other error              INTERNAL (fixed text; details only in the log)
-   ===========================  ===================
+   any other error              INTERNAL             (fixed text; details only in the log)
+   ===========================  ===================  ==========================================
+
+   Several refusals of one request (say a wrong role *and* a CSR for another name) arrive as
+   one ``RefusedError`` listing every failure.
 
 3. the aTLS client gate (``constellation.attestation.atls``) validates the caller's evidence
    with ``expectations.PeerValidator`` (join *or* rejoin state; timed in
    ``constellation_attestation_seconds{operation="validate"}``) before any handler runs;
-4. ``JoinServicer`` converts protobuf messages to and from ``tickets``.
+4. ``JoinServicer`` converts protobuf messages to and from ``tickets``; the decisions
+   (identity, role, name, bindings, one ticket per attestation, rate) are all in ``tickets``.
 
 Health (``grpc.health.v1``) and the aTLS handshake are not gated. On shutdown the health
 status flips to NOT_SERVING first, then the server drains in-flight calls for a grace period.
@@ -37,7 +53,7 @@ import grpc
 import structlog
 
 from constellation.attestation.atls import AttestedServer
-from constellation.attestation.atls.server import verified_peer
+from constellation.attestation.atls.server import claim_attestation, verified_peer
 from constellation.attestation.evidence import Issuer
 from constellation.attestation.service import ErrorStatusInterceptor, Health, ServiceMetrics
 from constellation.joinservice.bootstrap_token import discovery_hash
@@ -47,6 +63,7 @@ from constellation.joinservice.errors import (
     ConfigError,
     InvalidRequestError,
     NotReadyError,
+    RateLimitedError,
     RefusedError,
     UpstreamError,
 )
@@ -59,7 +76,8 @@ from constellation.joinservice.expectations import (
 from constellation.joinservice.joinconfig import JoinConfigWatcher
 from constellation.joinservice.keys import KeyServiceClient
 from constellation.joinservice.kubelet_cert import KubeletCertSigner, SigningCA
-from constellation.joinservice.kubernetes import BootstrapTokens, DiskBindings
+from constellation.joinservice.kubernetes import BootstrapTokens, DiskBindings, NodeNames
+from constellation.joinservice.ratelimit import RateLimiter
 from constellation.joinservice.tickets import JoinRequest, TicketIssuer, TokenIssuer
 from constellation.proto import components_pb2, join_pb2, join_pb2_grpc
 
@@ -71,6 +89,7 @@ log = structlog.get_logger("constellation.joinservice.server")
 STATUS_CODES: Final[Mapping[type[BaseException], grpc.StatusCode]] = {
     InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
     RefusedError: grpc.StatusCode.PERMISSION_DENIED,
+    RateLimitedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     UpstreamError: grpc.StatusCode.UNAVAILABLE,
     NotReadyError: grpc.StatusCode.UNAVAILABLE,
     ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
@@ -206,11 +225,13 @@ def build_join_server(
     keyservice: grpc.Channel,
     metrics: ServiceMetrics | None = None,
     token_issuer: TokenIssuer | None = None,
+    rate_limiter: RateLimiter | None = None,
     max_workers: int = 16,
 ) -> tuple[JoinServer, JoinConfigWatcher[Expectations]]:
     """Assemble the service from its settings and its collaborators.
 
-    ``core`` is a ``kubernetes.client.CoreV1Api``; ``keyservice`` a channel to the KeyService.
+    ``core`` is a ``kubernetes.client.CoreV1Api``; ``keyservice`` a channel to the KeyService;
+    ``rate_limiter`` bounds ticket requests (``ratelimit`` defaults when None).
     Start-up fails (typed error) unless the CA, the join-config and the measurement secret are
     all usable: a JoinService that could only refuse is better not running.
     """
@@ -230,12 +251,15 @@ def build_join_server(
     tickets = TicketIssuer(
         expectations=lambda: watcher.current.built,
         keys=keys,
-        bindings=DiskBindings(core, namespace=settings.namespace),
+        disks=DiskBindings(core, namespace=settings.namespace),
+        names=NodeNames(core, namespace=settings.namespace),
         tokens=token_issuer or BootstrapTokens(core),
         signer=KubeletCertSigner(ca),
         cluster=ClusterFiles(settings.ca_cert_file, settings.pki_dir, settings.components_file),
         api_server_endpoint=settings.api_server_endpoint,
         discovery=discovery_hash,
+        claim=claim_attestation,
+        limiter=rate_limiter,
     )
     peer_validator = PeerValidator(lambda: watcher.current.built, timer=metrics.time_attestation)
     server = JoinServer(

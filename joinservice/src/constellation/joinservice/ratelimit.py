@@ -1,0 +1,192 @@
+"""How often the JoinService admits a ticket request: token buckets per identity and overall.
+
+Attestation proves *what* a machine runs, not that it asks politely: one attested machine can
+open connection after connection, attest afresh each time, and ask for ticket after ticket
+(each one a bootstrap token in the cluster and two KeyService calls). ``RateLimiter.admit``
+runs before a request has any side effect and bounds that:
+
+- **per identity**: each attested identity (its AK hash) has a bucket of ``per_identity.burst``
+  tokens that refills one token every ``per_identity.refill_seconds`` (default 3, then one per
+  20 s): enough for a join, a retry and a rejoin, too little to mint tokens in bulk;
+- **overall** (optional): one bucket shared by every caller, so many identities together still
+  cannot exhaust the API server or the KeyService.
+
+A request is admitted only if both buckets hold a token, and only then are tokens taken;
+otherwise ``RateLimitedError`` says which bound was hit and in how many seconds to retry.
+
+The identity table is bounded (``max_identities``). A bucket that has refilled to ``burst``
+is indistinguishable from a new one, so it is evicted without losing anything; if the table
+is full of buckets still refilling, a *new* identity is refused until one of them is idle
+(fail closed: nobody's history is forgotten early). The clock is injected (monotonic seconds).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from constellation.attestation.errors import Failure
+from constellation.joinservice.errors import RateLimitedError
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A token bucket's shape: ``burst`` requests at once, then one per ``refill_seconds``."""
+
+    burst: int
+    refill_seconds: float
+
+    def __post_init__(self) -> None:
+        if self.burst < 1 or not math.isfinite(self.refill_seconds) or self.refill_seconds <= 0:
+            raise ValueError(
+                f"a rate needs burst >= 1 and a positive refill interval, got burst="
+                f"{self.burst}, refill_seconds={self.refill_seconds}"
+            )
+
+    def describe(self) -> str:
+        return f"at most {self.burst} at once, then 1 every {self.refill_seconds:g} s"
+
+
+#: Per attested identity: a join, a retry and a rejoin at once, then one every 20 s.
+DEFAULT_PER_IDENTITY: Final = Rate(burst=3, refill_seconds=20.0)
+#: Everyone together: 60 at once (a large cluster booting), then 10 per second.
+DEFAULT_OVERALL: Final = Rate(burst=60, refill_seconds=0.1)
+DEFAULT_MAX_IDENTITIES: Final = 10_000
+
+
+class _Bucket:
+    """Tokens as of ``updated``; the level at a later time is computed, never stored."""
+
+    __slots__ = ("tokens", "updated")
+
+    def __init__(self, tokens: float, updated: float) -> None:
+        self.tokens = tokens
+        self.updated = updated
+
+    def level(self, rate: Rate, now: float) -> float:
+        elapsed = max(0.0, now - self.updated)
+        return min(float(rate.burst), self.tokens + elapsed / rate.refill_seconds)
+
+    def take(self, rate: Rate, now: float) -> None:
+        self.tokens = self.level(rate, now) - 1.0
+        self.updated = now
+
+    @staticmethod
+    def wait_for_one(rate: Rate, level: float) -> float:
+        return (1.0 - level) * rate.refill_seconds
+
+
+class RateLimiter:
+    """Admits or refuses ticket requests by identity; thread-safe (one lock).
+
+    A call is O(1) amortised; only when the table is full does it scan for idle buckets.
+    """
+
+    def __init__(
+        self,
+        *,
+        per_identity: Rate = DEFAULT_PER_IDENTITY,
+        overall: Rate | None = DEFAULT_OVERALL,
+        max_identities: int = DEFAULT_MAX_IDENTITIES,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if max_identities < 1:
+            raise ValueError(f"max_identities must be >= 1, got {max_identities}")
+        self._per_identity = per_identity
+        self._overall_rate = overall
+        self._max_identities = max_identities
+        self._clock = clock
+        self._lock = threading.Lock()
+        # Least recently used first: the front is where idle buckets are found.
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        now = clock()
+        self._overall = None if overall is None else _Bucket(float(overall.burst), now)
+
+    def tracked(self) -> int:
+        """How many identities have a bucket (for tests and metrics).
+
+        Not ``__len__``: an empty limiter must not be falsy, or ``limiter or default`` would
+        silently replace it.
+        """
+        with self._lock:
+            return len(self._buckets)
+
+    def admit(self, identity: str) -> None:
+        """Take one token for ``identity`` (and one overall), or raise ``RateLimitedError``.
+
+        Called before anything is created for the request, so a refused request costs the
+        cluster nothing. Nothing is taken from either bucket when the request is refused.
+        """
+        with self._lock:
+            now = self._clock()
+            rate = self._per_identity
+            bucket = self._buckets.get(identity)
+            if bucket is None:
+                self._make_room(now)
+                level = float(rate.burst)
+            else:
+                level = bucket.level(rate, now)
+            if level < 1.0:
+                raise RateLimitedError(
+                    Failure(
+                        check="rate.identity",
+                        expected=f"ticket requests from one node identity {rate.describe()}",
+                        actual="the bucket of this identity is empty",
+                    ),
+                    retry_after=_Bucket.wait_for_one(rate, level),
+                )
+            overall, overall_rate = self._overall, self._overall_rate
+            if overall is not None and overall_rate is not None:
+                overall_level = overall.level(overall_rate, now)
+                if overall_level < 1.0:
+                    raise RateLimitedError(
+                        Failure(
+                            check="rate.overall",
+                            expected=f"ticket requests from all nodes {overall_rate.describe()}",
+                            actual="the shared bucket is empty",
+                        ),
+                        retry_after=_Bucket.wait_for_one(overall_rate, overall_level),
+                    )
+                overall.take(overall_rate, now)
+            if bucket is None:
+                bucket = _Bucket(float(rate.burst), now)
+                self._buckets[identity] = bucket
+            else:
+                self._buckets.move_to_end(identity)
+            bucket.take(rate, now)
+
+    def _make_room(self, now: float) -> None:
+        """Evict idle (refilled) buckets so a new identity fits; refuse if none is idle."""
+        rate = self._per_identity
+        full = float(rate.burst)
+        while self._buckets:
+            _, oldest = next(iter(self._buckets.items()))
+            if oldest.level(rate, now) < full:
+                break
+            self._buckets.popitem(last=False)
+        if len(self._buckets) < self._max_identities:
+            return
+        # The LRU order is by last use, not by level: look further before refusing.
+        idle = [key for key, b in self._buckets.items() if b.level(rate, now) >= full]
+        for key in idle:
+            del self._buckets[key]
+        if len(self._buckets) < self._max_identities:
+            return
+        soonest = min(
+            (full - b.level(rate, now)) * rate.refill_seconds for b in self._buckets.values()
+        )
+        raise RateLimitedError(
+            Failure(
+                check="rate.identities",
+                expected=f"at most {self._max_identities} node identities requesting at once",
+                actual=f"{len(self._buckets)} identities still within their refill window",
+            ),
+            retry_after=soonest,
+        )
