@@ -1,7 +1,9 @@
 """Fixtures of the JoinService tests: swtpm-backed nodes measured like mini mode's firmware.
 
 A node is a real swtpm whose PCRs 4/9/11 were extended with the digests of an "image" and which
-carries the matching TCG event log; its ``VtpmIssuer`` produces real quotes. Two nodes measured
+carries the matching TCG event log; its AK is certified by the test platform CA
+(``attestation.testing.platform``) with a unique worker name; its ``VtpmIssuer`` produces real
+quotes. Two nodes measured
 from the same image have identical PCRs but different attestation keys (different TPM seeds),
 which is what the disk-binding tests rely on.
 """
@@ -9,6 +11,7 @@ which is what the disk-binding tests rely on.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from constellation.attestation.identity import Role
 from constellation.attestation.measurements import Measurements
 from constellation.attestation.swtpm import Swtpm
+from constellation.attestation.testing.platform import node_issuer
 from constellation.attestation.vtpm import VtpmIssuer, firmware_measure, open_tpm, read_pcrs
 
 IMAGE = (b"kernel", b"initrd", b"uki")
@@ -35,11 +40,21 @@ class Node:
             return read_pcrs(esapi)[1]
 
 
-def measure(tpm: Swtpm, image: tuple[bytes, ...] = IMAGE) -> Node:
+_names = itertools.count()
+
+
+def measure(
+    tpm: Swtpm,
+    image: tuple[bytes, ...] = IMAGE,
+    *,
+    name: str | None = None,
+    role: Role = Role.WORKER,
+) -> Node:
     log = b""
     for pcr, part in zip(IMAGE_PCRS, image, strict=True):
         log = firmware_measure(tpm.tcti, log, pcr, hashlib.sha256(part).digest(), part)
-    return Node(tpm, VtpmIssuer(tpm.tcti, event_log=log), log)
+    issuer = node_issuer(tpm.tcti, name or f"node-{next(_names)}", role, event_log=log)
+    return Node(tpm, issuer, log)
 
 
 def image_measurements(node: Node) -> Measurements:

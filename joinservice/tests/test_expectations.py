@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 import structlog.testing
+from cryptography import x509
 
 from constellation.attestation.errors import ValidationError
 from constellation.attestation.kdf import derive_cluster_id
@@ -15,6 +16,7 @@ from constellation.attestation.measurements import Measurements, pcr15_for_clust
 from constellation.attestation.nodelock import NodeLock
 from constellation.attestation.secret import SecretBytes
 from constellation.attestation.service import ServiceMetrics
+from constellation.attestation.testing.platform import cached_platform_ca
 from constellation.attestation.vtpm import VtpmValidator
 from constellation.joinservice.errors import RefusedError
 from constellation.joinservice.expectations import (
@@ -36,12 +38,19 @@ SECRET = SecretBytes(hashlib.sha256(b"measurement secret of the test cluster").d
 USER_DATA = hashlib.sha256(b"client tls spki").digest()
 
 
-def factory(variant: str, measurements: Measurements) -> VtpmValidator:
-    return VtpmValidator(measurements, variant=variant, require_event_log=True)
+def factory(
+    variant: str, measurements: Measurements, roots: Sequence[x509.Certificate]
+) -> VtpmValidator:
+    return VtpmValidator(measurements, variant=variant, platform_roots=roots)
 
 
 def expectations_for(node: Node) -> Expectations:
-    config = parse_join_config(b"qemu-vtpm", image_measurements(node).to_json().encode(), SALT)
+    config = parse_join_config(
+        b"qemu-vtpm",
+        image_measurements(node).to_json().encode(),
+        SALT,
+        cached_platform_ca().cert_pem,
+    )
     return build_expectations(config, SECRET, factory)
 
 

@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 
 from constellation.attestation.errors import ConstellationError
+from constellation.attestation.identity.ca import PlatformCA
 from constellation.attestation.measurements import SHA256_ZERO
+from constellation.attestation.testing.platform import cached_platform_ca
 from constellation.joinservice.errors import JoinConfigError
 from constellation.joinservice.joinconfig import (
     MEASUREMENTS_FILE,
+    PLATFORM_ROOTS_FILE,
     SALT_FILE,
     VARIANT_FILE,
     JoinConfig,
@@ -23,6 +26,7 @@ from constellation.joinservice.joinconfig import (
 from .conftest import write_mount
 
 SALT = bytes(range(32))
+ROOTS = cached_platform_ca().cert_pem
 
 
 def measurements_json(pcr4: str = "aa" * 32, pcr15: str | None = None) -> bytes:
@@ -37,12 +41,14 @@ def good_files(pcr4: str = "aa" * 32) -> dict[str, bytes]:
         VARIANT_FILE: b"qemu-vtpm\n",
         MEASUREMENTS_FILE: measurements_json(pcr4),
         SALT_FILE: SALT,
+        PLATFORM_ROOTS_FILE: ROOTS,
     }
 
 
 def test_parse_forces_pcr15_zero_and_enforced() -> None:
-    config = parse_join_config(b"qemu-vtpm\n", measurements_json(pcr15="bb" * 32), SALT)
+    config = parse_join_config(b"qemu-vtpm\n", measurements_json(pcr15="bb" * 32), SALT, ROOTS)
     assert config.variant == "qemu-vtpm"
+    assert config.platform_roots == (cached_platform_ca().certificate,)
     assert config.measurement_salt == SALT
     assert config.measurements[15].expected == SHA256_ZERO
     assert not config.measurements[15].warn_only
@@ -79,7 +85,32 @@ def test_parse_reports_every_problem() -> None:
 )
 def test_parse_rejects(variant: bytes, measurements: bytes, salt: bytes, fragment: str) -> None:
     with pytest.raises(JoinConfigError, match=fragment):
-        parse_join_config(variant, measurements, salt)
+        parse_join_config(variant, measurements, salt, ROOTS)
+
+
+@pytest.mark.parametrize(
+    ("roots", "fragment"),
+    [
+        (b"", "platformRoots is missing"),
+        (b"not a certificate", "platformRoots"),
+        (b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "platformRoots"),
+    ],
+)
+def test_qemu_vtpm_needs_usable_platform_roots(roots: bytes, fragment: str) -> None:
+    """Without a platform root no qemu-vtpm AK can be rooted: refuse the config, not every node."""
+    with pytest.raises(JoinConfigError, match=fragment):
+        parse_join_config(b"qemu-vtpm", measurements_json(), SALT, roots)
+
+
+def test_variants_rooted_by_their_report_need_no_platform_roots() -> None:
+    assert parse_join_config(b"aws-sev-snp", measurements_json(), SALT).platform_roots == ()
+
+
+def test_new_platform_roots_are_a_new_config() -> None:
+    other = PlatformCA.generate().cert_pem
+    first = parse_join_config(b"qemu-vtpm", measurements_json(), SALT, ROOTS)
+    second = parse_join_config(b"qemu-vtpm", measurements_json(), SALT, other)
+    assert first.digest != second.digest
 
 
 def test_missing_file_is_a_join_config_error(tmp_path: Path) -> None:

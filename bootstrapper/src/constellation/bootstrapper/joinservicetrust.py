@@ -23,6 +23,7 @@ from __future__ import annotations
 from constellation.attestation.errors import Failure, ValidationError
 from constellation.attestation.evidence import Validator, VerifiedEvidence
 from constellation.attestation.identity import Role
+from constellation.attestation.identity.policy import role_failures
 from constellation.attestation.measurements import PCR_NODE_LOCK, pcr15_for_cluster_id
 
 _ZERO = bytes(32)
@@ -72,14 +73,7 @@ class JoinServiceValidator:
                     detail="a JoinService on a node that never joined a cluster is not trusted",
                 )
             )
-        identity = evidence.identity
-        if identity is not None and identity.role is not Role.CONTROL_PLANE:
-            failures.append(
-                Failure(
-                    "identity.role",
-                    Role.CONTROL_PLANE.value,
-                    f"{identity.role.value} ({identity.name})",
-                    detail="the JoinService runs on control-plane nodes only",
-                )
-            )
+        failures += role_failures(
+            evidence, Role.CONTROL_PLANE, why="the JoinService runs on control-plane nodes only"
+        )
         return failures

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Final
 
 import structlog
+from cryptography import x509
 
 from constellation.attestation.errors import Failure, ValidationError
 from constellation.attestation.evidence import Validator, VerifiedEvidence
@@ -46,8 +47,9 @@ TIMER_OPERATION: Final = "validate"
 
 log = structlog.get_logger("constellation.joinservice.expectations")
 
-#: Builds a validator for a variant name and measurements (the variant registry, in the service).
-ValidatorFactory = Callable[[str, Measurements], Validator]
+#: Builds a validator for a variant name, measurements and the platform roots that root the
+#: nodes' attestation keys (the variant registry, in the service).
+ValidatorFactory = Callable[[str, Measurements, Sequence[x509.Certificate]], Validator]
 
 
 class Expectation(enum.Enum):
@@ -86,8 +88,8 @@ def build_expectations(
     rejoin_measurements = config.measurements.with_pcr15(cluster_id)
     return Expectations(
         config=config,
-        join=factory(config.variant, join_measurements),
-        rejoin=factory(config.variant, rejoin_measurements),
+        join=factory(config.variant, join_measurements, config.platform_roots),
+        rejoin=factory(config.variant, rejoin_measurements, config.platform_roots),
         cluster_pcr15=cluster_pcr15,
     )
 

@@ -10,7 +10,11 @@ mounts it into the JoinService as a directory with one file per key:
   says, because a node whose PCR 15 is set has already committed to a cluster; a file that
   enforces nothing else is refused (it would admit any machine);
 - ``measurementSalt``: the cluster's 32-byte measurement salt, raw (``binaryData``). It may
-  instead come from a separate file (``salt_file``), e.g. when it is mounted from a Secret.
+  instead come from a separate file (``salt_file``), e.g. when it is mounted from a Secret;
+- ``platformRoots``: PEM CA certificate(s) of the platform that certifies nodes' attestation
+  keys (the AK certificate names the instance and its role). Required for ``qemu-vtpm``,
+  whose AK has no other root; optional (absent file = none) for variants whose hardware report
+  roots the AK.
 
 ``parse_join_config`` is pure (bytes in, ``JoinConfig`` out or ``JoinConfigError``).
 ``JoinConfigWatcher`` polls the directory at a bounded interval and compares a content digest
@@ -31,18 +35,25 @@ from pathlib import Path
 from typing import Final, Generic, TypeVar
 
 import structlog
+from cryptography import x509
 
 from constellation.attestation.errors import ConstellationError
+from constellation.attestation.identity.errors import IdentityError
+from constellation.attestation.identity.verify import load_platform_roots
 from constellation.attestation.measurements import (
     PCR_NODE_LOCK,
     Measurements,
     MeasurementsError,
 )
+from constellation.attestation.vtpm import QEMU_VTPM
 from constellation.joinservice.errors import JoinConfigError
 
 VARIANT_FILE: Final = "attestationVariant"
 MEASUREMENTS_FILE: Final = "measurements"
 SALT_FILE: Final = "measurementSalt"
+PLATFORM_ROOTS_FILE: Final = "platformRoots"
+#: Variants whose attestation key is rooted only by a platform AK certificate.
+NEEDS_PLATFORM_ROOTS: Final = frozenset({QEMU_VTPM})
 MEASUREMENT_SALT_LENGTH: Final = 32
 # A join-config is a few kilobytes; anything far larger is not one.
 MAX_FILE_SIZE: Final = 1 << 20
@@ -60,22 +71,27 @@ class JoinConfig:
     measurements: Measurements
     measurement_salt: bytes
     digest: str
+    platform_roots: tuple[x509.Certificate, ...] = ()
 
     def __repr__(self) -> str:
         return f"JoinConfig(variant={self.variant!r}, digest={self.digest[:12]})"
 
 
-def config_digest(variant: bytes, measurements: bytes, salt: bytes) -> str:
-    """Content digest of the three files, length-prefixed so boundaries cannot shift."""
+def config_digest(
+    variant: bytes, measurements: bytes, salt: bytes, platform_roots: bytes = b""
+) -> str:
+    """Content digest of the files, length-prefixed so boundaries cannot shift."""
     hasher = hashlib.sha256()
-    for part in (variant, measurements, salt):
+    for part in (variant, measurements, salt, platform_roots):
         hasher.update(len(part).to_bytes(8, "big"))
         hasher.update(part)
     return hasher.hexdigest()
 
 
-def parse_join_config(variant: bytes, measurements: bytes, salt: bytes) -> JoinConfig:
-    """Parse the three files' contents; raise ``JoinConfigError`` naming every problem."""
+def parse_join_config(
+    variant: bytes, measurements: bytes, salt: bytes, platform_roots: bytes = b""
+) -> JoinConfig:
+    """Parse the files' contents; raise ``JoinConfigError`` naming every problem."""
     problems: list[str] = []
     name = ""
     try:
@@ -101,9 +117,21 @@ def parse_join_config(variant: bytes, measurements: bytes, salt: bytes) -> JoinC
         problems.append(
             f"{SALT_FILE} must be {MEASUREMENT_SALT_LENGTH} raw bytes, got {len(salt)} bytes"
         )
+    roots: tuple[x509.Certificate, ...] = ()
+    if platform_roots.strip():
+        try:
+            roots = load_platform_roots(platform_roots)
+        except IdentityError as exc:
+            problems.append(f"{PLATFORM_ROOTS_FILE}: {exc}")
+    elif name in NEEDS_PLATFORM_ROOTS:
+        problems.append(
+            f"{PLATFORM_ROOTS_FILE} is missing: {name} nodes prove who they are only by an AK "
+            "certificate of their platform, so the platform's root CA must be configured"
+        )
     if problems or parsed is None:
         raise JoinConfigError("invalid join-config: " + "; ".join(problems))
-    return JoinConfig(name, parsed, bytes(salt), config_digest(variant, measurements, salt))
+    digest = config_digest(variant, measurements, salt, platform_roots)
+    return JoinConfig(name, parsed, bytes(salt), digest, roots)
 
 
 def _read_bounded(path: Path) -> bytes:
@@ -116,8 +144,8 @@ def _read_bounded(path: Path) -> bytes:
 
 def read_join_config_files(
     directory: Path, salt_file: Path | None = None
-) -> tuple[bytes, bytes, bytes]:
-    """Read the three files (following the ConfigMap mount's symlinks)."""
+) -> tuple[bytes, bytes, bytes, bytes]:
+    """Read the files (following the ConfigMap mount's symlinks); absent roots read as empty."""
     contents: list[bytes] = []
     paths = (
         directory / VARIANT_FILE,
@@ -129,7 +157,16 @@ def read_join_config_files(
             contents.append(_read_bounded(path))
         except OSError as exc:
             raise JoinConfigError(f"cannot read join-config file {path}: {exc.strerror}") from None
-    return contents[0], contents[1], contents[2]
+    roots_path = directory / PLATFORM_ROOTS_FILE
+    try:
+        roots = _read_bounded(roots_path)
+    except FileNotFoundError:
+        roots = b""
+    except OSError as exc:
+        raise JoinConfigError(
+            f"cannot read join-config file {roots_path}: {exc.strerror}"
+        ) from None
+    return contents[0], contents[1], contents[2], roots
 
 
 def load_join_config(directory: Path, salt_file: Path | None = None) -> JoinConfig:
