@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import http.server
 import io
@@ -44,8 +45,10 @@ def artifacts(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def installer(tmp_path: Path) -> ComponentInstaller:
-    return ComponentInstaller(tmp_path / "root", http_timeout_s=5, total_timeout_s=10)
+def installer(tmp_path: Path, artifacts: Path) -> ComponentInstaller:
+    return ComponentInstaller(
+        tmp_path / "root", source_dirs=(artifacts,), http_timeout_s=5, total_timeout_s=10
+    )
 
 
 def test_installs_verified_files_with_executable_mode(
@@ -80,10 +83,11 @@ def test_hash_mismatch_names_component_and_installs_nothing(
         installer.install(components)
     assert info.value.component == "kubectl"
     assert "kubectl" in str(info.value)
-    assert (
-        info.value.actual
-        == "sha256:" + hashlib.sha256((artifacts / "kubectl").read_bytes()).hexdigest()
-    )
+    assert "content does not match the pinned SHA-256" in str(info.value)
+    # The error goes back to the requester: it must not reveal anything about the content.
+    actual = hashlib.sha256((artifacts / "kubectl").read_bytes()).hexdigest()
+    assert actual not in str(info.value)
+    assert not hasattr(info.value, "actual")
     # The matching kubeadm was not installed either, and no directory was created.
     root = installer.install_root
     assert not (root / "usr").exists()
@@ -159,13 +163,13 @@ def test_symlinked_directory_cannot_redirect_install(
     assert list(outside.iterdir()) == []
 
 
-def test_missing_source_is_a_fetch_error(installer: ComponentInstaller, tmp_path: Path) -> None:
+def test_missing_source_is_a_fetch_error(installer: ComponentInstaller, artifacts: Path) -> None:
     with pytest.raises(ComponentFetchError, match="kubeadm"):
-        installer.install([_component("kubeadm", str(tmp_path / "nope"), b"", "/usr/bin/kubeadm")])
+        installer.install([_component("kubeadm", str(artifacts / "nope"), b"", "/usr/bin/kubeadm")])
 
 
 def test_size_limit_is_enforced(artifacts: Path, tmp_path: Path) -> None:
-    small = ComponentInstaller(tmp_path / "root", max_size=4)
+    small = ComponentInstaller(tmp_path / "root", source_dirs=(artifacts,), max_size=4)
     content = (artifacts / "kubeadm").read_bytes()
     with pytest.raises(ComponentFetchError, match="larger than"):
         small.install(
@@ -189,8 +193,8 @@ def _tar_gz(members: dict[str, bytes], *, link: tuple[str, str] | None = None) -
     return buffer.getvalue()
 
 
-def test_archive_is_unpacked_and_swapped_in(installer: ComponentInstaller, tmp_path: Path) -> None:
-    archive = tmp_path / "cni.tar.gz"
+def test_archive_is_unpacked_and_swapped_in(installer: ComponentInstaller, artifacts: Path) -> None:
+    archive = artifacts / "cni.tar.gz"
     archive.write_bytes(_tar_gz({"bridge": b"bridge-plugin", "loopback": b"lo-plugin"}))
     target = installer.install_root / "opt/cni/bin"
     target.mkdir(parents=True)
@@ -204,9 +208,9 @@ def test_archive_is_unpacked_and_swapped_in(installer: ComponentInstaller, tmp_p
 
 
 def test_archive_escaping_its_directory_is_refused(
-    installer: ComponentInstaller, tmp_path: Path
+    installer: ComponentInstaller, tmp_path: Path, artifacts: Path
 ) -> None:
-    archive = tmp_path / "evil.tar.gz"
+    archive = artifacts / "evil.tar.gz"
     archive.write_bytes(_tar_gz({"../../escape": b"x"}))
     with pytest.raises(Exception, match="cni"):
         installer.install(
@@ -251,3 +255,180 @@ def test_http_source_verified(
         )
     assert not (installer.install_root / "bin/kubectl").exists()
     assert os.listdir(installer.install_root) == ["bin"]
+
+
+# -- where local sources may come from -------------------------------------------------------
+
+
+@pytest.fixture
+def secret_file(tmp_path: Path) -> Path:
+    """A file outside the source directories (think /etc/shadow or a key file)."""
+    path = tmp_path / "elsewhere" / "secret"
+    path.parent.mkdir()
+    path.write_bytes(b"not for the requester")
+    return path
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every path opened through ``os.open`` or ``open`` while the test runs (observed only)."""
+    paths: list[str] = []
+    for module, name in ((os, "open"), (builtins, "open"), (io, "open")):
+        real = getattr(module, name)
+
+        def recording(path, *args, _real=real, **kwargs):
+            paths.append(str(path))
+            return _real(path, *args, **kwargs)
+
+        monkeypatch.setattr(module, name, recording)
+    return paths
+
+
+def _refused_unread(installer: ComponentInstaller, component, opened: list[str]) -> str:
+    """Install ``component`` expecting a refusal before any source file was opened."""
+    opened.clear()  # (the test itself may have read the files to build the request)
+    with pytest.raises(InvalidComponentError, match="kubeadm") as refused:
+        installer.install([component])
+    assert not any("artifacts" in p or "elsewhere" in p for p in opened), opened
+    root = installer.install_root
+    assert not root.exists() or list(root.iterdir()) == []
+    return str(refused.value)
+
+
+@pytest.mark.parametrize("form", ["uri", "path"])
+def test_source_outside_the_source_directories_is_refused_unread(
+    installer: ComponentInstaller, secret_file: Path, opened, form: str
+) -> None:
+    content = secret_file.read_bytes()
+    source = secret_file.as_uri() if form == "uri" else str(secret_file)
+    message = _refused_unread(
+        installer, _component("kubeadm", source, content, "/usr/bin/kubeadm"), opened
+    )
+    assert "is outside the component source directories" in message
+    assert hashlib.sha256(content).hexdigest() not in message.split("pinned")[0]
+
+
+@pytest.mark.parametrize(
+    "relative",
+    [
+        "../elsewhere/secret",  # traversal out of the directory
+        "./kubeadm",
+        "sub/../kubeadm",  # even when it would stay inside
+    ],
+)
+def test_dot_segments_are_refused(
+    installer: ComponentInstaller, artifacts: Path, secret_file: Path, opened, relative: str
+) -> None:
+    (artifacts / "sub").mkdir()
+    source = f"file://{artifacts}/{relative}"
+    message = _refused_unread(
+        installer, _component("kubeadm", source, b"x", "/usr/bin/kubeadm"), opened
+    )
+    assert "without '.' or '..'" in message
+
+
+def test_percent_encoded_traversal_is_refused(
+    installer: ComponentInstaller, artifacts: Path, secret_file: Path, opened
+) -> None:
+    source = f"file://{artifacts}/%2E%2E/elsewhere/secret"
+    message = _refused_unread(
+        installer, _component("kubeadm", source, b"x", "/usr/bin/kubeadm"), opened
+    )
+    assert "without '.' or '..'" in message
+
+
+def test_symlink_out_of_the_source_directory_is_refused(
+    installer: ComponentInstaller, artifacts: Path, secret_file: Path, opened
+) -> None:
+    (artifacts / "link").symlink_to(secret_file)
+    (artifacts / "dirlink").symlink_to(secret_file.parent, target_is_directory=True)
+    for name in ("link", "dirlink/secret"):
+        message = _refused_unread(
+            installer,
+            _component("kubeadm", str(artifacts / name), b"x", "/usr/bin/kubeadm"),
+            opened,
+        )
+        assert "symbolic link out of the component source directories" in message
+
+
+def test_symlink_within_the_source_directory_is_followed(
+    installer: ComponentInstaller, artifacts: Path
+) -> None:
+    (artifacts / "current").symlink_to(artifacts / "kubeadm")
+    content = (artifacts / "kubeadm").read_bytes()
+    installer.install(
+        [_component("kubeadm", str(artifacts / "current"), content, "/usr/bin/kubeadm")]
+    )
+    assert (installer.install_root / "usr/bin/kubeadm").read_bytes() == content
+
+
+def test_one_refused_source_means_no_source_is_read(
+    installer: ComponentInstaller, artifacts: Path, secret_file: Path, opened
+) -> None:
+    """Every source is checked before the first one is fetched."""
+    good = (artifacts / "kubectl").read_bytes()
+    opened.clear()
+    with pytest.raises(InvalidComponentError, match="kubeadm"):
+        installer.install(
+            [
+                _component("kubectl", str(artifacts / "kubectl"), good, "/usr/bin/kubectl"),
+                _component("kubeadm", str(secret_file), b"x", "/usr/bin/kubeadm"),
+            ]
+        )
+    assert not any(str(artifacts) in p or str(secret_file) in p for p in opened)
+
+
+def test_fifo_in_the_source_directory_is_not_read(
+    installer: ComponentInstaller, artifacts: Path
+) -> None:
+    os.mkfifo(artifacts / "fifo")  # opening it for reading would block without O_NONBLOCK
+    with pytest.raises(ComponentFetchError, match="not a regular file"):
+        installer.install([_component("kubeadm", str(artifacts / "fifo"), b"", "/usr/bin/kubeadm")])
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["file:///x?y=1", "file:///x#frag", "data:,hello", "ftp://127.0.0.1/kubeadm", "kubeadm"],
+)
+def test_other_url_forms_are_refused(installer: ComponentInstaller, url: str) -> None:
+    with pytest.raises(InvalidComponentError, match="kubeadm"):
+        installer.install([_component("kubeadm", url, b"", "/usr/bin/kubeadm")])
+
+
+def test_no_source_directories_means_http_only(artifacts: Path, tmp_path: Path) -> None:
+    strict = ComponentInstaller(tmp_path / "root", source_dirs=())
+    content = (artifacts / "kubeadm").read_bytes()
+    with pytest.raises(InvalidComponentError, match="none configured"):
+        strict.install(
+            [_component("kubeadm", str(artifacts / "kubeadm"), content, "/usr/bin/kubeadm")]
+        )
+
+
+def test_default_source_directories_are_the_image_and_the_component_cache(tmp_path: Path) -> None:
+    from constellation.bootstrapper.installer import NODE_IMAGE_COMPONENTS_DIR, default_source_dirs
+
+    env = {"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    assert default_source_dirs(env) == (
+        NODE_IMAGE_COMPONENTS_DIR,
+        tmp_path / "xdg" / "constellation" / "kubernetes",
+    )
+    env["CONSTELLATION_K8S_CACHE"] = str(tmp_path / "pinned")
+    assert default_source_dirs(env)[1] == tmp_path / "pinned"
+    assert ComponentInstaller(tmp_path / "root").source_dirs[0] == NODE_IMAGE_COMPONENTS_DIR
+
+
+def test_configured_source_directories_reach_the_installer(tmp_path: Path) -> None:
+    from constellation.bootstrapper.config import ConfigError, config_from_mapping
+
+    base = {
+        "metadata_path": "m.json",
+        "state_disk_path": "disk.img",
+        "state_dir": "state",
+        "install_root": "root",
+        "tpm_tcti": "swtpm:path=/x",
+    }
+    config = config_from_mapping({**base, "component_source_dirs": [str(tmp_path)]})
+    assert config.component_source_dirs == (tmp_path,)
+    assert config_from_mapping(base).component_source_dirs is None
+    with pytest.raises(ConfigError, match="component_source_dirs"):
+        config_from_mapping({**base, "component_source_dirs": str(tmp_path)})

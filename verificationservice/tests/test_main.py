@@ -14,6 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from constellation.attestation.evidence import VERIFY_USER_DATA_LABEL
 from constellation.proto import verify_pb2, verify_pb2_grpc
 
 MODULE = "constellation.verificationservice"
@@ -65,13 +66,13 @@ def test_serves_both_transports_then_drains_on_sigterm(swtpm, run_service, valid
         answer = verify_pb2_grpc.APIStub(channel).GetAttestation(
             verify_pb2.GetAttestationRequest(nonce=nonce), timeout=30
         )
-    assert validator.validate(answer.attestation, nonce) == b"VerifyService"
+    assert validator.validate(answer.attestation, nonce) == VERIFY_USER_DATA_LABEL
 
     query = base64.urlsafe_b64encode(nonce).decode()
     url = f"http://127.0.0.1:{started['http_port']}/?nonce={query}"
     with urllib.request.urlopen(url, timeout=30) as response:
         document = base64.b64decode(json.loads(response.read())["data"])
-    assert validator.validate(document, nonce) == b"VerifyService"
+    assert validator.validate(document, nonce) == VERIFY_USER_DATA_LABEL
 
     metrics_url = f"http://127.0.0.1:{started['metrics_port']}/metrics"
     with urllib.request.urlopen(metrics_url, timeout=10) as response:

@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from constellation.attestation.errors import ValidationError
+from constellation.attestation.evidence import VERIFY_USER_DATA_LABEL
 from constellation.attestation.measurements import Measurements
 from constellation.attestation.service.metrics import ServiceMetrics
 from constellation.attestation.vtpm import VtpmIssuer, VtpmValidator, firmware_measure
@@ -78,7 +79,7 @@ def test_grpc_evidence_validates_for_nonce_and_user_data(swtpm, service, validat
             verify_pb2.GetAttestationRequest(nonce=nonce), timeout=30
         )
     verified = validator.verify(answer.attestation, nonce)
-    assert verified.user_data == b"VerifyService"
+    assert verified.user_data == VERIFY_USER_DATA_LABEL
     with pytest.raises(ValidationError):
         validator.verify(answer.attestation, os.urandom(32))  # bound to *our* nonce only
 
@@ -90,7 +91,7 @@ def test_http_evidence_validates_for_nonce_and_user_data(swtpm, service, validat
     status, body = _get(f"{service.http_base}/?nonce={query}")
     assert status == 200
     document = base64.b64decode(body["data"], validate=True)
-    assert validator.validate(document, nonce) == b"VerifyService"
+    assert validator.validate(document, nonce) == VERIFY_USER_DATA_LABEL
     assert service.metrics.requests(HTTP_METHOD_LABEL, "200") == 1
 
 
@@ -115,7 +116,7 @@ def test_http_other_paths_and_methods_refused(service):
     assert refused.value.code == 405
 
 
-@pytest.mark.parametrize("nonce", [b"", b"x" * 65])
+@pytest.mark.parametrize("nonce", [b"", b"x" * 15, b"x" * 65])
 def test_grpc_bad_nonce_is_invalid_argument(service, nonce):
     with grpc.insecure_channel(service.grpc_target) as channel, pytest.raises(grpc.RpcError) as bad:
         verify_pb2_grpc.APIStub(channel).GetAttestation(
@@ -138,7 +139,7 @@ def test_tpm_failure_is_unavailable_without_details(swtpm_factory):
                 verify_pb2.GetAttestationRequest(nonce=b"n" * 32), timeout=30
             )
         assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
-        status, body = _get(f"{running.http_base}/?nonce=AAAA")
+        status, body = _get(f"{running.http_base}/?nonce={'A' * 43}")
         assert status == 503
         assert body == {"error": "evidence could not be issued"}
     finally:
@@ -162,7 +163,7 @@ def test_event_log_is_attached_and_replays(swtpm, tmp_path):
         probe = VtpmValidator(Measurements()).verify(document, nonce)
         expected = Measurements.from_dict({str(i): probe.pcrs[i].hex() for i in (4, 9, 11)})
         strict = VtpmValidator(expected, require_event_log=True)
-        assert strict.validate(document, nonce) == b"VerifyService"
+        assert strict.validate(document, nonce) == VERIFY_USER_DATA_LABEL
 
         log_file.unlink()  # a node whose log vanished cannot produce evidence
         status, body = _get(f"{running.http_base}/?nonce={query}")

@@ -21,11 +21,11 @@ Example (mini mode; every path is the node's own)::
 from __future__ import annotations
 
 import ipaddress
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from constellation.attestation.boundedparse import loads_json
 from constellation.bootstrapper.errors import BootstrapperError
 
 DEFAULT_INIT_PORT = 9000
@@ -179,8 +179,5 @@ def load_config(path: Path) -> BootstrapperConfig:
         raw = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read configuration {path}: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"configuration {path} is not valid JSON: {exc}") from None
+    data = loads_json(raw, max_size=1 << 20, error=ConfigError, what=f"configuration {path}")
     return config_from_mapping(data)

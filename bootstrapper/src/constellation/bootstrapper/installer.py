@@ -14,9 +14,29 @@ to exactly that value. Installation is therefore two-phase:
 
 Install paths are absolute paths on the node (``/usr/local/bin/kubeadm``); they are confined
 to the configured install root (the file-system root on a real node, a scratch directory in
-mini mode and tests) and may not contain ``..``. Sources are ``file://`` URLs, absolute local
-paths (inside the node image) or ``http(s)://`` URLs fetched with a bounded timeout, a bounded
-total time and a bounded size.
+mini mode and tests) and may not contain ``..``.
+
+Sources (the ``components.Component.url`` contract: "file://, http(s)://, or a path in the node
+image") are accepted in exactly these forms:
+
+- ``http://`` and ``https://`` URLs, fetched with a bounded timeout, a bounded total time and a
+  bounded size. The content is trusted only through its pinned SHA-256.
+- ``file://`` URLs (no host, or ``localhost``; no query or fragment) and absolute paths, that
+  name a regular file inside one of the installer's *source directories*: by default the node
+  image's artifact directory ``NODE_IMAGE_COMPONENTS_DIR`` and the local Kubernetes component
+  cache (where ``hack/setup`` builds, and ``constellation mini up`` takes, the pinned binaries:
+  ``$CONSTELLATION_K8S_CACHE`` or ``${XDG_CACHE_HOME:-~/.cache}/constellation/kubernetes``);
+  ``BootstrapperConfig.component_source_dirs`` replaces the list. A path with ``.`` or ``..``
+  segments is refused as written, and the path with every symbolic link resolved must still
+  lie inside a source directory (a link pointing out of it is refused); the final file is
+  opened without following links and must be a regular file (not a FIFO or device).
+- Nothing else (``ftp:``, ``data:``, relative paths, remote ``file://`` hosts).
+
+Every source of a request is checked *before* any of them is read, so a refused location is
+never opened - the node does not become an oracle for files outside its source directories.
+A hash mismatch says only that the content does not match the pinned SHA-256; it never shows
+the hash of what was read. The source directories are trusted like the node image itself:
+whoever can write there could replace an artifact between check and open anyway.
 """
 
 from __future__ import annotations
@@ -26,19 +46,21 @@ import hmac
 import os
 import re
 import shutil
+import stat
 import tarfile
 import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import IO, Protocol
 
 from constellation.bootstrapper.errors import BootstrapperError
+from constellation.bootstrapper.kubernetes.components import default_cache_dir
 
 HASH_PREFIX = "sha256:"
 SHA256_HEX_LENGTH = 64
@@ -48,6 +70,17 @@ DEFAULT_HTTP_TIMEOUT_S = 30.0
 DEFAULT_TOTAL_TIMEOUT_S = 600.0
 DEFAULT_MAX_SIZE = 1 << 30  # 1 GiB: larger than any Kubernetes binary or archive we ship
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: Where a node image ships the component artifacts it carries itself (read-only, measured).
+NODE_IMAGE_COMPONENTS_DIR = Path("/usr/share/constellation/components")
+
+
+def default_source_dirs(env: Mapping[str, str] | None = None) -> tuple[Path, ...]:
+    """The node image's artifact directory and the local Kubernetes component cache.
+
+    The cache root is the parent of every per-version cache directory (``default_cache_dir``
+    with an empty version), or ``$CONSTELLATION_K8S_CACHE`` itself when that is set.
+    """
+    return (NODE_IMAGE_COMPONENTS_DIR, default_cache_dir("", env))
 
 
 class ComponentError(BootstrapperError):
@@ -67,14 +100,17 @@ class ComponentFetchError(ComponentError):
 
 
 class ComponentHashMismatchError(ComponentError):
-    """The fetched bytes do not hash to the value in the request: nothing is installed."""
+    """The fetched bytes do not hash to the value in the request: nothing is installed.
 
-    def __init__(self, component: str, expected: str, actual: str) -> None:
+    Deliberately carries no hash of what was read: the error travels back to whoever sent the
+    request, and must not tell them anything about the content at the source.
+    """
+
+    def __init__(self, component: str, expected: str) -> None:
         self.expected = expected
-        self.actual = actual
         super().__init__(
             component,
-            f"SHA-256 mismatch: expected {expected}, got {actual}; refusing to install "
+            f"content does not match the pinned SHA-256 {expected}; refusing to install "
             "anything (check the components list the CLI sent and the artifact's source)",
         )
 
@@ -164,20 +200,53 @@ def parse_components(components: Sequence[ComponentMessage]) -> list[ComponentSp
     return specs
 
 
-def _source_kind(spec: ComponentSpec) -> tuple[str, str]:
-    """Classify a source as ("file", path) or ("http", url); refuse everything else."""
+def _source_kind(spec: ComponentSpec, source_dirs: Sequence[Path]) -> tuple[str, str]:
+    """Classify a source as ("file", resolved path) or ("http", url); refuse everything else.
+
+    Reads no file: a local path is checked (segments, then its fully resolved form) against
+    ``source_dirs`` using only the file system's names and links.
+    """
     parsed = urllib.parse.urlparse(spec.source)
+    if parsed.scheme in ("http", "https"):
+        return "http", spec.source
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise InvalidComponentError(spec.name, "file:// URL must not name a remote host")
-        return "file", urllib.parse.unquote(parsed.path)
-    if parsed.scheme in ("http", "https"):
-        return "http", spec.source
+        if parsed.query or parsed.fragment or parsed.params:
+            raise InvalidComponentError(
+                spec.name, "file:// URL must not carry a query, fragment or parameters"
+            )
+        return "file", _confined_source(spec, urllib.parse.unquote(parsed.path), source_dirs)
     if parsed.scheme == "" and spec.source.startswith("/"):
-        return "file", spec.source
+        return "file", _confined_source(spec, spec.source, source_dirs)
     raise InvalidComponentError(
         spec.name,
         f"source must be file://, http(s):// or an absolute path, got scheme {parsed.scheme!r}",
+    )
+
+
+def _confined_source(spec: ComponentSpec, text: str, source_dirs: Sequence[Path]) -> str:
+    """``text`` with every link resolved, if it lies inside a source directory; else refuse."""
+    allowed = ", ".join(str(d) for d in source_dirs) or "none configured"
+    path = PurePosixPath(text)
+    # Split the text itself: ``PurePosixPath`` would silently drop "." segments.
+    if "\x00" in text or not path.is_absolute() or {".", ".."} & set(text.split("/")):
+        raise InvalidComponentError(
+            spec.name,
+            f"local source {text[:200]!r} must be an absolute path without '.' or '..' "
+            f"inside the component source directories ({allowed})",
+        )
+    resolved = Path(os.path.realpath(text))
+    for directory in source_dirs:
+        root = Path(os.path.realpath(directory))
+        if resolved != root and resolved.is_relative_to(root):
+            return str(resolved)
+    lexically_inside = any(path.is_relative_to(d) for d in source_dirs)
+    reason = "leads through a symbolic link out of" if lexically_inside else "is outside"
+    raise InvalidComponentError(
+        spec.name,
+        f"local source {text[:200]} {reason} the component source directories ({allowed}); "
+        "the node reads local artifacts only from there (or fetch it over http(s))",
     )
 
 
@@ -247,11 +316,14 @@ class ComponentInstaller:
         self,
         install_root: Path,
         *,
+        source_dirs: Sequence[Path] | None = None,
         http_timeout_s: float = DEFAULT_HTTP_TIMEOUT_S,
         total_timeout_s: float = DEFAULT_TOTAL_TIMEOUT_S,
         max_size: int = DEFAULT_MAX_SIZE,
     ) -> None:
         self.install_root = install_root
+        #: Local sources must lie in one of these (``None``: ``default_source_dirs()``).
+        self.source_dirs = tuple(source_dirs) if source_dirs is not None else default_source_dirs()
         self.http_timeout_s = http_timeout_s
         self.total_timeout_s = total_timeout_s
         self.max_size = max_size
@@ -284,7 +356,7 @@ class ComponentInstaller:
         """Fetch and verify every component; raise (with nothing installed) on the first error."""
         specs = parse_components(components)
         for spec in specs:
-            _source_kind(spec)  # refuse bad URLs before fetching anything
+            _source_kind(spec, self.source_dirs)  # refuse every bad source before reading any
             self.target(spec)
         self.install_root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".components-", dir=self.install_root))
@@ -307,13 +379,13 @@ class ComponentInstaller:
     # -- fetching --------------------------------------------------------------------------
 
     def _fetch_verified(self, spec: ComponentSpec, destination: Path) -> None:
-        kind, location = _source_kind(spec)
+        kind, location = _source_kind(spec, self.source_dirs)
         deadline = _Deadline(spec.name, self.total_timeout_s)
         digest = hashlib.sha256()
         with destination.open("xb") as out:
             if kind == "file":
                 try:
-                    with open(location, "rb") as source:
+                    with _open_regular_file(spec, location) as source:
                         self._copy(spec, source, out, digest, deadline)
                 except OSError as exc:
                     raise ComponentFetchError(
@@ -323,9 +395,8 @@ class ComponentInstaller:
                 self._fetch_http(spec, location, out, digest, deadline)
             out.flush()
             os.fsync(out.fileno())
-        actual = digest.digest()
-        if not hmac.compare_digest(actual, spec.sha256):
-            raise ComponentHashMismatchError(spec.name, spec.hash_text, HASH_PREFIX + actual.hex())
+        if not hmac.compare_digest(digest.digest(), spec.sha256):
+            raise ComponentHashMismatchError(spec.name, spec.hash_text)
 
     def _fetch_http(
         self,
@@ -420,6 +491,18 @@ class ComponentInstaller:
             shutil.rmtree(fresh, ignore_errors=True)
             raise
         _fsync_dir(target.parent)
+
+
+def _open_regular_file(spec: ComponentSpec, path: str) -> IO[bytes]:
+    """Open a resolved local source: no link followed, no blocking on a FIFO, regular only."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ComponentFetchError(spec.name, f"{path} is not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from constellation.attestation.boundedparse import loads_json
 from constellation.attestation.identity import Role as Role  # moved; importers switch to identity
 from constellation.bootstrapper.atomicfile import PUBLIC_MODE, write_atomic
 from constellation.bootstrapper.errors import MetadataError
@@ -103,10 +104,7 @@ class MetadataProvider(Protocol):
 
 def parse_metadata(data: bytes, *, source: str = "metadata") -> InstanceMetadata:
     """Parse and validate a metadata document; every error names ``source`` and the key path."""
-    try:
-        document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise MetadataError(f"{source}: not valid JSON: {err}") from err
+    document = loads_json(data, max_size=_MAX_FILE_SIZE, error=MetadataError, what=source)
     top = _object(document, source, {"version", "self", "initSecretHash", "controlPlaneEndpoints"})
     version = top["version"]
     if type(version) is not int or version != METADATA_FORMAT_VERSION:

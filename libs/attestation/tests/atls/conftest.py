@@ -148,18 +148,24 @@ def current_pcrs(issuer: Issuer) -> dict[int, bytes]:
 
 @pytest.fixture
 def vtpm_attester_factory(swtpm: Any) -> Callable[[], Attester]:
-    """The real qemu-vtpm pair over a fresh swtpm; measurements are the TPM's current PCRs."""
-    from constellation.attestation.vtpm import VtpmIssuer, VtpmValidator
+    """The real qemu-vtpm pair over a fresh swtpm; measurements are the TPM's current PCRs.
+
+    The swtpm's AK is certified by the test platform CA, which the validators trust.
+    """
+    from constellation.attestation.eventlog import encode_event_log
+    from constellation.attestation.identity import Role
+    from constellation.attestation.testing.platform import node_issuer, node_validator
 
     def make() -> Attester:
-        pcrs = current_pcrs(VtpmIssuer(swtpm.tcti))
+        node = node_issuer(swtpm.tcti, "node-0", Role.WORKER, event_log=encode_event_log([]))
+        pcrs = current_pcrs(node)
         wrong = dict(pcrs)
         wrong[4] = hashlib.sha256(b"another image").digest()
         return Attester(
             name="qemu-vtpm",
-            issuer=lambda: VtpmIssuer(swtpm.tcti),
-            validator=lambda: VtpmValidator(_measurements_of(pcrs)),
-            wrong_validator=lambda: VtpmValidator(_measurements_of(wrong)),
+            issuer=lambda: node,
+            validator=lambda: node_validator(_measurements_of(pcrs)),
+            wrong_validator=lambda: node_validator(_measurements_of(wrong)),
         )
 
     return make

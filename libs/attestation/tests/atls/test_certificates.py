@@ -77,7 +77,7 @@ def test_inspection_attestation_is_embedded_under_the_variant_oid(
     assert not extension.critical
     document = extension.value.value
     verified = attester.validator().verify(document, INSPECTION_NONCE)
-    assert verified.user_data == running.server.identity.spki_hash
+    assert verified.user_data == atls.atls_user_data(running.server.identity.spki_hash)
     # the handshake still demands fresh evidence; the embedded one is for display only
     with atls.connect(running.target, [attester.validator()], timeout=20) as conn:
         assert conn.server.user_data == verified.user_data

@@ -9,8 +9,9 @@ import grpc
 import pytest
 
 from constellation.attestation import atls
-from constellation.attestation.atls.protocol import HANDSHAKE_METHOD
+from constellation.attestation.atls.protocol import HANDSHAKE_METHOD, atls_user_data
 from constellation.attestation.errors import MalformedEvidenceError, ValidationError
+from constellation.attestation.evidence import ATLS_USER_DATA_LABEL, VERIFY_USER_DATA_LABEL
 from constellation.proto import atls_pb2, atls_pb2_grpc
 
 
@@ -18,7 +19,7 @@ def test_connect_returns_channel_after_server_attested(attester, start_server, k
     running = start_server(attester.issuer())
     with atls.connect(running.target, [attester.validator()], timeout=20) as conn:
         assert conn.server.variant == attester.issuer().variant
-        assert conn.server.user_data == running.server.identity.spki_hash
+        assert conn.server.user_data == atls_user_data(running.server.identity.spki_hash)
         assert kit.call_echo(conn.channel) == b"unattested:hi"
     assert running.recorder.methods == [HANDSHAKE_METHOD, kit.echo_method]
 
@@ -191,7 +192,8 @@ def test_malformed_target_rejected(target):
         atls.connect(target, [object()], timeout=1)  # type: ignore[list-item]
 
 
-def test_short_client_nonce_rejected_by_server(start_server, double):
+@pytest.mark.parametrize("nonce", [b"short", bytes(16), bytes(31), bytes(33), bytes(64)])
+def test_client_nonce_of_other_than_32_bytes_rejected_by_server(start_server, double, nonce):
     running = start_server(double.issuer())
     client = atls.new_client_identity()
     der = atls.fetch_server_certificate(running.target, client)
@@ -203,6 +205,50 @@ def test_short_client_nonce_rejected_by_server(start_server, double):
         pytest.raises(grpc.RpcError) as failed,
     ):
         atls_pb2_grpc.HandshakeStub(channel).Attest(
-            atls_pb2.AttestRequest(client_nonce=b"short"), timeout=5
+            atls_pb2.AttestRequest(client_nonce=nonce), timeout=5
         )
     assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "exactly 32 bytes" in failed.value.details()
+
+
+def test_verification_service_evidence_refused_as_atls_evidence(start_server, double):
+    """Label separation: evidence issued for ``constellation verify`` names no TLS key."""
+
+    class VerifyPurpose:
+        variant = double.issuer().variant
+
+        def issue(self, user_data: bytes, nonce: bytes) -> bytes:
+            return double.issuer().issue(VERIFY_USER_DATA_LABEL, nonce)
+
+    running = start_server(VerifyPurpose())
+    with pytest.raises(ValidationError) as refused:
+        atls.connect(running.target, [double.validator()], timeout=5)
+    assert [f.check for f in refused.value.failures] == ["atls.user_data"]
+    assert running.echo.calls == 0
+
+
+def test_unlabelled_key_hash_refused(start_server, double):
+    """Evidence over the bare SPKI hash (no aTLS label) does not bind the key for aTLS."""
+
+    class Unlabelled:
+        variant = double.issuer().variant
+
+        def issue(self, user_data: bytes, nonce: bytes) -> bytes:
+            return double.issuer().issue(user_data[len(ATLS_USER_DATA_LABEL) :], nonce)
+
+    running = start_server(Unlabelled())
+    with pytest.raises(ValidationError) as refused:
+        atls.connect(running.target, [double.validator()], timeout=5)
+    assert [f.check for f in refused.value.failures] == ["atls.user_data"]
+
+
+def test_rate_bound_refuses_the_handshake_with_the_wait(start_server, double):
+    clock = [100.0]
+    running = start_server(
+        double.issuer(), rate_limit=atls.TokenBucket(rate=2, burst=1, clock=lambda: clock[0])
+    )
+    atls.connect(running.target, [double.validator()], timeout=5).close()
+    with pytest.raises(atls.ATLSHandshakeError, match=r"RESOURCE_EXHAUSTED.*retry in 500 ms"):
+        atls.connect(running.target, [double.validator()], timeout=5)
+    clock[0] += 0.5
+    atls.connect(running.target, [double.validator()], timeout=5).close()

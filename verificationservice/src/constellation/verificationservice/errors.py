@@ -14,7 +14,18 @@ class ConfigError(VerificationServiceError):
 
 
 class InvalidNonceError(VerificationServiceError):
-    """The nonce is missing, empty, repeated, malformed or too long (400 / INVALID_ARGUMENT)."""
+    """The nonce is missing, repeated, malformed, too short or too long (400 / INVALID_ARGUMENT)."""
+
+
+class RateLimitError(VerificationServiceError):
+    """Evidence is requested faster than the service's rate bound (429 / RESOURCE_EXHAUSTED).
+
+    ``retry_after`` is the wait in seconds after which one more request would be served.
+    """
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class IssueError(VerificationServiceError):

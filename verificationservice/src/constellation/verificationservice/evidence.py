@@ -1,11 +1,17 @@
 """Fresh evidence of this node for ``constellation verify``.
 
-The verifier chooses the nonce; the evidence binds it together with the fixed user data
-``VerifyService`` (DESIGN.md §3), so a document obtained here cannot be replayed as aTLS
-evidence (whose user data is a key hash) nor to another verifier (other nonce).
+The verifier chooses the nonce; the evidence binds it, length-framed and domain-separated
+(``constellation.attestation.evidence.extra_data``), together with the fixed user data
+``VERIFY_USER_DATA_LABEL`` (``b"constellation/verify/v1\\0"``). The label is what keeps this
+endpoint from being a quote oracle for other protocols: aTLS accepts only evidence whose user
+data starts with its own, different label, so a document obtained here cannot be replayed as
+aTLS evidence, and a short nonce cannot be chosen to make the framed bytes look like another
+protocol's input. The verifier's fresh nonce keeps it from being replayed to another verifier.
 
-Nonce rules, shared by gRPC and HTTP: present exactly once, not empty, at most
-``MAX_NONCE_SIZE`` bytes; over HTTP base64url (padding optional).
+Nonce rules, shared by gRPC and HTTP: present exactly once, ``MIN_NONCE_SIZE`` (16) to
+``MAX_NONCE_SIZE`` (64) bytes - fewer random bytes than 16 do not make evidence fresh; over
+HTTP base64url (padding optional). A valid request then takes a token from the service's rate
+bound (``atls.ratelimit.TokenBucket``, shared by gRPC and HTTP): each answer costs a TPM quote.
 """
 
 from __future__ import annotations
@@ -18,13 +24,17 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs
 
+from constellation.attestation.atls.errors import RateLimitedError
+from constellation.attestation.atls.ratelimit import TokenBucket
 from constellation.attestation.errors import ConstellationError
-from constellation.attestation.evidence import Issuer
+from constellation.attestation.evidence import VERIFY_USER_DATA_LABEL, Issuer
 from constellation.attestation.service.metrics import ServiceMetrics
-from constellation.verificationservice.errors import InvalidNonceError, IssueError
+from constellation.verificationservice.errors import InvalidNonceError, IssueError, RateLimitError
 
-USER_DATA = b"VerifyService"
-#: The CLI sends 32 bytes; more than 64 serves no purpose and is refused.
+USER_DATA = VERIFY_USER_DATA_LABEL
+#: The CLI sends 32 bytes. Fewer than 16 cannot make evidence fresh; more than 64 serves no
+#: purpose. Both are refused.
+MIN_NONCE_SIZE = 16
 MAX_NONCE_SIZE = 64
 #: A query string longer than this cannot hold a valid nonce; refuse it unparsed.
 MAX_QUERY_LENGTH = 1024
@@ -32,10 +42,12 @@ _BASE64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 
 
 def check_nonce(nonce: bytes) -> bytes:
-    if not nonce:
-        raise InvalidNonceError("nonce must not be empty")
-    if len(nonce) > MAX_NONCE_SIZE:
-        raise InvalidNonceError(f"nonce must be at most {MAX_NONCE_SIZE} bytes, got {len(nonce)}")
+    """Return ``nonce`` if its length is within bounds; raise ``InvalidNonceError`` otherwise."""
+    if not MIN_NONCE_SIZE <= len(nonce) <= MAX_NONCE_SIZE:
+        raise InvalidNonceError(
+            f"nonce must be {MIN_NONCE_SIZE} to {MAX_NONCE_SIZE} random bytes, got {len(nonce)}; "
+            "send a fresh 32-byte nonce"
+        )
     return nonce
 
 
@@ -77,11 +89,16 @@ def event_log_reader(path: Path) -> Callable[[], bytes]:
 
 
 class EvidenceSource:
-    """Issues this node's evidence for a verifier's nonce, one TPM session at a time."""
+    """Issues this node's evidence for a verifier's nonce, one TPM session at a time, at a
+    bounded rate (default 200/s, burst 400; ``rate_limit`` to change it or its clock).
+    """
 
-    def __init__(self, issuer: Issuer, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self, issuer: Issuer, metrics: ServiceMetrics, *, rate_limit: TokenBucket | None = None
+    ) -> None:
         self._issuer = issuer
         self._metrics = metrics
+        self._rate_limit = rate_limit if rate_limit is not None else TokenBucket()
         self._lock = threading.Lock()
 
     @property
@@ -89,7 +106,13 @@ class EvidenceSource:
         return self._issuer.variant
 
     def attest(self, nonce: bytes) -> bytes:
+        """Evidence over (``USER_DATA``, ``nonce``); raises ``InvalidNonceError``,
+        ``RateLimitError`` or ``IssueError``."""
         check_nonce(nonce)
+        try:
+            self._rate_limit.acquire()
+        except RateLimitedError as exc:
+            raise RateLimitError(str(exc), exc.retry_after) from None
         try:
             with self._lock, self._metrics.time_attestation("issue"):
                 return self._issuer.issue(USER_DATA, nonce)

@@ -2,14 +2,16 @@
 
 Both are plain (no TLS): the evidence protects itself (signed quote bound to the caller's
 nonce) and reveals only public facts. HTTP: ``GET /?nonce=<base64url>`` answers
-``{"data": "<base64 document>"}``; a bad nonce gets 400, an issuing failure 503, both with
-``{"error": "..."}``. gRPC: INVALID_ARGUMENT and UNAVAILABLE respectively.
+``{"data": "<base64 document>"}``; a bad nonce gets 400, the rate bound 429 (with
+``Retry-After`` in whole seconds, the message in milliseconds), an issuing failure 503, all
+with ``{"error": "..."}``. gRPC: INVALID_ARGUMENT, RESOURCE_EXHAUSTED and UNAVAILABLE.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 import threading
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -22,7 +24,7 @@ import structlog
 from constellation.attestation.service.grpcserver import PlainGrpcServer
 from constellation.attestation.service.metrics import ServiceMetrics
 from constellation.proto import verify_pb2, verify_pb2_grpc
-from constellation.verificationservice.errors import InvalidNonceError, IssueError
+from constellation.verificationservice.errors import InvalidNonceError, IssueError, RateLimitError
 from constellation.verificationservice.evidence import EvidenceSource, nonce_from_query
 
 _log = structlog.get_logger("constellation.verificationservice")
@@ -31,6 +33,7 @@ SERVICE_NAME = "verify.API"
 HTTP_METHOD_LABEL = "GET /"
 STATUS_CODES: Mapping[type[BaseException], grpc.StatusCode] = {
     InvalidNonceError: grpc.StatusCode.INVALID_ARGUMENT,
+    RateLimitError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     IssueError: grpc.StatusCode.UNAVAILABLE,
 }
 
@@ -74,6 +77,14 @@ class _Handler(BaseHTTPRequestHandler):
         except InvalidNonceError as exc:
             self._answer(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
             return
+        except RateLimitError as exc:
+            _log.warning("verify.rate_limited", transport="http", error=str(exc))
+            self._answer(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                {"error": str(exc)},
+                retry_after=max(1, math.ceil(exc.retry_after)),
+            )
+            return
         except IssueError as exc:
             _log.error("verify.issue_failed", transport="http", error=str(exc))
             self._answer(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "evidence could not be issued"})
@@ -90,7 +101,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_POST = do_PUT = do_DELETE = do_PATCH = _refuse_method
 
-    def _answer(self, status: HTTPStatus, body: Mapping[str, str]) -> None:
+    def _answer(
+        self, status: HTTPStatus, body: Mapping[str, str], *, retry_after: int | None = None
+    ) -> None:
         payload = json.dumps(body).encode()
         self.metrics.count(HTTP_METHOD_LABEL, str(int(status)))
         self.send_response(status)
@@ -98,6 +111,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         if status == HTTPStatus.METHOD_NOT_ALLOWED:
             self.send_header("Allow", "GET")
+        if retry_after is not None:
+            self.send_header("Retry-After", str(retry_after))
         self.end_headers()
         self.wfile.write(payload)
 

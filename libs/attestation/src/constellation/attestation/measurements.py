@@ -10,6 +10,9 @@ An image publisher ships one JSON file per image version,
 ``{version, ref, stream, list: [{csp, attestationVariant, measurements}]}``, with a detached
 ECDSA P-256/SHA-256 signature in cosign's blob format (base64 of the DER signature). The CLI
 only merges measurements whose signature verifies against its configured public key.
+
+Both forms are parsed with ``boundedparse`` (size, nesting and key bounds): a hostile file is a
+``MeasurementsError``, never a ``RecursionError`` or ``TypeError``.
 """
 
 from __future__ import annotations
@@ -27,9 +30,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from constellation.attestation.boundedparse import load_yaml, loads_json
 from constellation.attestation.errors import AttestationError, Failure
 
 PCR_COUNT = 24
+#: Measurements files are a few KiB; anything beyond 1 MiB is refused unread.
+MAX_MEASUREMENTS_SIZE = 1 << 20
 ALLOWED_VALUE_LENGTHS = (32, 48)
 PCR_NODE_LOCK = 15
 SHA256_ZERO = bytes(32)
@@ -166,18 +172,16 @@ class Measurements(Mapping[int, Measurement]):
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Measurements:
-        try:
-            data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise MeasurementsError(f"measurements are not valid JSON: {exc}") from None
+        data = loads_json(
+            text, max_size=MAX_MEASUREMENTS_SIZE, error=MeasurementsError, what="measurements"
+        )
         return cls.from_dict(data)
 
     @classmethod
     def from_yaml(cls, text: str | bytes) -> Measurements:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise MeasurementsError(f"measurements are not valid YAML: {exc}") from None
+        data = load_yaml(
+            text, max_size=MAX_MEASUREMENTS_SIZE, error=MeasurementsError, what="measurements"
+        )
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -277,10 +281,9 @@ class ImageMeasurements:
 
     @classmethod
     def from_json(cls, data: bytes | str) -> ImageMeasurements:
-        try:
-            doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise MeasurementsError(f"measurements file is not valid JSON: {exc}") from None
+        doc = loads_json(
+            data, max_size=MAX_MEASUREMENTS_SIZE, error=MeasurementsError, what="measurements file"
+        )
         if not isinstance(doc, dict):
             raise MeasurementsError("measurements file must be a JSON object")
         fields: dict[str, str] = {}

@@ -32,12 +32,14 @@ from constellation.attestation.atls.errors import (
     ATLSError,
     ATLSHandshakeError,
 )
-from constellation.attestation.atls.nonces import NONCE_SIZE
 from constellation.attestation.atls.protocol import (
+    CLIENT_NONCE_SIZE,
     GRPC_OPTIONS,
     METADATA_EVIDENCE,
     METADATA_NONCE,
     METADATA_VARIANT,
+    SERVER_NONCE_SIZE,
+    atls_user_data,
     verify_peer_evidence,
 )
 from constellation.attestation.evidence import Issuer, Validator, VerifiedEvidence
@@ -206,7 +208,7 @@ def connect_pinned(
     if not validators:
         raise ATLSError("aTLS needs at least one validator for the server's evidence")
     client = client or new_client_identity()
-    server_user_data = spki_hash_of_der(server_certificate)
+    server_user_data = atls_user_data(spki_hash_of_der(server_certificate))
     pem = x509.load_der_x509_certificate(server_certificate).public_bytes(
         serialization.Encoding.PEM
     )
@@ -246,7 +248,7 @@ def _attest(
     client: TLSIdentity,
     timeout: float,
 ) -> AttestedChannel:
-    client_nonce = os.urandom(NONCE_SIZE)
+    client_nonce = os.urandom(CLIENT_NONCE_SIZE)
     # A fail-fast call (no wait_for_ready) waits for the first connection attempt and fails
     # with UNAVAILABLE if TLS fails (e.g. a key other than the pinned one) instead of retrying
     # until the deadline. (``channel_ready_future`` is avoided: its polling thread makes
@@ -278,12 +280,12 @@ def _attest(
         subject=f"aTLS server {target}",
     )
     if issuer is not None:
-        if len(answer.server_nonce) != NONCE_SIZE:
+        if len(answer.server_nonce) != SERVER_NONCE_SIZE:
             raise ATLSHandshakeError(
                 f"aTLS: {target} sent a server nonce of {len(answer.server_nonce)} bytes, "
-                f"expected {NONCE_SIZE} (is it a mutual aTLS server?)"
+                f"expected {SERVER_NONCE_SIZE} (is it a mutual aTLS server?)"
             )
-        document = issuer.issue(client.spki_hash, answer.server_nonce)
+        document = issuer.issue(atls_user_data(client.spki_hash), answer.server_nonce)
         channel = grpc.intercept_channel(
             channel, _EvidenceMetadata(issuer.variant, document, answer.server_nonce)
         )

@@ -24,3 +24,30 @@ class ATLSConnectionError(ATLSError):
 
 class ATLSHandshakeError(ATLSError):
     """The attestation handshake itself failed: no, empty or malformed answer from the peer."""
+
+
+class NonceRefusedError(ATLSError):
+    """A server nonce was not issued by this server to this client certificate, has expired,
+    or was already spent on verified evidence. The client must repeat the handshake.
+
+    Servers answer UNAUTHENTICATED.
+    """
+
+
+class NonceCapacityError(ATLSError):
+    """The server holds as many spent, unexpired nonces as it may; it refuses more until some
+    expire (fail closed). Servers answer RESOURCE_EXHAUSTED; the client retries later.
+    """
+
+
+class RateLimitedError(ATLSError):
+    """Unauthenticated attestation work arrives faster than the configured rate.
+
+    ``retry_after`` is the number of seconds after which one more request would be admitted.
+    Servers answer RESOURCE_EXHAUSTED (HTTP 429).
+    """
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+        milliseconds = max(1, round(retry_after * 1000))
+        super().__init__(f"attestation rate exceeded; retry in {milliseconds} ms")

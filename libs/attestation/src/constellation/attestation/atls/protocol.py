@@ -3,7 +3,7 @@
 The steps are described in the package docstring (``constellation.attestation.atls``); this
 module declares the names and sizes they use once, and implements the check both sides run on
 the other's evidence: right variant, valid evidence for *our* nonce, and user data equal to the
-SPKI hash of the key the TLS handshake authenticated.
+aTLS label followed by the SPKI hash of the key the TLS handshake authenticated.
 """
 
 from __future__ import annotations
@@ -11,10 +11,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from constellation.attestation.errors import Failure, MalformedEvidenceError, ValidationError
-from constellation.attestation.evidence import Validator, VerifiedEvidence
+from constellation.attestation.evidence import ATLS_USER_DATA_LABEL, Validator, VerifiedEvidence
 
 #: Full gRPC method name of the attestation handshake (proto ``atls.Handshake/Attest``).
 HANDSHAKE_METHOD = "/atls.Handshake/Attest"
+
+#: The client's nonce in ``AttestRequest.client_nonce``: exactly 32 random bytes.
+CLIENT_NONCE_SIZE = 32
+#: The server's nonce in ``AttestResponse.server_nonce`` (mutual servers): exactly
+#: ``random(16) || expiry u64be || tag(16)``, see ``nonces.NonceStore``.
+SERVER_NONCE_SIZE = 40
 
 #: Call metadata a mutual-aTLS client attaches to every call (binary keys end in ``-bin``).
 METADATA_VARIANT = "atls-variant"
@@ -30,6 +36,17 @@ GRPC_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_metadata_size", MAX_EVIDENCE_SIZE + 64 * 1024),
     ("grpc.absolute_max_metadata_size", MAX_EVIDENCE_SIZE + 64 * 1024),
 )
+
+
+def atls_user_data(spki_digest: bytes) -> bytes:
+    """The user data aTLS evidence carries: ``ATLS_USER_DATA_LABEL || SHA-256(SPKI DER)``.
+
+    The label makes aTLS evidence useless as VerificationService evidence and vice versa
+    (``constellation.attestation.evidence`` lists the labels).
+    """
+    if len(spki_digest) != 32:
+        raise ValueError(f"an SPKI digest is 32 bytes, got {len(spki_digest)}")
+    return ATLS_USER_DATA_LABEL + spki_digest
 
 
 def verify_peer_evidence(

@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 import structlog
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from constellation.attestation.atls.certificates import (
     CLIENT_CA_CERT_PEM,
@@ -30,21 +31,28 @@ from constellation.attestation.atls.certificates import (
     new_server_identity,
     spki_hash,
 )
-from constellation.attestation.atls.errors import ATLSError
+from constellation.attestation.atls.errors import (
+    ATLSError,
+    NonceCapacityError,
+    NonceRefusedError,
+    RateLimitedError,
+)
 from constellation.attestation.atls.nonces import (
-    NONCE_SIZE,
     AttestationSession,
     NonceStore,
     VerifiedPeers,
 )
 from constellation.attestation.atls.protocol import (
+    CLIENT_NONCE_SIZE,
     GRPC_OPTIONS,
     HANDSHAKE_METHOD,
     METADATA_EVIDENCE,
     METADATA_NONCE,
     METADATA_VARIANT,
+    atls_user_data,
     verify_peer_evidence,
 )
+from constellation.attestation.atls.ratelimit import TokenBucket
 from constellation.attestation.errors import (
     ConstellationError,
     MalformedEvidenceError,
@@ -95,31 +103,69 @@ def _session() -> AttestationSession:
     return session
 
 
-class HandshakeServicer(atls_pb2_grpc.HandshakeServicer):
-    """Serves ``atls.Handshake/Attest``: evidence over (our SPKI hash, the client's nonce)."""
+def _client_certificate(context: grpc.ServicerContext) -> tuple[x509.Certificate, bytes] | None:
+    """The client certificate TLS authenticated on this call and the SHA-256 of its DER."""
+    presented: object = context.auth_context().get("x509_pem_cert") or []
+    certs = [c for c in presented if isinstance(c, bytes)] if isinstance(presented, list) else []
+    if not certs:
+        return None
+    try:
+        certificate = x509.load_pem_x509_certificate(certs[0])
+    except ValueError:
+        return None
+    der = certificate.public_bytes(serialization.Encoding.DER)
+    return certificate, hashlib.sha256(der).digest()
 
-    def __init__(self, issuer: Issuer, identity: TLSIdentity, nonces: NonceStore | None) -> None:
+
+def _refuse_rate(context: grpc.ServicerContext, limit: TokenBucket) -> None:
+    try:
+        limit.acquire()
+    except RateLimitedError as exc:
+        _log.warning("atls.rate_limited", retry_after_ms=round(exc.retry_after * 1000))
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+
+
+class HandshakeServicer(atls_pb2_grpc.HandshakeServicer):
+    """Serves ``atls.Handshake/Attest``: evidence over (our labelled SPKI hash, the client's
+    nonce), and on a mutual server a nonce bound to the caller's client certificate.
+    """
+
+    def __init__(
+        self,
+        issuer: Issuer,
+        identity: TLSIdentity,
+        nonces: NonceStore | None,
+        rate_limit: TokenBucket | None = None,
+    ) -> None:
         self._issuer = issuer
-        self._user_data = identity.spki_hash
+        self._user_data = atls_user_data(identity.spki_hash)
         self._nonces = nonces
+        self._rate_limit = rate_limit if rate_limit is not None else TokenBucket()
         # A TPM (no resource manager) serves one command sequence at a time.
         self._issue_lock = threading.Lock()
 
     def Attest(
         self, request: atls_pb2.AttestRequest, context: grpc.ServicerContext
     ) -> atls_pb2.AttestResponse:
-        if len(request.client_nonce) != NONCE_SIZE:
+        if len(request.client_nonce) != CLIENT_NONCE_SIZE:
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"client_nonce must be {NONCE_SIZE} bytes, got {len(request.client_nonce)}",
+                f"client_nonce must be exactly {CLIENT_NONCE_SIZE} bytes, "
+                f"got {len(request.client_nonce)}",
             )
+        _refuse_rate(context, self._rate_limit)
+        server_nonce = b""
+        if self._nonces is not None:
+            client = _client_certificate(context)
+            if client is None:  # TLS demands a certificate on a mutual server; be explicit
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, "aTLS: no client certificate")
+            server_nonce = self._nonces.issue(client[1])
         try:
             with self._issue_lock:
                 document = self._issuer.issue(self._user_data, request.client_nonce)
         except ConstellationError as exc:
             _log.error("atls.issue_failed", variant=self._issuer.variant, error=str(exc))
             context.abort(grpc.StatusCode.UNAVAILABLE, "attestation evidence could not be issued")
-        server_nonce = self._nonces.issue() if self._nonces is not None else b""
         return atls_pb2.AttestResponse(
             variant=self._issuer.variant, attestation=document, server_nonce=server_nonce
         )
@@ -138,11 +184,13 @@ class ClientAttestationInterceptor(grpc.ServerInterceptor):  # type: ignore[type
         nonces: NonceStore,
         peers: VerifiedPeers,
         unprotected_methods: frozenset[str] = DEFAULT_UNPROTECTED_METHODS,
+        rate_limit: TokenBucket | None = None,
     ) -> None:
         self._validators = validators
         self._nonces = nonces
         self._peers = peers
         self._unprotected = unprotected_methods
+        self._rate_limit = rate_limit if rate_limit is not None else TokenBucket()
 
     def set_validators(self, validators: ValidatorSource) -> None:
         """Replace the validators (e.g. after new measurements were published).
@@ -169,17 +217,10 @@ class ClientAttestationInterceptor(grpc.ServerInterceptor):  # type: ignore[type
         return source() if callable(source) else source
 
     def _authenticate(self, context: grpc.ServicerContext) -> AttestationSession:
-        presented: object = context.auth_context().get("x509_pem_cert") or []
-        certs = (
-            [c for c in presented if isinstance(c, bytes)] if isinstance(presented, list) else []
-        )
-        if not certs:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "aTLS: no client certificate")
-        try:
-            certificate = x509.load_pem_x509_certificate(certs[0])
-        except ValueError:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "aTLS: unparsable client certificate")
-        fingerprint = hashlib.sha256(certs[0]).digest()
+        client = _client_certificate(context)
+        if client is None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "aTLS: no usable client certificate")
+        certificate, fingerprint = client
         known = self._peers.lookup(fingerprint)
         if known is not None:
             return known
@@ -193,19 +234,20 @@ class ClientAttestationInterceptor(grpc.ServerInterceptor):  # type: ignore[type
                 grpc.StatusCode.UNAUTHENTICATED,
                 "aTLS: this method needs client attestation; connect with an issuer",
             )
-        if not self._nonces.consume(nonce):
-            _log.warning("atls.client_refused", reason="nonce unknown, expired or already used")
-            context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "aTLS: nonce unknown, expired or already used; repeat the handshake",
-            )
+        try:
+            self._nonces.check(nonce, fingerprint)
+        except NonceRefusedError as exc:
+            _log.warning("atls.client_refused", reason=str(exc))
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        # Verifying evidence is the costly part of this unauthenticated path: same budget.
+        _refuse_rate(context, self._rate_limit)
         try:
             evidence = verify_peer_evidence(
                 self._current_validators(),
                 variant=str(variant),
                 document=document,
                 nonce=nonce,
-                expected_user_data=spki_hash(certificate),
+                expected_user_data=atls_user_data(spki_hash(certificate)),
                 subject="aTLS client",
             )
         except ValidationError as exc:
@@ -214,6 +256,14 @@ class ClientAttestationInterceptor(grpc.ServerInterceptor):  # type: ignore[type
         except MalformedEvidenceError as exc:
             _log.warning("atls.client_refused", variant=str(variant), error=str(exc))
             context.abort(grpc.StatusCode.UNAUTHENTICATED, f"aTLS: {exc}")
+        try:
+            self._nonces.spend(nonce)
+        except NonceRefusedError as exc:  # a concurrent call spent it first
+            _log.warning("atls.client_refused", reason=str(exc))
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        except NonceCapacityError as exc:
+            _log.error("atls.nonce_capacity", error=str(exc))
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         session = self._peers.remember(fingerprint, evidence)
         _log.info("atls.client_verified", variant=evidence.variant, warnings=len(evidence.warnings))
         return session
@@ -276,7 +326,7 @@ def _gate_handler(
 def _inspection_evidence(issuer: Issuer) -> Callable[[bytes], tuple[str, bytes]]:
     def evidence(spki_hash: bytes) -> tuple[str, bytes]:
         oid = get_variant(issuer.variant).oid
-        return oid, issuer.issue(spki_hash, INSPECTION_NONCE)
+        return oid, issuer.issue(atls_user_data(spki_hash), INSPECTION_NONCE)
 
     return evidence
 
@@ -287,6 +337,9 @@ class AttestedServer:
     ``interceptors`` run before the client-attestation gate, so metrics and error mapping see
     refused calls too. ``embed_inspection_attestation`` puts a static, non-fresh attestation
     into the certificate for tools to display (``certificates.new_server_identity``).
+    ``rate_limit`` bounds the unauthenticated attestation work (``Attest`` calls and client
+    evidence verifications together; default 200/s, burst 400): beyond it callers get
+    RESOURCE_EXHAUSTED with the wait in milliseconds.
     """
 
     def __init__(
@@ -302,6 +355,7 @@ class AttestedServer:
         peers: VerifiedPeers | None = None,
         identity: TLSIdentity | None = None,
         embed_inspection_attestation: bool = False,
+        rate_limit: TokenBucket | None = None,
     ) -> None:
         if identity is None:
             identity = new_server_identity(
@@ -311,12 +365,18 @@ class AttestedServer:
             )
         self.identity = identity
         self.mutual = client_validators is not None
-        self._nonces = (nonces or NonceStore()) if self.mutual else None
+        # (``is None``, not ``or``: an empty store is falsy)
+        self._nonces = (nonces if nonces is not None else NonceStore()) if self.mutual else None
+        self.rate_limit = rate_limit if rate_limit is not None else TokenBucket()
         chain = list(interceptors)
         self.client_gate: ClientAttestationInterceptor | None = None
         if client_validators is not None and self._nonces is not None:
             self.client_gate = ClientAttestationInterceptor(
-                client_validators, self._nonces, peers or VerifiedPeers(), unprotected_methods
+                client_validators,
+                self._nonces,
+                peers or VerifiedPeers(),
+                unprotected_methods,
+                self.rate_limit,
             )
             chain.append(self.client_gate)
         self.grpc_server = grpc.server(
@@ -325,7 +385,8 @@ class AttestedServer:
             options=[*GRPC_OPTIONS, *options],
         )
         atls_pb2_grpc.add_HandshakeServicer_to_server(
-            HandshakeServicer(issuer, self.identity, self._nonces), self.grpc_server
+            HandshakeServicer(issuer, self.identity, self._nonces, self.rate_limit),
+            self.grpc_server,
         )
 
     def credentials(self) -> grpc.ServerCredentials:

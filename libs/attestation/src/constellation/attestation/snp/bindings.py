@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
+from constellation.attestation.boundedparse import loads_json
 from constellation.attestation.errors import Failure, MalformedEvidenceError
 from constellation.attestation.snp.policy import REPORT_DATA_SIZE
 from constellation.attestation.snp.report import Report
@@ -60,10 +60,7 @@ class HclRuntimeData:
 
 def parse_hcl_runtime_data(raw: bytes) -> HclRuntimeData:
     """Decode the runtime-data JSON and its ``HCLAkPub`` RSA JWK (``MalformedEvidenceError``)."""
-    try:
-        document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise MalformedEvidenceError(f"HCL runtime data is not JSON: {err}") from None
+    document = loads_json(raw, error=MalformedEvidenceError, what="HCL runtime data")
     keys = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(keys, list):
         raise MalformedEvidenceError("HCL runtime data has no 'keys' list")
