@@ -15,6 +15,9 @@ import yaml
 from yamllint import linter  # type: ignore[import-untyped]
 from yamllint.config import YamlLintConfig  # type: ignore[import-untyped]
 
+from constellation.cli.mini import clusterobjects
+from constellation.cli.servicepki import keyservice_dns_names
+
 REPO = Path(__file__).resolve().parents[2]
 CHARTS = ("keyservice", "joinservice", "verificationservice")
 
@@ -250,3 +253,89 @@ def test_schema_rejects_invalid_values(
     result = helm_template(chart_name, values=values)
     assert result.returncode != 0
     assert complaint in result.stderr
+
+
+def _workload(manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    (workload,) = workloads(manifests)
+    return dict(workload)
+
+
+def _volume_and_mount(pod_spec: dict[str, Any], name: str) -> tuple[dict[str, Any], str]:
+    (volume,) = (v for v in pod_spec["volumes"] if v["name"] == name)
+    (mount,) = (m for m in pod_spec["containers"][0]["volumeMounts"] if m["name"] == name)
+    assert mount["readOnly"] is True
+    assert "subPath" not in mount
+    return volume, str(mount["mountPath"])
+
+
+def test_keyservice_mutual_tls_is_wired_end_to_end(render: Any, value_set: str) -> None:
+    """Both charts mount the Secrets `constellation apply` writes, where their flags point; the
+    name the JoinService checks is one the CLI puts into the KeyService's certificate; and the
+    only plaintext port of the KeyService is the health port the probes use."""
+    tls_items = [{"key": k, "path": k} for k in ("ca.crt", "tls.crt", "tls.key")]
+    keys = _workload(render("keyservice", values=values_for("keyservice", value_set)))
+    keys_pod = keys["spec"]["template"]["spec"]
+    volume, mount = _volume_and_mount(keys_pod, "tls")
+    assert volume["secret"]["secretName"] == clusterobjects.KEYSERVICE_TLS_SECRET
+    assert volume["secret"]["items"] == tls_items
+    assert volume["secret"]["defaultMode"] == 0o440
+    assert mount == "/" + clusterobjects.KEYSERVICE_TLS_MOUNT
+    container = keys_pod["containers"][0]
+    for flag in (
+        f"--tls-cert-file={mount}/tls.crt",
+        f"--tls-key-file={mount}/tls.key",
+        f"--client-ca-file={mount}/ca.crt",
+    ):
+        assert flag in container["args"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["health"] != ports["grpc"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["grpc"]["port"] == ports["health"]
+
+    join = _workload(render("joinservice", values=values_for("joinservice", value_set)))
+    join_pod = join["spec"]["template"]["spec"]
+    volume, mount = _volume_and_mount(join_pod, "keyservice-client")
+    assert volume["secret"]["secretName"] == clusterobjects.KEYSERVICE_CLIENT_SECRET
+    assert volume["secret"]["items"] == tls_items
+    assert volume["secret"]["defaultMode"] == 0o440
+    assert mount == "/" + clusterobjects.KEYSERVICE_CLIENT_MOUNT
+    args = join_pod["containers"][0]["args"]
+    for flag in (
+        f"--keyservice-ca-file={mount}/ca.crt",
+        f"--keyservice-cert-file={mount}/tls.crt",
+        f"--keyservice-key-file={mount}/tls.key",
+    ):
+        assert flag in args
+    (server_name,) = (a.split("=", 1)[1] for a in args if a.startswith("--keyservice-server-name="))
+    assert server_name in keyservice_dns_names()
+    # The default endpoint's host is in the certificate too (a client that checks it works).
+    (endpoint,) = (a.split("=", 1)[1] for a in args if a.startswith("--keyservice-endpoint="))
+    if value_set == "default":
+        assert endpoint.rsplit(":", 1)[0] in keyservice_dns_names()
+
+
+def test_keyservice_grpc_port_admits_joinservice_pods_only(render: Any) -> None:
+    """Every ingress rule that covers the gRPC port names the JoinService's pods, and no rule
+    without a source (the health rule) covers it."""
+    policy = next(m for m in render("keyservice") if m["kind"] == "NetworkPolicy")
+    join_labels = _workload(render("joinservice"))["spec"]["template"]["metadata"]["labels"]
+    grpc_rules = [
+        r for r in policy["spec"]["ingress"] if any(p["port"] == "grpc" for p in r["ports"])
+    ]
+    assert grpc_rules
+    for rule in grpc_rules:
+        assert [p["port"] for p in rule["ports"]] == ["grpc"]
+        (peer,) = rule["from"]
+        assert set(peer) == {"podSelector"}
+        selector = peer["podSelector"]["matchLabels"]
+        assert selector
+        assert all(join_labels.get(k) == v for k, v in selector.items())
+    open_rules = [r for r in policy["spec"]["ingress"] if "from" not in r]
+    assert [p["port"] for r in open_rules for p in r["ports"]] == ["health"]
+
+
+def test_keyservice_refuses_to_render_without_its_tls_secret_name(helm_template: Any) -> None:
+    """The schema demands the TLS values: a chart without mutual TLS cannot be installed."""
+    result = helm_template("keyservice", values={"tls": {"secretName": ""}})
+    assert result.returncode != 0
+    assert "secretName" in result.stderr

@@ -1,5 +1,6 @@
-"""KeyService chart: control-plane only, ClusterIP 9000, master secret as read-only files, and a
-NetworkPolicy that admits GetDataKey callers from the JoinService's pods only."""
+"""KeyService chart: control-plane only, ClusterIP 9000 (mutual TLS), master secret and TLS files
+as read-only files, probes on the plaintext health port, and a NetworkPolicy that admits
+GetDataKey callers from the JoinService's pods only."""
 
 from __future__ import annotations
 
@@ -46,13 +47,17 @@ def test_service_is_cluster_internal_on_9000(manifests: list[dict[str, Any]]) ->
     (deployment,) = by_kind(manifests, "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "grpc", "containerPort": 9000, "protocol": "TCP"} in container["ports"]
-    assert container["livenessProbe"]["grpc"]["port"] == 9000
+    # The gRPC port demands a client certificate: kubelet probes use the health port.
+    assert {"name": "health", "containerPort": 9091, "protocol": "TCP"} in container["ports"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["grpc"]["port"] == 9091
+    assert "--health-port=9091" in container["args"]
 
 
 def test_master_secret_is_mounted_read_only_as_two_files(manifests: list[dict[str, Any]]) -> None:
     (deployment,) = by_kind(manifests, "Deployment")
     spec = deployment["spec"]["template"]["spec"]
-    (volume,) = spec["volumes"]
+    (volume,) = (v for v in spec["volumes"] if v["name"] == "mastersecret")
     assert volume["secret"]["secretName"] == "constellation-mastersecret"
     assert volume["secret"]["items"] == [
         {"key": "mastersecret", "path": "mastersecret"},
@@ -60,7 +65,7 @@ def test_master_secret_is_mounted_read_only_as_two_files(manifests: list[dict[st
     ]
     assert volume["secret"]["defaultMode"] == 0o440
     container = spec["containers"][0]
-    (mount,) = container["volumeMounts"]
+    (mount,) = (m for m in container["volumeMounts"] if m["name"] == "mastersecret")
     assert mount["readOnly"] is True
     assert "subPath" not in mount
     assert f"--master-secret-file={mount['mountPath']}/mastersecret" in container["args"]
@@ -92,9 +97,9 @@ def test_network_policy_admits_only_joinservice_pods(
     assert not selects(allowed, pod_labels("verificationservice"))
     assert not selects(allowed, own_labels)
 
-    # The metrics rule opens the metrics port only, never the gRPC port.
+    # The other rules open the health and metrics ports only, never the gRPC port.
     other_rules = [r for r in policy["spec"]["ingress"] if r is not rule]
-    assert [p["port"] for r in other_rules for p in r["ports"]] == ["metrics"]
+    assert [p["port"] for r in other_rules for p in r["ports"]] == ["health", "metrics"]
 
 
 def test_network_policy_can_be_disabled_and_metrics_rule_follows_metrics(render: Any) -> None:
@@ -105,7 +110,7 @@ def test_network_policy_can_be_disabled_and_metrics_rule_follows_metrics(render:
     (policy,) = by_kind(
         render("keyservice", values={"metrics": {"enabled": False}}), "NetworkPolicy"
     )
-    assert [r["ports"][0]["port"] for r in policy["spec"]["ingress"]] == ["grpc"]
+    assert [r["ports"][0]["port"] for r in policy["spec"]["ingress"]] == ["grpc", "health"]
 
 
 def test_replicas_and_extra_args(render: Any) -> None:

@@ -2,9 +2,12 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from constellation.attestation.identity import Role
+from constellation.attestation.identity.ca import PlatformCA
 from constellation.attestation.measurements import Measurement, Measurements
 from constellation.cli.config import (
     Provider,
@@ -139,3 +142,28 @@ def test_empty_measurements_come_with_a_commented_example() -> None:
     assert "measurements: {}" in text
     assert "#     warnOnly: false" in text
     assert parse_config(text).attestation.measurements == {}
+
+
+def test_platform_roots_round_trip_and_are_shown_parsed() -> None:
+    ca = PlatformCA.generate()
+    config = parse_config(_text(platformRoots=ca.cert_pem.decode()))
+    assert config.attestation.parsed_platform_roots() == (ca.certificate,)
+    assert parse_config(render_config(config)) == config
+    assert "platformRoots: |" in render_config(config)
+    assert default_config(Provider.MINI).attestation.parsed_platform_roots() == ()
+
+
+def test_platform_roots_that_are_not_ca_certificates_are_refused() -> None:
+    ca = PlatformCA.generate()
+    leaf = x509.load_der_x509_certificate(
+        ca.issue_ak_certificate(
+            PlatformCA.generate().certificate.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+            "mini-cp-0",
+            Role.CONTROL_PLANE,
+        )
+    ).public_bytes(serialization.Encoding.PEM)
+    for bad in ("not a certificate", leaf.decode()):
+        with pytest.raises(ConfigError, match="attestation.platformRoots"):
+            parse_config(_text(platformRoots=bad))

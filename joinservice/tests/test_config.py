@@ -15,7 +15,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
     join_config = tmp_path / "join-config"
     join_config.mkdir()
     paths = {"join_config_dir": join_config}
-    for name in ("ca.crt", "ca.key", "components.json"):
+    for name in ("ca.crt", "ca.key", "components.json", "ks-ca.crt", "ks-tls.crt", "ks-tls.key"):
         (tmp_path / name).write_bytes(b"x")
         paths[name] = tmp_path / name
     return paths
@@ -61,6 +61,45 @@ def test_defaults(files: dict[str, Path]) -> None:
     ],
 )
 def test_rejects(files: dict[str, Path], override: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        create(files, **override)
+
+
+def test_keyservice_tls_files(files: dict[str, Path]) -> None:
+    settings = create(
+        files,
+        keyservice_ca_file=files["ks-ca.crt"],
+        keyservice_cert_file=files["ks-tls.crt"],
+        keyservice_key_file=files["ks-tls.key"],
+    )
+    assert settings.keyservice_tls_files == (
+        files["ks-ca.crt"],
+        files["ks-tls.crt"],
+        files["ks-tls.key"],
+    )
+    assert settings.keyservice_server_name == "constellation-keyservice"
+    assert create(files).keyservice_tls_files is None  # an embedding with its own channel
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ({"keyservice_ca_file": Path("/nonexistent/ca.crt")}, "missing --keyservice-cert-file"),
+        (
+            {
+                "keyservice_ca_file": Path("/nonexistent/ca.crt"),
+                "keyservice_cert_file": Path("/nonexistent/tls.crt"),
+                "keyservice_key_file": Path("/nonexistent/tls.key"),
+            },
+            "KeyService client \\(--keyservice-ca-file\\) file /nonexistent/ca.crt",
+        ),
+        ({"keyservice_server_name": ""}, "KeyService server name"),
+        ({"keyservice_server_name": "a b"}, "KeyService server name"),
+    ],
+)
+def test_rejects_keyservice_tls(
+    files: dict[str, Path], override: dict[str, object], fragment: str
+) -> None:
     with pytest.raises(ConfigError, match=fragment):
         create(files, **override)
 

@@ -4,6 +4,10 @@ Every test runs a JoinService on loopback, assembled exactly as the command asse
 (``server.build_join_server``), with its own swtpm as the host's vTPM. Nodes are swtpm
 instances measured from an image; they join over mutual aTLS with ``attestation.atls.connect``
 and then prove what they got by authenticating to the API server with it.
+
+A node's name and role come from its platform identity: the test platform CA
+(``attestation.testing.platform``) certifies the node's AK as ``name``/``role`` the way a
+cloud certifies the vTPM of a VM it creates, and the service's validator trusts that CA.
 """
 
 from __future__ import annotations
@@ -38,23 +42,34 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kubernetes import client as k8s
 
 from constellation.attestation.atls import connect
+from constellation.attestation.identity import Role
 from constellation.attestation.kdf import derive_cluster_id, derive_key
 from constellation.attestation.measurements import Measurements
 from constellation.attestation.nodelock import NodeLock
 from constellation.attestation.service import ServiceMetrics
-from constellation.attestation.vtpm import VtpmValidator
+from constellation.attestation.testing.platform import (
+    cached_platform_ca,
+    node_issuer,
+    node_validator,
+    provision_node,
+)
+from constellation.attestation.vtpm import VtpmIssuer, VtpmValidator
+from constellation.cli.servicepki import TLSBundle, issue_service_pki
 from constellation.joinservice.__main__ import validator_for
 from constellation.joinservice.config import Settings
 from constellation.joinservice.joinconfig import (
     MEASUREMENTS_FILE,
+    PLATFORM_ROOTS_FILE,
     SALT_FILE,
     VARIANT_FILE,
     JoinConfigWatcher,
 )
-from constellation.joinservice.kubernetes import BINDING_PREFIX
+from constellation.joinservice.keys import KeyServiceTLS, keyservice_channel
+from constellation.joinservice.kubernetes import BINDING_PREFIX, NODE_NAME_PREFIX
 from constellation.joinservice.server import METRICS_SERVICE, JoinServer, build_join_server
 from constellation.keyservice.keys import DataKeys, MasterSecret
 from constellation.keyservice.server import KeyServiceServer
+from constellation.keyservice.tls import load_server_tls
 from constellation.proto import join_pb2, join_pb2_grpc
 
 from .conftest import IMAGE, Node, image_measurements, write_mount
@@ -70,6 +85,10 @@ class KeyService:
     target: str
     secret: MasterSecret
     server: KeyServiceServer
+    client: TLSBundle  # the JoinService's side of the KeyService's mutual TLS
+
+    def client_tls(self) -> KeyServiceTLS:
+        return KeyServiceTLS.load(self.client.ca_pem, self.client.cert_pem, self.client.key_pem)
 
     def data_key(self, data_key_id: str) -> bytes:
         return derive_key(self.secret.key, self.secret.salt, "key-" + data_key_id, 32)
@@ -78,11 +97,17 @@ class KeyService:
 @pytest.fixture
 def keyservice() -> Iterator[KeyService]:
     secret = MasterSecret(key=os.urandom(32), salt=os.urandom(32))
-    server = KeyServiceServer(DataKeys(secret), ServiceMetrics("keyservice"))
+    pki = issue_service_pki()
+    tls = pki.keyservice_server
+    server = KeyServiceServer(
+        DataKeys(secret),
+        ServiceMetrics("keyservice"),
+        load_server_tls(tls.cert_pem, tls.key_pem, tls.ca_pem),
+    )
     port = server.add_port("127.0.0.1:0")
     server.start()
     try:
-        yield KeyService(f"127.0.0.1:{port}", secret, server)
+        yield KeyService(f"127.0.0.1:{port}", secret, server, pki.joinservice_client)
     finally:
         server.grpc_server.stop(None).wait(5)
 
@@ -92,27 +117,46 @@ def join_config_files(measurements: Measurements, salt: bytes) -> dict[str, byte
         VARIANT_FILE: b"qemu-vtpm",
         MEASUREMENTS_FILE: measurements.to_json().encode(),
         SALT_FILE: salt,
+        PLATFORM_ROOTS_FILE: cached_platform_ca().cert_pem,
     }
+
+
+def certified(node: Node, name: str, role: Role = Role.WORKER) -> VtpmIssuer:
+    """The node's issuer, its AK certified by the test platform as ``name`` in ``role``."""
+    return node_issuer(node.tpm.tcti, name, role, event_log=node.event_log)
 
 
 def server_validator(host: Node) -> VtpmValidator:
     """What a joining node trusts: the image measurements of the JoinService's host."""
-    return VtpmValidator(image_measurements(host), require_event_log=True)
+    return node_validator(image_measurements(host), require_event_log=True)
 
 
-def stub_call(target: str, host: Node, node: Node, method: str, request: Any) -> Any:
-    with connect(target, [server_validator(host)], issuer=node.issuer) as channel:
+def stub_call(target: str, host: Node, issuer: VtpmIssuer, method: str, request: Any) -> Any:
+    with connect(target, [server_validator(host)], issuer=issuer) as channel:
         return getattr(join_pb2_grpc.APIStub(channel.channel), method)(request, timeout=60)
 
 
 def join_via(
-    target: str, host: Node, node: Node, disk_uuid: str, name: str, *, control_plane: bool = False
+    target: str,
+    host: Node,
+    node: Node,
+    disk_uuid: str,
+    name: str,
+    *,
+    control_plane: bool = False,
+    csr_name: str | None = None,
+    role: Role | None = None,
 ) -> tuple[join_pb2.IssueJoinTicketResponse, ec.EllipticCurvePrivateKey]:
-    key, csr = kubelet_csr(name)
+    """Join as the platform's ``name`` (role from ``control_plane`` unless given), asking for
+    a kubelet certificate for ``csr_name`` (default: ``name``)."""
+    if role is None:
+        role = Role.CONTROL_PLANE if control_plane else Role.WORKER
+    key, csr = kubelet_csr(csr_name or name)
     request = join_pb2.IssueJoinTicketRequest(
         disk_uuid=disk_uuid, certificate_request=csr, is_control_plane=control_plane
     )
-    return stub_call(target, host, node, "IssueJoinTicket", request), key
+    issuer = certified(node, name, role)
+    return stub_call(target, host, issuer, "IssueJoinTicket", request), key
 
 
 @dataclass
@@ -131,17 +175,35 @@ class Service:
     def server_validator(self) -> VtpmValidator:
         return server_validator(self.host)
 
-    def stub_call(self, node: Node, method: str, request: Any) -> Any:
-        return stub_call(self.target, self.host, node, method, request)
+    def stub_call(self, issuer: VtpmIssuer, method: str, request: Any) -> Any:
+        return stub_call(self.target, self.host, issuer, method, request)
 
     def join(
-        self, node: Node, disk_uuid: str, name: str, *, control_plane: bool = False
+        self,
+        node: Node,
+        disk_uuid: str,
+        name: str,
+        *,
+        control_plane: bool = False,
+        csr_name: str | None = None,
+        role: Role | None = None,
     ) -> tuple[join_pb2.IssueJoinTicketResponse, ec.EllipticCurvePrivateKey]:
-        return join_via(self.target, self.host, node, disk_uuid, name, control_plane=control_plane)
+        return join_via(
+            self.target,
+            self.host,
+            node,
+            disk_uuid,
+            name,
+            control_plane=control_plane,
+            csr_name=csr_name,
+            role=role,
+        )
 
-    def rejoin(self, node: Node, disk_uuid: str) -> join_pb2.IssueRejoinTicketResponse:
+    def rejoin(
+        self, node: Node, disk_uuid: str, name: str, role: Role = Role.WORKER
+    ) -> join_pb2.IssueRejoinTicketResponse:
         request = join_pb2.IssueRejoinTicketRequest(disk_uuid=disk_uuid)
-        return self.stub_call(node, "IssueRejoinTicket", request)
+        return self.stub_call(certified(node, name, role), "IssueRejoinTicket", request)
 
 
 @pytest.fixture
@@ -195,10 +257,10 @@ def start_service(
             tpm_tcti=host.tpm.tcti,
         )
         metrics = ServiceMetrics(METRICS_SERVICE)
-        channel = grpc.insecure_channel(keyservice.target)
+        channel = keyservice_channel(keyservice.target, keyservice.client_tls())
         server, watcher = build_join_server(
             settings,
-            issuer=host.issuer,
+            issuer=certified(host, "joinservice-host", Role.CONTROL_PLANE),
             validator_factory=validator_for,
             core=k8s.CoreV1Api(kube_client),
             keyservice=channel,
@@ -450,7 +512,7 @@ def test_node_locked_to_another_cluster_is_refused(
     service = start_service()
     (node,) = make_nodes(1)
     assert NodeLock(node.tpm.tcti).try_lock(os.urandom(32))
-    for call in (service.join, lambda n, d, _name: service.rejoin(n, d)):
+    for call in (service.join, service.rejoin):
         with pytest.raises(grpc.RpcError) as info:
             call(node, str(uuid.uuid4()), "foreign")
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -466,12 +528,12 @@ def test_rejoin_returns_the_same_disk_key(
     joined, _ = service.join(node, disk, "rejoiner")
     # A fresh node may not ask for a rejoin ticket: its PCR 15 is still zero.
     with pytest.raises(grpc.RpcError) as info:
-        service.rejoin(node, disk)
+        service.rejoin(node, disk, "rejoiner")
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     # The node takes its node lock with the cluster ID it derived, reboots, asks again.
     cluster_id = derive_cluster_id(joined.measurement_secret, joined.measurement_salt)
     assert NodeLock(node.tpm.tcti).try_lock(cluster_id)
-    rejoined = service.rejoin(node, disk.upper())
+    rejoined = service.rejoin(node, disk.upper(), "rejoiner")
     assert rejoined.state_disk_key == joined.state_disk_key
     assert rejoined.measurement_secret == joined.measurement_secret
 
@@ -487,7 +549,7 @@ def test_disk_bound_to_one_node_is_refused_to_another(
         service.join(node_b, disk, "node-b")
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     (refusal,) = refusals(logs)
-    assert checks_of(refusal) == {"disk_binding"}
+    assert checks_of(refusal) == {"disk.bound_elsewhere"}
     assert refusal["outcome"] == "refused"
     assert refusal["error"] == "DiskBindingError"
     # Node A itself may ask again (a retried join is not a second machine).
@@ -497,13 +559,136 @@ def test_disk_bound_to_one_node_is_refused_to_another(
     cluster_id = derive_cluster_id(joined.measurement_secret, joined.measurement_salt)
     assert NodeLock(node_b.tpm.tcti).try_lock(cluster_id)
     with pytest.raises(grpc.RpcError) as info:
-        service.rejoin(node_b, disk)
+        service.rejoin(node_b, disk, "node-b")
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     # The binding is an immutable object in the cluster, not process memory.
     binding = k8s.CoreV1Api(kube_client).read_namespaced_config_map(
         BINDING_PREFIX + disk, NAMESPACE
     )
     assert binding.immutable is True
+
+
+def config_map_exists(kube_client: Any, name: str) -> bool:
+    try:
+        k8s.CoreV1Api(kube_client).read_namespaced_config_map(name, NAMESPACE)
+    except k8s.ApiException as err:
+        if err.status == 404:
+            return False
+        raise
+    return True
+
+
+def test_kubelet_cert_only_for_the_attested_name(
+    start_service: Callable[..., Service], make_nodes: Callable[..., list[Node]], kube_client: Any
+) -> None:
+    """A machine certified as one node cannot get a certificate for another node's name."""
+    service = start_service()
+    (node,) = make_nodes(1)
+    own, victim = f"worker-{uuid.uuid4().hex[:8]}", f"cp-{uuid.uuid4().hex[:8]}"
+    disk = str(uuid.uuid4())
+    with structlog.testing.capture_logs() as logs, pytest.raises(grpc.RpcError) as info:
+        service.join(node, disk, own, csr_name=victim)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "csr.node_name" in info.value.details()
+    (refusal,) = refusals(logs)
+    assert checks_of(refusal) == {"csr.node_name"}
+    assert refusal["node"] == own
+    assert not config_map_exists(kube_client, NODE_NAME_PREFIX + victim)
+    assert not config_map_exists(kube_client, BINDING_PREFIX + disk)
+
+
+def test_control_plane_files_only_for_a_control_plane_identity(
+    start_service: Callable[..., Service], make_nodes: Callable[..., list[Node]]
+) -> None:
+    service = start_service()
+    (node,) = make_nodes(1)
+    with structlog.testing.capture_logs() as logs, pytest.raises(grpc.RpcError) as info:
+        service.join(node, str(uuid.uuid4()), "eager-worker", control_plane=True, role=Role.WORKER)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    (refusal,) = refusals(logs)
+    assert checks_of(refusal) == {"identity.role"}
+    assert refusal["role"] == "worker"
+
+
+def test_a_name_belongs_to_the_machine_that_joined_first(
+    start_service: Callable[..., Service], make_nodes: Callable[..., list[Node]], kube_client: Any
+) -> None:
+    service = start_service()
+    first, second = make_nodes(2)
+    name = f"worker-{uuid.uuid4().hex[:8]}"
+    service.join(first, str(uuid.uuid4()), name)
+    # The platform certifies a second machine under the same name: still refused.
+    with structlog.testing.capture_logs() as logs, pytest.raises(grpc.RpcError) as info:
+        service.join(second, str(uuid.uuid4()), name)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    (refusal,) = refusals(logs)
+    assert checks_of(refusal) == {"node.name_taken"}
+    assert refusal["error"] == "NodeNameTakenError"
+    record = k8s.CoreV1Api(kube_client).read_namespaced_config_map(
+        NODE_NAME_PREFIX + name, NAMESPACE
+    )
+    assert record.immutable is True
+
+
+def test_rejoin_never_binds_a_new_disk(
+    start_service: Callable[..., Service], make_nodes: Callable[..., list[Node]], kube_client: Any
+) -> None:
+    """A member's rejoin for a disk UUID no join bound gets nothing and binds nothing."""
+    service = start_service()
+    (node,) = make_nodes(1)
+    joined, _ = service.join(node, str(uuid.uuid4()), "member")
+    cluster_id = derive_cluster_id(joined.measurement_secret, joined.measurement_salt)
+    assert NodeLock(node.tpm.tcti).try_lock(cluster_id)
+    stranger = str(uuid.uuid4())
+    with structlog.testing.capture_logs() as logs, pytest.raises(grpc.RpcError) as info:
+        service.rejoin(node, stranger, "member")
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    (refusal,) = refusals(logs)
+    assert checks_of(refusal) == {"disk.unknown"}
+    assert not config_map_exists(kube_client, BINDING_PREFIX + stranger)
+
+
+def test_one_attestation_buys_one_ticket(
+    start_service: Callable[..., Service], make_nodes: Callable[..., list[Node]]
+) -> None:
+    """Calls over one attested connection share one attestation: the second ticket waits
+    for a fresh one."""
+    service = start_service()
+    (node,) = make_nodes(1)
+    disk = str(uuid.uuid4())
+    issuer = certified(node, "thrifty")
+    with connect(service.target, [service.server_validator()], issuer=issuer) as channel:
+        stub = join_pb2_grpc.APIStub(channel.channel)
+        _, csr = kubelet_csr("thrifty")
+        request = join_pb2.IssueJoinTicketRequest(disk_uuid=disk, certificate_request=csr)
+        assert stub.IssueJoinTicket(request, timeout=60).token
+        with pytest.raises(grpc.RpcError) as info:
+            stub.IssueJoinTicket(request, timeout=60)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "attestation.spent" in info.value.details()
+    assert "attest again" in info.value.details()
+    response, _ = service.join(node, disk, "thrifty")  # a new connection attests afresh
+    assert response.token
+
+
+def test_fresh_attestations_are_rate_limited_per_identity(
+    start_service: Callable[..., Service], make_nodes: Callable[..., list[Node]]
+) -> None:
+    service = start_service()
+    busy, other = make_nodes(2)
+    disk = str(uuid.uuid4())
+    for _ in range(3):
+        service.join(busy, disk, "busy")
+    with structlog.testing.capture_logs() as logs, pytest.raises(grpc.RpcError) as info:
+        service.join(busy, disk, "busy")
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "retry in" in info.value.details()
+    (refusal,) = refusals(logs)
+    assert refusal["outcome"] == "limited"
+    assert checks_of(refusal) == {"rate.identity"}
+    response, _ = service.join(other, str(uuid.uuid4()), "other")
+    assert response.token
+    assert service.metrics.requests("/join.API/IssueJoinTicket", "RESOURCE_EXHAUSTED") == 1
 
 
 def test_bad_requests_are_invalid_argument_and_create_nothing(
@@ -520,14 +705,15 @@ def test_bad_requests_are_invalid_argument_and_create_nothing(
         join_pb2.IssueJoinTicketRequest(disk_uuid=disk, certificate_request=b"x" * 20000),
         join_pb2.IssueJoinTicketRequest(disk_uuid=disk, certificate_request=bad_csr),
     ]
+    issuer = certified(node, "fine")
     for request in cases:
         with structlog.testing.capture_logs() as logs, pytest.raises(grpc.RpcError) as info:
-            service.stub_call(node, "IssueJoinTicket", request)
+            service.stub_call(issuer, "IssueJoinTicket", request)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         (refusal,) = refusals(logs)
         assert refusal["outcome"] == "invalid"
     with pytest.raises(grpc.RpcError) as info:
-        service.rejoin(node, "../etc")
+        service.rejoin(node, "../etc", "fine")
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(k8s.ApiException) as missing:
         k8s.CoreV1Api(kube_client).read_namespaced_config_map(BINDING_PREFIX + disk, NAMESPACE)
@@ -607,7 +793,8 @@ def test_new_measurements_revoke_clients_verified_before(
     service = start_service()
     (old_image,) = make_nodes(1)
     (new_image,) = make_nodes(1, TAMPERED)
-    with connect(service.target, [service.server_validator()], issuer=old_image.issuer) as ch:
+    issuer = certified(old_image, "before-upgrade")
+    with connect(service.target, [service.server_validator()], issuer=issuer) as ch:
         stub = join_pb2_grpc.APIStub(ch.channel)
         _, csr = kubelet_csr("before-upgrade")
         ticket = stub.IssueJoinTicket(
@@ -625,7 +812,7 @@ def test_new_measurements_revoke_clients_verified_before(
         assert wait_for(lambda: service.watcher.current.config.digest != before)
         # Same channel, same client certificate: the remembered verdict is gone, and the
         # evidence it carries (the old image) no longer satisfies the join-config.
-        _, csr = kubelet_csr("after-upgrade")
+        _, csr = kubelet_csr("before-upgrade")
         with pytest.raises(grpc.RpcError) as info:
             stub.IssueJoinTicket(
                 join_pb2.IssueJoinTicketRequest(
@@ -637,6 +824,8 @@ def test_new_measurements_revoke_clients_verified_before(
             grpc.StatusCode.PERMISSION_DENIED,
             grpc.StatusCode.UNAUTHENTICATED,
         )
+        # Refused for the old evidence, not merely because the attestation bought a ticket.
+        assert "attestation.spent" not in (info.value.details() or "")
 
 
 def test_certificate_validity_is_bounded(
@@ -672,6 +861,17 @@ def wait_for_event(
     raise AssertionError(f"no {event!r} log line within {timeout}s")
 
 
+def keyservice_client_files(keyservice: KeyService, directory: Path) -> dict[str, Path]:
+    """The constellation-keyservice-client Secret as mounted: flag name -> file."""
+    files = {}
+    for flag, (name, data) in zip(
+        ("ca", "cert", "key"), keyservice.client.secret_data().items(), strict=True
+    ):
+        files[flag] = directory / f"keyservice-client-{name}"
+        files[flag].write_bytes(data)
+    return files
+
+
 def test_command_serves_and_drains_on_sigterm(
     control_plane: Any,
     keyservice: KeyService,
@@ -687,6 +887,10 @@ def test_command_serves_and_drains_on_sigterm(
     components.write_text(json.dumps({"kubernetesVersion": "v1.31.1", "components": []}))
     event_log = tmp_path / "binary_bios_measurements"
     event_log.write_bytes(host.event_log)
+    ak_certificate = tmp_path / "ak-cert.der"
+    ak_certificate.write_bytes(
+        provision_node(host.tpm.tcti, cached_platform_ca(), "control-plane-0", Role.CONTROL_PLANE)
+    )
     command = [
         sys.executable,
         "-m",
@@ -697,6 +901,10 @@ def test_command_serves_and_drains_on_sigterm(
         "--metrics-port=0",
         f"--join-config-dir={join_config}",
         f"--keyservice-endpoint={keyservice.target}",
+        *(
+            f"--keyservice-{flag}-file={path}"
+            for flag, path in keyservice_client_files(keyservice, tmp_path).items()
+        ),
         f"--kubeconfig={control_plane.admin_kubeconfig}",
         f"--ca-cert-file={control_plane.ca_cert_path}",
         f"--ca-key-file={control_plane.ca_key_path}",
@@ -704,6 +912,7 @@ def test_command_serves_and_drains_on_sigterm(
         f"--components-file={components}",
         f"--tpm-tcti={host.tpm.tcti}",
         f"--event-log={event_log}",
+        f"--ak-certificate-file={ak_certificate}",
     ]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[dict[str, Any]] = queue.Queue()

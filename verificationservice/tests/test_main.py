@@ -17,6 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from constellation.attestation.evidence import VERIFY_USER_DATA_LABEL
 from constellation.proto import verify_pb2, verify_pb2_grpc
 
+from .conftest import ak_certificate
+
 MODULE = "constellation.verificationservice"
 
 
@@ -39,6 +41,7 @@ def test_help_has_examples():
         (["--tpm", "nonsense"], "--tpm must be a TCTI"),
         (["--tpm", "swtpm:port=1", "--variant", "azure-tdx"], "not supported"),
         (["--tpm", "swtpm:port=1", "--event-log", "/nonexistent/log"], "not a readable file"),
+        (["--tpm", "swtpm:port=1", "--ak-certificate-file", "/nonexistent/ak"], "No such file"),
     ],
 )
 def test_bad_configuration_exits_2_without_traceback(args, message):
@@ -49,11 +52,15 @@ def test_bad_configuration_exits_2_without_traceback(args, message):
 
 
 @pytest.mark.swtpm
-def test_serves_both_transports_then_drains_on_sigterm(swtpm, run_service, validator_for):
+def test_serves_both_transports_then_drains_on_sigterm(swtpm, run_service, validator_for, tmp_path):
+
+    certificate = tmp_path / "ak-cert.der"
+    certificate.write_bytes(ak_certificate(swtpm.tcti))
     validator = validator_for(swtpm.tcti)
     service = run_service(
         MODULE,
         *("--tpm", swtpm.tcti, "--listen", "127.0.0.1"),
+        *("--ak-certificate-file", str(certificate)),
         *("--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"),
     )
     started = service.wait_for_event("service.started")

@@ -19,7 +19,8 @@ from constellation.attestation.errors import ValidationError
 from constellation.attestation.evidence import VERIFY_USER_DATA_LABEL
 from constellation.attestation.measurements import Measurements
 from constellation.attestation.service.metrics import ServiceMetrics
-from constellation.attestation.vtpm import VtpmIssuer, VtpmValidator, firmware_measure
+from constellation.attestation.testing.platform import node_validator
+from constellation.attestation.vtpm import VtpmIssuer, firmware_measure
 from constellation.proto import verify_pb2, verify_pb2_grpc
 from constellation.verificationservice.evidence import EvidenceSource, event_log_reader
 from constellation.verificationservice.server import (
@@ -27,6 +28,8 @@ from constellation.verificationservice.server import (
     VerificationGrpcServer,
     VerificationHttpServer,
 )
+
+from .conftest import ak_certificate
 
 pytestmark = pytest.mark.swtpm
 
@@ -43,7 +46,8 @@ def _start(
 ) -> tuple[Running, VerificationGrpcServer, VerificationHttpServer]:
     metrics = ServiceMetrics("verificationservice")
     log = event_log_reader(event_log) if event_log is not None else None
-    source = EvidenceSource(VtpmIssuer(tcti, event_log=log), metrics)
+    issuer = VtpmIssuer(tcti, event_log=log, ak_certificate=ak_certificate(tcti))
+    source = EvidenceSource(issuer, metrics)
     grpc_server = VerificationGrpcServer(source, metrics)
     port = grpc_server.add_port("127.0.0.1:0")
     http_server = VerificationHttpServer(source, metrics, "127.0.0.1", 0)
@@ -160,9 +164,11 @@ def test_event_log_is_attached_and_replays(swtpm, tmp_path):
         status, body = _get(f"{running.http_base}/?nonce={query}")
         assert status == 200
         document = base64.b64decode(body["data"])
-        probe = VtpmValidator(Measurements()).verify(document, nonce)
+        probe = node_validator(Measurements()).verify(document, nonce)
+        assert probe.identity is not None
+        assert probe.identity.name == "mini-worker-0"
         expected = Measurements.from_dict({str(i): probe.pcrs[i].hex() for i in (4, 9, 11)})
-        strict = VtpmValidator(expected, require_event_log=True)
+        strict = node_validator(expected)
         assert strict.validate(document, nonce) == VERIFY_USER_DATA_LABEL
 
         log_file.unlink()  # a node whose log vanished cannot produce evidence

@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import grpc
 import pytest
 
+from constellation.attestation.evidence import VERIFY_USER_DATA_LABEL
 from constellation.attestation.measurements import Measurement, Measurements, pcr15_for_cluster_id
 from constellation.attestation.nodelock import NodeLock
 from constellation.attestation.vtpm import VtpmIssuer, firmware_measure, open_tpm, read_pcrs
@@ -40,7 +41,7 @@ MEASURED_PCRS = (4, 9, 11)
 
 @dataclass
 class NodeBehaviour:
-    user_data: bytes = b"VerifyService"
+    user_data: bytes = VERIFY_USER_DATA_LABEL
     replay_nonce: bytes | None = None  # answer with evidence for this nonce instead
     requests: list[bytes] = field(default_factory=list)
 
@@ -255,7 +256,7 @@ def test_http_protocol(invoke: Any, node: Node) -> None:
         def do_GET(self) -> None:
             nonce = base64.urlsafe_b64decode(parse_qs(urlsplit(self.path).query)["nonce"][0])
             body = json.dumps(
-                {"data": base64.b64encode(issuer.issue(b"VerifyService", nonce)).decode()}
+                {"data": base64.b64encode(issuer.issue(VERIFY_USER_DATA_LABEL, nonce)).decode()}
             ).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))

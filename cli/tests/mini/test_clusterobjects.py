@@ -11,11 +11,14 @@ import pytest
 import yaml
 
 from constellation.attestation.measurements import Measurement, Measurements
+from constellation.attestation.testing.platform import cached_platform_ca
 from constellation.cli.mini import clusterobjects
+from constellation.cli.servicepki import issue_service_pki
 
 REPO = Path(__file__).resolve().parents[3]
 
 IMAGE = Measurements({4: Measurement(b"\x04" * 32), 9: Measurement(b"\x09" * 32)})
+ROOTS = cached_platform_ca().cert_pem.decode()
 
 
 def _values(chart: str) -> dict[str, Any]:
@@ -43,12 +46,17 @@ def test_mount_paths_are_the_charts_mount_paths() -> None:
     assert join["components"]["configMapName"] == clusterobjects.COMPONENTS_CONFIGMAP
     assert keys["masterSecret"]["mountPath"] == "/" + clusterobjects.MASTER_SECRET_MOUNT
     assert keys["masterSecret"]["secretName"] == clusterobjects.MASTER_SECRET_SECRET
+    assert keys["tls"]["mountPath"] == "/" + clusterobjects.KEYSERVICE_TLS_MOUNT
+    assert keys["tls"]["secretName"] == clusterobjects.KEYSERVICE_TLS_SECRET
+    assert join["keyService"]["clientMountPath"] == "/" + clusterobjects.KEYSERVICE_CLIENT_MOUNT
+    assert join["keyService"]["clientSecretName"] == clusterobjects.KEYSERVICE_CLIENT_SECRET
 
 
 def test_join_config_always_expects_pcr15_zero() -> None:
-    data = clusterobjects.join_config_data("qemu-vtpm", IMAGE.with_pcr(15, b"\x15" * 32))
+    data = clusterobjects.join_config_data("qemu-vtpm", IMAGE.with_pcr(15, b"\x15" * 32), ROOTS)
     assert Measurements.from_json(data["measurements"])[15].expected == bytes(32)
     assert data["attestationVariant"] == "qemu-vtpm"
+    assert data["platformRoots"] == ROOTS
 
 
 @pytest.mark.kube
@@ -57,18 +65,21 @@ def test_objects_written_through_the_api_are_materialized_at_the_mount_paths(
 ) -> None:
     core = clusterobjects.core_api(control_plane.admin_kubeconfig)
     components = {"kubernetesVersion": "v1.36.3", "components": []}
+    service_pki = issue_service_pki()
     clusterobjects.write_cluster_objects(
         core,
         variant="qemu-vtpm",
         measurements=IMAGE,
+        platform_roots=ROOTS,
         measurement_salt=b"\x01" * 32,
         master_key=b"\x02" * 32,
         master_salt=b"\x03" * 32,
         pki_dir=control_plane.pki_dir,
         components=components,
+        service_pki=service_pki,
     )
     # Written twice: an existing object is replaced, not an error.
-    clusterobjects.write_join_config(core, "qemu-vtpm", IMAGE.with_pcr(11, b"\x11" * 32))
+    clusterobjects.write_join_config(core, "qemu-vtpm", IMAGE.with_pcr(11, b"\x11" * 32), ROOTS)
     files = clusterobjects.MountedFiles(tmp_path / "keyservice", tmp_path / "joinservice")
     clusterobjects.materialize(core, files)
 
@@ -77,6 +88,7 @@ def test_objects_written_through_the_api_are_materialized_at_the_mount_paths(
     assert os.stat(files.master_secret_file).st_mode & 0o077 == 0
     assert files.measurement_salt_file.read_bytes() == b"\x01" * 32
     assert (files.join_config_dir / "attestationVariant").read_text() == "qemu-vtpm"
+    assert (files.join_config_dir / "platformRoots").read_text() == ROOTS
     mounted = Measurements.from_json((files.join_config_dir / "measurements").read_bytes())
     assert sorted(mounted) == [4, 9, 11, 15]
     assert (files.pki_dir / "etcd" / "ca.crt").read_bytes() == (
@@ -84,8 +96,18 @@ def test_objects_written_through_the_api_are_materialized_at_the_mount_paths(
     ).read_bytes()
     assert os.stat(files.pki_dir / "ca.key").st_mode & 0o077 == 0
     assert json.loads(files.components_file.read_text()) == components
-    variant, measurements = clusterobjects.read_join_config(core)
+    # The KeyService's mutual TLS: each side gets its bundle; only the private keys are 0600.
+    for directory, bundle in (
+        (files.keyservice_tls_dir, service_pki.keyservice_server),
+        (files.keyservice_client_dir, service_pki.joinservice_client),
+    ):
+        assert {p.name: p.read_bytes() for p in directory.iterdir()} == bundle.secret_data()
+        assert os.stat(directory / "tls.key").st_mode & 0o077 == 0
+    assert files.keyservice_tls_dir.is_relative_to(tmp_path / "keyservice")
+    assert files.keyservice_client_dir.is_relative_to(tmp_path / "joinservice")
+    variant, measurements, roots = clusterobjects.read_join_config(core)
     assert variant == "qemu-vtpm"
+    assert roots == ROOTS
     assert measurements == Measurements.from_json(
         (files.join_config_dir / "measurements").read_bytes()
     )

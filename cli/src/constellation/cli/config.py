@@ -17,10 +17,13 @@ import json
 from enum import StrEnum
 from typing import Any, Literal
 
-import yaml
+from cryptography import x509
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
+from constellation.attestation.boundedparse import load_yaml
+from constellation.attestation.identity.errors import IdentityError
+from constellation.attestation.identity.verify import load_platform_roots
 from constellation.attestation.measurements import Measurements, MeasurementsError
 from constellation.cli.errors import ConfigError
 
@@ -61,6 +64,18 @@ class AttestationConfig(_Strict):
     measurements: dict[str, MeasurementEntry] = Field(default_factory=dict)
     measurementServicePublicKey: str | None = None
     measurementServicePublicKeyPath: str | None = None
+    platformRoots: str | None = None
+
+    @field_validator("platformRoots")
+    @classmethod
+    def _platform_roots_parse(cls, value: str | None) -> str | None:
+        # The attestation library owns the rules (PEM, CA certificates, at most 16).
+        if value is not None:
+            try:
+                load_platform_roots(value.encode())
+            except IdentityError as err:
+                raise ValueError(str(err)) from None
+        return value
 
     @field_validator("measurements")
     @classmethod
@@ -90,6 +105,12 @@ class AttestationConfig(_Strict):
 
     def parsed_measurements(self) -> Measurements:
         return Measurements.from_dict({k: v.model_dump() for k, v in self.measurements.items()})
+
+    def parsed_platform_roots(self) -> tuple[x509.Certificate, ...]:
+        """The platform CA roots that vouch for nodes' attestation keys (none configured: ())."""
+        if self.platformRoots is None:
+            return ()
+        return load_platform_roots(self.platformRoots.encode())
 
 
 class MiniConfig(_Strict):
@@ -142,39 +163,21 @@ def default_config(provider: Provider) -> Config:
     )
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A YAML loader that refuses duplicate keys (PyYAML silently keeps the last one)."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    mapping: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node)
-        if key in mapping:
-            raise ConfigError(
-                f"duplicate key {key!r} at line {key_node.start_mark.line + 1}",
-                hint="remove one of the two entries",
-            )
-        mapping[key] = loader.construct_object(value_node, deep=True)
-    return mapping
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,
-)
+#: A configuration file is a few KiB; a MiB is refused unread.
+MAX_CONFIG_SIZE = 1 << 20
 
 
 def parse_config(text: bytes | str, *, source: str = "configuration") -> Config:
     """Parse and validate a configuration file; raise ``ConfigError`` listing every problem."""
-    try:
-        document = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (safe loader subclass)
-    except yaml.YAMLError as err:
-        raise ConfigError(
-            f"{source} is not valid YAML: {err}", hint="fix the syntax or regenerate it"
-        ) from None
-    except ConfigError as err:
-        raise ConfigError(f"{source}: {err}", hint=err.hint) from None
+    # Bounded: size, nesting, aliases; duplicate and complex (``? ?``) keys are refused.
+    document = load_yaml(
+        text,
+        max_size=MAX_CONFIG_SIZE,
+        what=source,
+        error=lambda message: ConfigError(
+            message, hint="fix the syntax (each key once, plain keys) or regenerate it"
+        ),
+    )
     if not isinstance(document, dict):
         raise ConfigError(
             f"{source} must be a YAML mapping", hint="run `constellation config generate`"
@@ -266,6 +269,18 @@ def render_config(config: Config) -> str:
         )
     else:
         lines.append("  # measurementServicePublicKeyPath: measurements.pub")
+    lines += [
+        "  # Platform root CA certificate(s), PEM: the platform (cloud, hypervisor host, or mini",
+        "  # mode's own CA) certifies each node's TPM attestation key and names the instance and",
+        "  # its role. qemu-vtpm nodes are refused unless their AK certificate chains to one of",
+        "  # these; `constellation mini up` fills in its platform CA.",
+    ]
+    if a.platformRoots is not None:
+        lines.append("  platformRoots: |")
+        lines.extend(f"    {line}" for line in a.platformRoots.strip().splitlines())
+    else:
+        lines.append("  # platformRoots: |")
+        lines.append("  #   -----BEGIN CERTIFICATE-----")
     if config.mini is not None:
         lines += [
             "",

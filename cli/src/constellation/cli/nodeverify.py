@@ -7,7 +7,9 @@ Protocol (DESIGN.md §2 step 7, §3):
    ``verify.API/GetAttestation`` or HTTP ``GET /?nonce=<base64url>`` — one bounded attempt.
 3. It validates the document with the configured measurements, except PCR 15, which must equal
    ``pcr15_for_cluster_id(cluster_id)``: the node must have been initialized for *this*
-   cluster. The evidence must carry the user data ``VerifyService``.
+   cluster. The evidence must carry exactly the VerificationService's purpose label
+   ``VERIFY_USER_DATA_LABEL`` (``b"constellation/verify/v1\\0"``) as user data: aTLS evidence
+   (labelled ``constellation/atls/v1``, naming a TLS key) is refused even from a genuine node.
 4. Every failed check is reported (expected vs actual); the verdict is never partial.
 
 Transport is plain gRPC/HTTP on purpose: the nonce makes the evidence fresh and the quote
@@ -18,22 +20,25 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import secrets
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography import x509
+
+from constellation.attestation.boundedparse import loads_json
 from constellation.attestation.errors import Failure, ValidationError
-from constellation.attestation.evidence import Validator, VerifiedEvidence
+from constellation.attestation.evidence import VERIFY_USER_DATA_LABEL, Validator, VerifiedEvidence
 from constellation.attestation.measurements import Measurements
 from constellation.bootstrapper.metadata import Endpoint
 from constellation.cli.errors import ConfigError, VerifyError
 
 NONCE_LENGTH = 32
-VERIFY_USER_DATA = b"VerifyService"
+VERIFY_USER_DATA = VERIFY_USER_DATA_LABEL
 REQUEST_TIMEOUT_SECONDS = 10.0
 MAX_DOCUMENT_SIZE = 16 << 20
 
@@ -52,12 +57,22 @@ def expected_measurements(configured: Measurements, cluster_id: bytes) -> Measur
     return configured.with_pcr15(cluster_id)
 
 
-def build_validator(variant: str, measurements: Measurements) -> Validator:
-    """The validator of the configured attestation variant, from the variant registry."""
+def build_validator(
+    variant: str,
+    measurements: Measurements,
+    platform_roots: Sequence[x509.Certificate] = (),
+) -> Validator:
+    """The validator of the configured attestation variant, from the variant registry.
+
+    Every validator the CLI builds requires a replaying event log (the registry's default);
+    ``platform_roots`` (``attestation.platformRoots``) root the nodes' attestation keys.
+    """
     from constellation.attestation.variants import VariantError, get_variant
 
     try:
-        return get_variant(variant).validator(measurements)
+        return get_variant(variant).validator(
+            measurements, platform_roots=tuple(platform_roots) or None
+        )
     except VariantError as err:
         raise ConfigError(
             f"`constellation verify` cannot validate variant {variant!r}: {err}",
@@ -115,12 +130,22 @@ def request_attestation_http(
             hint="check the endpoint (-e host:port) and that the node is running",
         ) from None
     try:
-        data = json.loads(body)["data"]
+        data = loads_json(body, max_size=MAX_DOCUMENT_SIZE * 2, error=ValueError)["data"]
         return base64.b64decode(data, validate=True)
     except (ValueError, KeyError, TypeError, binascii.Error):
         raise VerifyError(
             f"the verification service at {endpoint} sent a malformed answer"
         ) from None
+
+
+def _render_user_data(user_data: bytes) -> str:
+    """Printable ASCII as text (labels are), anything else as hex; at most 64 bytes shown."""
+    shown = user_data[:64]
+    if all(0x20 <= b < 0x7F or b == 0 for b in shown):
+        text = shown.decode("ascii").replace("\0", "\\0")
+    else:
+        text = "0x" + shown.hex()
+    return text + ("..." if len(user_data) > 64 else "")
 
 
 @dataclass(frozen=True)
@@ -186,8 +211,8 @@ def judge(
         failures.append(
             Failure(
                 "user_data",
-                VERIFY_USER_DATA.decode(),
-                evidence.user_data[:64].decode("ascii", "replace"),
+                _render_user_data(VERIFY_USER_DATA),
+                _render_user_data(evidence.user_data),
                 detail="the evidence was not issued by a verification service",
             )
         )

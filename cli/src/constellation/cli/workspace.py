@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from constellation.attestation.boundedparse import load_yaml, loads_json
 from constellation.bootstrapper.atomicfile import PUBLIC_MODE, SECRET_MODE, write_atomic
 from constellation.bootstrapper.errors import AtomicWriteError, MetadataError
 from constellation.bootstrapper.metadata import Endpoint
@@ -286,12 +287,12 @@ class Workspace:
     # -- state
     def load_state(self) -> ClusterState:
         data = self._read(self.state_path, hint="the cluster was not created from this workspace")
-        try:
-            document = yaml.safe_load(data)
-        except yaml.YAMLError as err:
-            raise WorkspaceError(
-                f"{self.state_path} is corrupt: {err}", hint="restore it from a backup"
-            ) from None
+        document = load_yaml(
+            data,
+            max_size=_MAX_FILE_SIZE,
+            what=f"{self.state_path} is corrupt",
+            error=lambda message: WorkspaceError(message, hint="restore it from a backup"),
+        )
         return parse_state(document, source=str(self.state_path.name))
 
     def save_state(self, state: ClusterState) -> None:
@@ -310,7 +311,7 @@ class Workspace:
                 hint=f"run `chmod 600 {path}` and consider the secret exposed",
             )
         try:
-            document = json.loads(data)
+            document = loads_json(data, max_size=_MAX_FILE_SIZE, error=ValueError)
             if not isinstance(document, dict) or set(document) != {"key", "salt"}:
                 raise ValueError("expected exactly the keys 'key' and 'salt'")
             key = base64.b64decode(document["key"], validate=True)

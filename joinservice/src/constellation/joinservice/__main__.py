@@ -11,8 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import grpc
 import structlog
+from cryptography import x509
 
 from constellation.attestation.errors import ConstellationError
 from constellation.attestation.evidence import Issuer, Validator
@@ -26,7 +26,6 @@ from constellation.attestation.service import (
 )
 from constellation.attestation.service.logging import LEVELS
 from constellation.attestation.variants import get_variant
-from constellation.attestation.vtpm import QEMU_VTPM, VtpmValidator
 from constellation.joinservice.config import (
     DEFAULT_HEALTH_PORT,
     DEFAULT_METRICS_PORT,
@@ -35,24 +34,31 @@ from constellation.joinservice.config import (
     DEFAULT_TCTI,
     Settings,
 )
+from constellation.joinservice.errors import ConfigError
 from constellation.joinservice.joinconfig import load_join_config
+from constellation.joinservice.keys import DEFAULT_SERVER_NAME, KeyServiceTLS, keyservice_channel
 from constellation.joinservice.kubernetes import core_api
 from constellation.joinservice.server import METRICS_SERVICE, build_join_server
 
 EXAMPLES = """\
 examples:
-  # in a pod (in-cluster Kubernetes credentials, join-config mounted from the ConfigMap)
+  # in a pod (in-cluster Kubernetes credentials, join-config mounted from the ConfigMap,
+  # the KeyService client certificate from the constellation-keyservice-client Secret)
   constellation-joinservice --join-config-dir /var/config/join \\
       --keyservice-endpoint keyservice.kube-system:9000 \\
+      --keyservice-ca-file /var/ks/ca.crt --keyservice-cert-file /var/ks/tls.crt \\
+      --keyservice-key-file /var/ks/tls.key \\
       --ca-cert /etc/kubernetes/pki/ca.crt --ca-key /etc/kubernetes/pki/ca.key \\
       --api-server-endpoint 10.0.0.2:6443 --components-file /var/config/components.json
 
   # mini mode on loopback, with the first node's swtpm and an admin kubeconfig
   constellation-joinservice --listen 127.0.0.1 --port 30090 --metrics-port 0 \\
       --join-config-dir ./join-config --keyservice-endpoint 127.0.0.1:9000 \\
+      --keyservice-ca-file ./ks/ca.crt --keyservice-cert-file ./ks/tls.crt \\
+      --keyservice-key-file ./ks/tls.key \\
       --kubeconfig ./admin.conf --ca-cert ./pki/ca.crt --ca-key ./pki/ca.key \\
       --api-server-endpoint 127.0.0.1:6443 --components-file ./components.json \\
-      --tpm-tcti swtpm:host=127.0.0.1,port=2321
+      --tpm-tcti swtpm:path=/abs/node-1/tpm/sock
 """
 
 log = structlog.get_logger("constellation.joinservice")
@@ -94,6 +100,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--keyservice-endpoint", required=True, help="host:port of the KeyService")
     parser.add_argument(
+        "--keyservice-ca-file",
+        type=Path,
+        required=True,
+        help="CA of the KeyService's mutual TLS (ca.crt of constellation-keyservice-client)",
+    )
+    parser.add_argument(
+        "--keyservice-cert-file",
+        type=Path,
+        required=True,
+        help="this service's client certificate for the KeyService (tls.crt)",
+    )
+    parser.add_argument(
+        "--keyservice-key-file", type=Path, required=True, help="its private key (tls.key)"
+    )
+    parser.add_argument(
+        "--keyservice-server-name",
+        default=DEFAULT_SERVER_NAME,
+        help="DNS name the KeyService's certificate must carry (default: %(default)s)",
+    )
+    parser.add_argument(
         "--kubeconfig", type=Path, default=None, help="kubeconfig (default: in-cluster account)"
     )
     parser.add_argument(
@@ -116,15 +142,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="this node's TCG event log, attached to its evidence "
         "(e.g. /sys/kernel/security/tpm0/binary_bios_measurements)",
     )
+    parser.add_argument(
+        "--ak-certificate-file",
+        type=Path,
+        default=None,
+        help="the platform's DER certificate for this node's TPM attestation key, attached to "
+        "the service's own evidence (joining qemu-vtpm nodes refuse a JoinService without one)",
+    )
     parser.add_argument("--log-level", default="info", choices=LEVELS)
     return parser.parse_args(argv)
 
 
-def validator_for(variant: str, measurements: Measurements) -> Validator:
-    """The variant registry, with replay of the event log made mandatory for qemu-vtpm."""
-    if variant == QEMU_VTPM:
-        return VtpmValidator(measurements, variant=variant, require_event_log=True)
-    return get_variant(variant).validator(measurements)
+def validator_for(
+    variant: str, measurements: Measurements, platform_roots: Sequence[x509.Certificate]
+) -> Validator:
+    """The variant registry's validator: event log required (its default), nodes' attestation
+    keys rooted by the join-config's platform roots."""
+    return get_variant(variant).validator(
+        measurements, platform_roots=tuple(platform_roots) or None
+    )
 
 
 def own_issuer(settings: Settings) -> Issuer:
@@ -133,9 +169,12 @@ def own_issuer(settings: Settings) -> Issuer:
     The event log is re-read for every quote: it grows while the node runs.
     """
     variant = load_join_config(settings.join_config_dir, settings.measurement_salt_file).variant
+    ak_certificate = (
+        None if settings.ak_certificate_file is None else settings.ak_certificate_file.read_bytes()
+    )
     path = settings.event_log
     if path is None:
-        return get_variant(variant).issuer(settings.tpm_tcti)
+        return get_variant(variant).issuer(settings.tpm_tcti, ak_certificate=ak_certificate)
 
     def current_log() -> bytes | None:
         try:
@@ -143,7 +182,9 @@ def own_issuer(settings: Settings) -> Issuer:
         except OSError:
             return None  # validators that require a log then say so in their report
 
-    return get_variant(variant).issuer(settings.tpm_tcti, event_log=current_log)
+    return get_variant(variant).issuer(
+        settings.tpm_tcti, event_log=current_log, ak_certificate=ak_certificate
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -165,11 +206,20 @@ def run(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         tpm_tcti=args.tpm_tcti,
         event_log=args.event_log,
+        ak_certificate_file=args.ak_certificate_file,
+        keyservice_ca_file=args.keyservice_ca_file,
+        keyservice_cert_file=args.keyservice_cert_file,
+        keyservice_key_file=args.keyservice_key_file,
+        keyservice_server_name=args.keyservice_server_name,
     )
+    tls_files = settings.keyservice_tls_files
+    if tls_files is None:  # argparse requires all three; kept for the type checker
+        raise ConfigError("the KeyService client certificate files are required")
+    keyservice_tls = KeyServiceTLS.from_files(*tls_files, settings.keyservice_server_name)
     metrics = ServiceMetrics(METRICS_SERVICE)
     shutdown = Shutdown()
     shutdown.install_signal_handlers()
-    keyservice = grpc.insecure_channel(settings.keyservice_endpoint)
+    keyservice = keyservice_channel(settings.keyservice_endpoint, keyservice_tls)
     closers = [keyservice.close]
     try:
         server, watcher = build_join_server(

@@ -1,10 +1,11 @@
 """Typed settings of the JoinService, validated once at start-up.
 
 Everything the service reads from its environment is named here: where it listens, where the
-``join-config`` is mounted, how to reach the KeyService and the Kubernetes API, where the cluster
-CA and the control-plane PKI are, and the components file that lists the Kubernetes version and
-artifacts joining nodes install. A bad setting stops the process with a ``ConfigError`` that
-says which setting and why, before any port is opened.
+``join-config`` is mounted, how to reach the KeyService (its address, and the client certificate
+files and server name of its mutual TLS, see ``keys``) and the Kubernetes API, where the
+cluster CA and the control-plane PKI are, and the components file that lists the Kubernetes
+version and artifacts joining nodes install. A bad setting stops the process with a
+``ConfigError`` that says which setting and why, before any port is opened.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Final
 
 from constellation.joinservice.errors import ConfigError
+from constellation.joinservice.keys import DEFAULT_SERVER_NAME
 
 DEFAULT_PORT: Final = 9090
 #: Plaintext gRPC health only: kubelet probes cannot speak (mutual) aTLS.
@@ -51,6 +53,26 @@ class Settings:
     namespace: str
     tpm_tcti: str
     event_log: Path | None
+    ak_certificate_file: Path | None = None
+    keyservice_ca_file: Path | None = None
+    keyservice_cert_file: Path | None = None
+    keyservice_key_file: Path | None = None
+    keyservice_server_name: str = DEFAULT_SERVER_NAME
+
+    @property
+    def keyservice_tls_files(self) -> tuple[Path, Path, Path] | None:
+        """``(ca, cert, key)`` of the KeyService client certificate, if configured.
+
+        The command always configures them (the KeyService serves mutual TLS only); ``None`` is
+        for an embedding that hands ``build_join_server`` a KeyService channel of its own.
+        """
+        if (
+            self.keyservice_ca_file is None
+            or self.keyservice_cert_file is None
+            or self.keyservice_key_file is None
+        ):
+            return None
+        return (self.keyservice_ca_file, self.keyservice_cert_file, self.keyservice_key_file)
 
     @classmethod
     def create(
@@ -73,6 +95,11 @@ class Settings:
         namespace: str = DEFAULT_NAMESPACE,
         tpm_tcti: str = DEFAULT_TCTI,
         event_log: Path | None = None,
+        ak_certificate_file: Path | None = None,
+        keyservice_ca_file: Path | None = None,
+        keyservice_cert_file: Path | None = None,
+        keyservice_key_file: Path | None = None,
+        keyservice_server_name: str = DEFAULT_SERVER_NAME,
     ) -> Settings:
         problems: list[str] = []
         try:
@@ -111,6 +138,27 @@ class Settings:
             files.append(("measurement salt", measurement_salt_file))
         if event_log is not None:
             files.append(("event log", event_log))
+        if ak_certificate_file is not None:
+            files.append(("AK certificate", ak_certificate_file))
+        keyservice_tls = {
+            "--keyservice-ca-file": keyservice_ca_file,
+            "--keyservice-cert-file": keyservice_cert_file,
+            "--keyservice-key-file": keyservice_key_file,
+        }
+        given = {flag for flag, path in keyservice_tls.items() if path is not None}
+        if given and given != set(keyservice_tls):
+            missing = ", ".join(sorted(set(keyservice_tls) - given))
+            problems.append(
+                f"the KeyService's mutual TLS needs its CA, certificate and key files "
+                f"together; missing {missing}"
+            )
+        for flag, path in keyservice_tls.items():
+            if path is not None:
+                files.append((f"KeyService client ({flag})", path))
+        if not keyservice_server_name or any(c.isspace() for c in keyservice_server_name):
+            problems.append(
+                f"KeyService server name must be a DNS name, got {keyservice_server_name!r}"
+            )
         for name, path in files:
             if not path.is_file():
                 problems.append(f"{name} file {path} does not exist")
@@ -141,4 +189,9 @@ class Settings:
             namespace=namespace,
             tpm_tcti=tpm_tcti,
             event_log=event_log,
+            ak_certificate_file=ak_certificate_file,
+            keyservice_ca_file=keyservice_ca_file,
+            keyservice_cert_file=keyservice_cert_file,
+            keyservice_key_file=keyservice_key_file,
+            keyservice_server_name=keyservice_server_name,
         )

@@ -10,29 +10,205 @@ asks it for exactly two kinds of key:
 Keys come back wrapped in ``SecretBytes`` (:mod:`constellation.attestation.secret`) so that no
 log line, exception message or debugger repr ever shows them. Every call has a deadline and a
 bounded number of attempts.
+
+The channel is mutual TLS (:func:`keyservice_channel`), because the KeyService serves nobody
+else: the JoinService presents its client certificate (CN ``constellation-joinservice``, EKU
+clientAuth) and accepts only a server certificate that chains to the same cluster-internal
+service CA and carries :data:`DEFAULT_SERVER_NAME` (checked through
+``grpc.ssl_target_name_override``, whatever address is dialled). ``constellation apply``
+creates that CA, both certificates, and discards the CA key; the files come from the
+``constellation-keyservice-client`` Secret. :meth:`KeyServiceTLS.load` checks them at
+start-up and reports every problem at once (a ``ConfigError``), so a mix-up of Secrets from
+two different ``apply`` runs is named there rather than as a failing handshake at the first
+join.
 """
 
 from __future__ import annotations
 
+import datetime
 import time
-from typing import Final
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
 
 import grpc
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from constellation.attestation.atls.certificates import CLIENT_CA_CERT_PEM
+from constellation.attestation.errors import Failure, render_failures
 from constellation.attestation.secret import SecretBytes
-from constellation.joinservice.errors import UpstreamError
+from constellation.joinservice.errors import ConfigError, UpstreamError
 from constellation.proto import kms_pb2, kms_pb2_grpc
 
 STATE_DISK_KEY_LENGTH: Final = 32
 MEASUREMENT_SECRET_LENGTH: Final = 32
 MEASUREMENT_SECRET_ID: Final = "measurementSecret"  # noqa: S105 - a key id, not a key
 
+#: The DNS name in the KeyService's server certificate (``constellation.cli.servicepki``).
+DEFAULT_SERVER_NAME: Final = "constellation-keyservice"
+#: PEM files are small; anything larger is not what the Secret holds.
+MAX_PEM_FILE_SIZE: Final = 65536
+
 # Codes worth a second attempt: the KeyService pod may be restarting or briefly overloaded.
 _RETRYABLE: Final = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
+def _certificate(pem: bytes) -> x509.Certificate | None:
+    try:
+        return x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        return None
+
+
+def _spki(key: Any) -> bytes:
+    return bytes(
+        key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+
+def check_client_tls(
+    ca_pem: bytes, cert_pem: bytes, key_pem: bytes, server_name: str, *, now: datetime.datetime
+) -> list[Failure]:
+    """Every reason these files cannot authenticate the JoinService to the KeyService."""
+    failures: list[Failure] = []
+    ca, certificate = _certificate(ca_pem), _certificate(cert_pem)
+    try:
+        key: Any = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):  # malformed, or encrypted (TypeError: password required)
+        key = None
+    if ca is None:
+        failures.append(Failure("keyservice.ca", "a PEM X.509 CA certificate", "unparsable"))
+    if certificate is None:
+        failures.append(Failure("keyservice.cert", "a PEM X.509 certificate", "unparsable"))
+    if key is None:
+        failures.append(Failure("keyservice.key", "an unencrypted PEM private key", "unparsable"))
+    if not server_name or any(c.isspace() for c in server_name):
+        failures.append(Failure("keyservice.server_name", "a DNS name", repr(server_name)))
+    public_ca = _certificate(CLIENT_CA_CERT_PEM)
+    if (
+        ca is not None
+        and public_ca is not None
+        and _spki(ca.public_key()) == _spki(public_ca.public_key())
+    ):
+        failures.append(
+            Failure(
+                "keyservice.ca",
+                "the cluster-internal service CA",
+                "the public aTLS client CA, whose key is published",
+            )
+        )
+    if certificate is None:
+        return failures
+    if key is not None and _spki(key.public_key()) != _spki(certificate.public_key()):
+        failures.append(
+            Failure("keyservice.key", "the private key of the client certificate", "another key")
+        )
+    if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
+        failures.append(
+            Failure(
+                "keyservice.cert.validity",
+                f"valid at {now:%Y-%m-%dT%H:%M:%SZ}",
+                f"{certificate.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} .. "
+                f"{certificate.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}",
+            )
+        )
+    try:
+        usages = tuple(certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        usages = ()
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+        failures.append(Failure("keyservice.cert.eku", "clientAuth", "absent"))
+    if ca is not None:
+        try:
+            certificate.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            failures.append(
+                Failure(
+                    "keyservice.cert.issuer",
+                    f"issued by the CA in the CA file, {ca.subject.rfc4514_string()!r}",
+                    f"issued by {certificate.issuer.rfc4514_string()!r}",
+                )
+            )
+    return failures
+
+
+@dataclass(frozen=True, repr=False)
+class KeyServiceTLS:
+    """The JoinService's side of the KeyService's mutual TLS. ``repr`` is redacted."""
+
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+    server_name: str = DEFAULT_SERVER_NAME
+
+    @classmethod
+    def load(
+        cls,
+        ca_pem: bytes,
+        cert_pem: bytes,
+        key_pem: bytes,
+        server_name: str = DEFAULT_SERVER_NAME,
+        *,
+        now: datetime.datetime | None = None,
+    ) -> KeyServiceTLS:
+        """Checked material, or ``ConfigError`` naming every failed check."""
+        failures = check_client_tls(
+            ca_pem, cert_pem, key_pem, server_name, now=now or datetime.datetime.now(datetime.UTC)
+        )
+        if failures:
+            raise ConfigError(
+                f"the KeyService client certificate files are unusable: "
+                f"{render_failures(failures)}; mount the constellation-keyservice-client Secret "
+                "written by the same `constellation apply` as the KeyService's"
+            )
+        return cls(ca_pem, cert_pem, key_pem, server_name)
+
+    @classmethod
+    def from_files(
+        cls, ca_file: Path, cert_file: Path, key_file: Path, server_name: str = DEFAULT_SERVER_NAME
+    ) -> KeyServiceTLS:
+        """Read and check the three mounted files (``ca.crt``, ``tls.crt``, ``tls.key``)."""
+        contents: list[bytes] = []
+        for what, path in (("CA", ca_file), ("certificate", cert_file), ("key", key_file)):
+            try:
+                size = path.stat().st_size
+                if size > MAX_PEM_FILE_SIZE:
+                    raise ConfigError(
+                        f"KeyService client {what} file {path} has {size} bytes; expected PEM"
+                    )
+                contents.append(path.read_bytes())
+            except OSError as err:
+                raise ConfigError(
+                    f"cannot read the KeyService client {what} file {path}: {err.strerror}"
+                ) from None
+        ca_pem, cert_pem, key_pem = contents
+        return cls.load(ca_pem, cert_pem, key_pem, server_name)
+
+    def __repr__(self) -> str:
+        return f"KeyServiceTLS(server_name={self.server_name!r}, key=<redacted>)"
+
+
+def keyservice_channel(endpoint: str, tls: KeyServiceTLS) -> grpc.Channel:
+    """A mutual-TLS channel to the KeyService at ``endpoint`` (``host:port``).
+
+    The server must present a certificate from ``tls.ca_pem`` naming ``tls.server_name``; the
+    dialled host does not matter (an IP in mini mode, a Service name in a cluster).
+    """
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=tls.ca_pem, private_key=tls.key_pem, certificate_chain=tls.cert_pem
+    )
+    return grpc.secure_channel(
+        endpoint, credentials, options=[("grpc.ssl_target_name_override", tls.server_name)]
+    )
+
+
 class KeyServiceClient:
-    """Client of ``kms.API`` over plain gRPC (the KeyService is ClusterIP-only, DESIGN.md §6).
+    """Client of ``kms.API`` over a mutual-TLS channel (:func:`keyservice_channel`).
 
     ``channel`` is passed in so tests and the service decide where it points; the client owns
     neither its lifetime nor its address.
@@ -74,9 +250,17 @@ class KeyServiceClient:
             return SecretBytes(response.data_key)
         code = last.code().name if last is not None else "UNKNOWN"
         # The id is not secret (a disk UUID or a fixed name); the details string is the
-        # KeyService's own, which never contains key material.
+        # KeyService's own (or gRPC's, for a failed handshake), which never contains key material.
         details = last.details() if last is not None else ""
-        raise UpstreamError(f"KeyService GetDataKey({data_key_id!r}) failed: {code} {details}")
+        hint = {
+            "UNAVAILABLE": "; check that the KeyService runs and that its TLS Secret and the "
+            "JoinService's client Secret come from the same `constellation apply`",
+            "PERMISSION_DENIED": "; the KeyService accepts only the JoinService's client "
+            "certificate (constellation-keyservice-client)",
+        }.get(code, "")
+        raise UpstreamError(
+            f"KeyService GetDataKey({data_key_id!r}) failed: {code} {details}{hint}"
+        )
 
     def state_disk_key(self, disk_uuid: str) -> SecretBytes:
         """The state-disk key of the disk with LUKS UUID ``disk_uuid`` (case-insensitive)."""

@@ -24,7 +24,9 @@ EXIT_CONFIG = 2
 
 def _issuer(config: VerificationServiceConfig) -> VtpmIssuer:
     log = event_log_reader(config.event_log) if config.event_log is not None else None
-    return VtpmIssuer(config.tcti, variant=config.variant, event_log=log)
+    return VtpmIssuer(
+        config.tcti, variant=config.variant, event_log=log, ak_certificate=config.ak_certificate
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,11 +34,16 @@ SIGTERM drains in-flight requests and exits 0; invalid configuration exits 2.
 """
 
 
+#: An AK certificate is about a kilobyte; a larger file is not one.
+MAX_AK_CERTIFICATE = 16 << 10
+
+
 @dataclass(frozen=True)
 class VerificationServiceConfig:
     tcti: str
     variant: str
     event_log: Path | None
+    ak_certificate: bytes | None
     listen: str
     grpc_port: int
     http_port: int
@@ -67,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="PATH",
         help="TCG event log to attach (re-read per request)",
+    )
+    parser.add_argument(
+        "--ak-certificate-file",
+        type=Path,
+        metavar="PATH",
+        help="the platform's DER certificate for the TPM's attestation key (names the node "
+        "and its role); attached to every attestation. qemu-vtpm verifiers refuse evidence "
+        "without one",
     )
     parser.add_argument(
         "--listen",
@@ -99,10 +112,21 @@ def load_config(argv: Sequence[str] | None = None) -> VerificationServiceConfig:
         raise ConfigError(f"--event-log {args.event_log} is not a readable file")
     if args.grace < 0:
         raise ConfigError("--grace must not be negative")
+    ak_certificate = None
+    if args.ak_certificate_file is not None:
+        try:
+            ak_certificate = args.ak_certificate_file.read_bytes()[: MAX_AK_CERTIFICATE + 1]
+        except OSError as exc:
+            raise ConfigError(
+                f"--ak-certificate-file {args.ak_certificate_file}: {exc.strerror}"
+            ) from None
+        if len(ak_certificate) > MAX_AK_CERTIFICATE:
+            raise ConfigError(f"--ak-certificate-file is larger than {MAX_AK_CERTIFICATE} bytes")
     return VerificationServiceConfig(
         tcti=args.tpm,
         variant=args.variant,
         event_log=args.event_log,
+        ak_certificate=ak_certificate,
         listen=args.listen,
         grpc_port=args.grpc_port,
         http_port=args.http_port,

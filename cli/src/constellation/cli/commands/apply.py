@@ -12,26 +12,32 @@ Order (DESIGN.md §2 steps 2-4), and why:
    The admin kubeconfig (0600) and the cluster ID (state file) are saved atomically.
 4. ``join-config`` (variant, measurements with PCR 15 zero, the measurement salt), the master
    secret, the control-plane PKI and the components list are written into the cluster through
-   the API; the services are then started from those objects as read back from the API
-   (:mod:`constellation.cli.mini.clusterobjects`, :mod:`constellation.cli.mini.services`).
+   the API, together with the KeyService's mutual TLS: a fresh cluster-internal service CA
+   issues the KeyService's server and the JoinService's client certificate and is then
+   dropped, its key never stored (:mod:`constellation.cli.servicepki`), so only the
+   JoinService can ever call the KeyService. The services are then started from those objects
+   as read back from the API (:mod:`constellation.cli.mini.clusterobjects`,
+   :mod:`constellation.cli.mini.services`).
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import yaml
+from cryptography import x509
 
 from constellation.attestation import atls
 from constellation.attestation.errors import ConstellationError
 from constellation.attestation.evidence import Validator
+from constellation.attestation.identity import Role
+from constellation.attestation.identity.policy import RequireRole
 from constellation.attestation.kdf import derive_cluster_id, derive_measurement_secret
 from constellation.attestation.measurements import Measurements
-from constellation.attestation.vtpm import QEMU_VTPM, VtpmValidator
 from constellation.bootstrapper.atomicfile import SECRET_MODE, write_atomic
 from constellation.bootstrapper.metadata import Endpoint
 from constellation.cli.config import Config, Provider
@@ -51,6 +57,7 @@ from constellation.cli.mini.errors import ApplyError
 from constellation.cli.mini.serviceaccount import joinservice_kubeconfig
 from constellation.cli.nodeverify import build_validator
 from constellation.cli.output import OutputFormat, output_option
+from constellation.cli.servicepki import issue_service_pki
 from constellation.cli.workspace import ClusterState, MasterSecret, NodeRecord, Workspace
 from constellation.proto import components_pb2, init_pb2, init_pb2_grpc
 
@@ -59,15 +66,20 @@ ATTEST_TIMEOUT_S = 60.0
 INIT_TIMEOUT_S = 900.0
 
 
-def init_validator(variant: str, measurements: Measurements) -> Validator:
-    """What the first node must prove before Init: the image, and PCR 15 still zero.
-
-    For qemu-vtpm the event log must be present and replay (as the JoinService demands).
-    """
+def init_validator(
+    variant: str,
+    measurements: Measurements,
+    platform_roots: Sequence[x509.Certificate] = (),
+) -> Validator:
+    """What the first node must prove before Init: the image, PCR 15 still zero, a replaying
+    event log, and a platform identity as a control-plane node (the master secret goes to no
+    other)."""
     expected = measurements.with_pcr15(None)
-    if variant == QEMU_VTPM:
-        return VtpmValidator(expected, variant=variant, require_event_log=True)
-    return build_validator(variant, expected)
+    return RequireRole(
+        build_validator(variant, expected, platform_roots),
+        Role.CONTROL_PLANE,
+        why="Init (and the master secret) only go to a control-plane node",
+    )
 
 
 @dataclass(frozen=True)
@@ -116,7 +128,11 @@ def initialize(
         ],
         cluster_name="constellation",
     )
-    validator = init_validator(config.attestation.variant, config.attestation.parsed_measurements())
+    validator = init_validator(
+        config.attestation.variant,
+        config.attestation.parsed_measurements(),
+        config.attestation.parsed_platform_roots(),
+    )
     progress(f"attesting the first control-plane node at {endpoint}")
     success = None
     with atls.connect(str(endpoint), [validator], timeout=ATTEST_TIMEOUT_S) as channel:
@@ -190,16 +206,18 @@ def install_services(
     master = workspace.load_master_secret()
     core = clusterobjects.core_api(init.kubeconfig)
     control_plane = record.control_plane()
-    progress("writing join-config, the master secret, the PKI and the components into the cluster")
+    progress("writing join-config, the master secret, the PKIs and the components into the cluster")
     clusterobjects.write_cluster_objects(
         core,
         variant=config.attestation.variant,
         measurements=config.attestation.parsed_measurements(),
+        platform_roots=config.attestation.platformRoots,
         measurement_salt=init.measurement_salt,
         master_key=master.key,
         master_salt=master.salt,
         pki_dir=control_plane.directory / "state" / "control-plane" / "pki",
         components=join_components_document(lock),
+        service_pki=issue_service_pki(),
     )
     files = clusterobjects.MountedFiles(
         record.services_dir / "keyservice", record.services_dir / "joinservice"

@@ -58,6 +58,7 @@ from constellation.cli.mini.node import (
     reboot_node,
     wait_booted,
 )
+from constellation.cli.mini.platform import load_or_create_platform_ca
 from constellation.cli.mini.processes import is_running
 from constellation.cli.mini.serviceaccount import joinservice_kubeconfig
 from constellation.cli.nodeverify import (
@@ -124,6 +125,7 @@ def _prepare_config(ctx: CLIContext, record: MiniRecord) -> None:
             kubernetes_version=lock.kubernetes_version,
             components=component_hashes(installed),
         )
+    platform_ca = load_or_create_platform_ca(record.platform_ca_dir)
     with ctx.reporter.step("measuring the image and signing its measurements"):
         public_pem = image.generate_publisher_key(record.publisher_key_path)
         published = image.publish_image(
@@ -139,6 +141,7 @@ def _prepare_config(ctx: CLIContext, record: MiniRecord) -> None:
                 update={
                     "measurementServicePublicKey": public_pem.decode(),
                     "measurementServicePublicKeyPath": None,
+                    "platformRoots": platform_ca.cert_pem.decode(),
                 }
             ),
         }
@@ -169,6 +172,7 @@ def _launch(
             init_secret_hash=init_hash,
             joinservice_endpoint=Endpoint(LOOPBACK, record.joinservice_port),
             joinservice_measurements=record.joinservice_measurements,
+            platform_ca=load_or_create_platform_ca(record.platform_ca_dir),
             logs_dir=record.logs_dir,
             records=records,
         )
@@ -187,7 +191,9 @@ def verify_nodes(ctx: CLIContext, record: MiniRecord) -> list[VerifyReport]:
     if state.cluster_id is None:
         raise MiniError("the cluster is not initialized", hint="run `constellation apply`")
     measurements = expected_measurements(config.attestation.parsed_measurements(), state.cluster_id)
-    validator = build_validator(config.attestation.variant, measurements)
+    validator = build_validator(
+        config.attestation.variant, measurements, config.attestation.parsed_platform_roots()
+    )
     reports = []
     for endpoint in record.verification:
         nonce = fresh_nonce()

@@ -15,13 +15,17 @@ port (DESIGN.md §2 step 6). The order, and why:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import click
 import grpc
+from cryptography import x509
 
 from constellation.attestation import atls
 from constellation.attestation.evidence import Validator
+from constellation.attestation.identity import Role
+from constellation.attestation.identity.policy import RequireRole
 from constellation.attestation.measurements import Measurements
-from constellation.attestation.vtpm import QEMU_VTPM, VtpmValidator
 from constellation.bootstrapper.errors import MetadataError
 from constellation.bootstrapper.metadata import Endpoint
 from constellation.cli.context import current
@@ -40,15 +44,20 @@ class RecoverError(CLIError):
     """The node could not be recovered (unreachable, refused the secret, failed)."""
 
 
-def recover_validator(variant: str, configured: Measurements, cluster_id: bytes) -> Validator:
-    """The image's measurements with PCR 15 = the mark of ``cluster_id``.
-
-    For qemu-vtpm the event log must be present and replay, as for ``apply``.
-    """
+def recover_validator(
+    variant: str,
+    configured: Measurements,
+    cluster_id: bytes,
+    platform_roots: Sequence[x509.Certificate] = (),
+) -> Validator:
+    """The image's measurements with PCR 15 = the mark of ``cluster_id``, a replaying event
+    log, and a control-plane platform identity (the master secret goes to no other node)."""
     expected = expected_measurements(configured, cluster_id)
-    if variant == QEMU_VTPM:
-        return VtpmValidator(expected, variant=variant, require_event_log=True)
-    return build_validator(variant, expected)
+    return RequireRole(
+        build_validator(variant, expected, platform_roots),
+        Role.CONTROL_PLANE,
+        why="recovery (and the master secret) only go to a control-plane node",
+    )
 
 
 def recover_node(

@@ -6,13 +6,19 @@ import base64
 from typing import Any
 
 import click
+from cryptography import x509
 from rich.table import Table
 
+from constellation.attestation.identity.verify import load_platform_roots, platform_fingerprint
 from constellation.cli.context import current
 from constellation.cli.mini import clusterobjects
 from constellation.cli.mini.cluster import MiniRecord, kubeconfig_path
 from constellation.cli.mini.processes import is_running
 from constellation.cli.output import OutputFormat, output_option
+
+
+def _root_summary(root: x509.Certificate) -> dict[str, str]:
+    return {"subject": root.subject.rfc4514_string(), "sha256": platform_fingerprint(root)}
 
 
 def _ready(node: Any) -> str:
@@ -53,13 +59,23 @@ def status_command(output_format: str) -> None:
     state = workspace.load_state()
     core = clusterobjects.core_api(kubeconfig_path(workspace))
     nodes = clusterobjects.registered_nodes(core)
-    variant, join_measurements = clusterobjects.read_join_config(core)
+    variant, join_measurements, join_roots = clusterobjects.read_join_config(core)
     summary: dict[str, Any] = {
         "clusterID": base64.b64encode(state.cluster_id).decode() if state.cluster_id else None,
         "image": config.image,
         "kubernetesVersion": config.kubernetesVersion,
         "attestationVariant": config.attestation.variant,
-        "joinConfig": {"variant": variant, "pcrs": sorted(join_measurements)},
+        "platformRoots": [
+            _root_summary(root) for root in config.attestation.parsed_platform_roots()
+        ],
+        "joinConfig": {
+            "variant": variant,
+            "pcrs": sorted(join_measurements),
+            "platformRoots": [
+                _root_summary(root)
+                for root in (load_platform_roots(join_roots.encode()) if join_roots else ())
+            ],
+        },
         "nodes": [
             {
                 "name": name,
@@ -84,6 +100,11 @@ def status_command(output_format: str) -> None:
     ctx.reporter.emit_text(f"Image:               {config.image}")
     ctx.reporter.emit_text(f"Kubernetes:          {config.kubernetesVersion}")
     ctx.reporter.emit_text(f"Attestation variant: {config.attestation.variant}")
+    for root in summary["platformRoots"] or [{"subject": "none configured", "sha256": ""}]:
+        shown = (
+            f"{root['subject']} (SHA-256 {root['sha256']})" if root["sha256"] else root["subject"]
+        )
+        ctx.reporter.emit_text(f"Platform root:       {shown}")
     table = Table("Node", "Status", "Roles", "Kubelet version")
     for node in summary["nodes"]:
         table.add_row(node["name"], node["status"], node["roles"], node["kubeletVersion"] or "-")

@@ -92,7 +92,9 @@ def upgrade_apply_command(
         )
     with ctx.reporter.step("updating join-config in the cluster"):
         core = clusterobjects.core_api(kubeconfig_path(workspace))
-        clusterobjects.write_join_config(core, config.attestation.variant, measurements)
+        clusterobjects.write_join_config(
+            core, config.attestation.variant, measurements, config.attestation.platformRoots
+        )
         if MiniRecord.exists(workspace):
             record = MiniRecord.load(workspace)
             files = clusterobjects.MountedFiles(

@@ -92,7 +92,9 @@ def verify_command(
     )
     expected_id = _cluster_id(state, cluster_id)
     measurements = expected_measurements(config.attestation.parsed_measurements(), expected_id)
-    validator = build_validator(config.attestation.variant, measurements)
+    validator = build_validator(
+        config.attestation.variant, measurements, config.attestation.parsed_platform_roots()
+    )
     request = request_attestation_grpc if protocol == "grpc" else request_attestation_http
 
     reports: list[VerifyReport] = []

@@ -43,6 +43,7 @@ from constellation.bootstrapper.kubernetes.components import (
 from constellation.bootstrapper.kubernetes.errors import KubernetesError
 from constellation.cli.mini.errors import ClusterStateError, JoinTimeoutError, MiniError
 from constellation.cli.mini.node import MiniNode
+from constellation.cli.mini.platform import PLATFORM_CA_DIR
 from constellation.cli.mini.processes import ProcessRecord, is_running, stop
 from constellation.cli.mini.services import VerificationEndpoint
 from constellation.cli.workspace import (
@@ -114,6 +115,11 @@ class MiniRecord:
     @property
     def image_dir(self) -> Path:
         return self.directory / "image"
+
+    @property
+    def platform_ca_dir(self) -> Path:
+        """Mini mode's platform CA (``platform.load_or_create_platform_ca``)."""
+        return self.directory / PLATFORM_CA_DIR
 
     @property
     def init_secret_path(self) -> Path:

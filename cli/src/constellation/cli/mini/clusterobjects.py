@@ -5,11 +5,18 @@ charts in ``charts/`` expect:
 
 | object | keys | mounted by |
 |---|---|---|
-| ConfigMap ``join-config`` | ``attestationVariant``, ``measurements`` | JoinService |
+| ConfigMap ``join-config`` | attestationVariant, measurements, platformRoots | JoinService |
 | Secret ``constellation-measurement-salt`` | ``measurementSalt`` | JoinService |
 | Secret ``constellation-cluster-pki`` | ``ca.*``, ``sa.*``, ``*-ca.*`` (kubeadm) | JoinService |
 | ConfigMap ``kubernetes-components`` | ``components.json`` | JoinService |
 | Secret ``constellation-mastersecret`` | ``mastersecret``, ``salt`` | KeyService |
+| Secret ``constellation-keyservice-tls`` | ``ca.crt``, ``tls.crt``, ``tls.key`` | KeyService |
+| Secret ``constellation-keyservice-client`` | ``ca.crt``, ``tls.crt``, ``tls.key`` | JoinService |
+
+The two TLS Secrets are the KeyService's mutual TLS (:mod:`constellation.cli.servicepki`): the
+KeyService's server certificate and the JoinService's client certificate, both from a CA that
+``apply`` creates beside the master secret and whose key it never stores, so only the
+JoinService can ever call the KeyService.
 
 Mini mode has no kubelet to mount them, so :func:`materialize` plays its part: it reads the
 objects **back from the API** and writes their keys as files under a per-service root, at the
@@ -31,6 +38,7 @@ from typing import Any
 from constellation.attestation.measurements import Measurements
 from constellation.bootstrapper.atomicfile import PUBLIC_MODE, SECRET_MODE, write_atomic
 from constellation.cli.mini.errors import ApplyError
+from constellation.cli.servicepki import CA_FILE, CERT_FILE, KEY_FILE, ServicePKI
 
 NAMESPACE = "kube-system"
 JOIN_CONFIG = "join-config"
@@ -38,6 +46,8 @@ MEASUREMENT_SALT_SECRET = "constellation-measurement-salt"  # noqa: S105 (an obj
 CLUSTER_PKI_SECRET = "constellation-cluster-pki"  # noqa: S105 (an object name)
 COMPONENTS_CONFIGMAP = "kubernetes-components"
 MASTER_SECRET_SECRET = "constellation-mastersecret"  # noqa: S105 (an object name)
+KEYSERVICE_TLS_SECRET = "constellation-keyservice-tls"  # noqa: S105 (an object name)
+KEYSERVICE_CLIENT_SECRET = "constellation-keyservice-client"  # noqa: S105 (an object name)
 API_TIMEOUT_S = 15
 
 # Mount paths and item mappings of the charts (charts/*/values.yaml and templates).
@@ -46,6 +56,10 @@ MEASUREMENT_SALT_MOUNT = "var/run/secrets/constellation/measurement-salt"
 CLUSTER_PKI_MOUNT = "var/run/secrets/constellation/pki"
 COMPONENTS_MOUNT = "var/run/constellation/components"
 MASTER_SECRET_MOUNT = "var/run/secrets/constellation/mastersecret"  # noqa: S105 (a path)
+KEYSERVICE_TLS_MOUNT = "var/run/secrets/constellation/keyservice-tls"
+KEYSERVICE_CLIENT_MOUNT = "var/run/secrets/constellation/keyservice-client"
+#: Keys of both TLS Secrets; only ``tls.key`` is secret.
+TLS_ITEMS = (CA_FILE, CERT_FILE, KEY_FILE)
 PKI_ITEMS = {
     "ca.crt": "ca.crt",
     "ca.key": "ca.key",
@@ -124,16 +138,26 @@ def _configmap(name: str, data: Mapping[str, str]) -> Any:
     )
 
 
-def join_config_data(variant: str, measurements: Measurements) -> dict[str, str]:
-    """The ``join-config`` ConfigMap data: PCR 15 expected zero (the node is not locked yet)."""
+JOIN_CONFIG_KEYS = ("attestationVariant", "measurements", "platformRoots")
+
+
+def join_config_data(
+    variant: str, measurements: Measurements, platform_roots: str | None
+) -> dict[str, str]:
+    """The ``join-config`` ConfigMap data: PCR 15 expected zero (the node is not locked yet),
+    and the platform roots that certify nodes' attestation keys (PEM; empty if none)."""
     return {
         "attestationVariant": variant,
         "measurements": measurements.with_pcr15(None).to_json(),
+        "platformRoots": platform_roots or "",
     }
 
 
-def write_join_config(core: Any, variant: str, measurements: Measurements) -> None:
-    upsert(core, "config_map", _configmap(JOIN_CONFIG, join_config_data(variant, measurements)))
+def write_join_config(
+    core: Any, variant: str, measurements: Measurements, platform_roots: str | None
+) -> None:
+    data = join_config_data(variant, measurements, platform_roots)
+    upsert(core, "config_map", _configmap(JOIN_CONFIG, data))
 
 
 def write_cluster_objects(
@@ -141,19 +165,34 @@ def write_cluster_objects(
     *,
     variant: str,
     measurements: Measurements,
+    platform_roots: str | None,
     measurement_salt: bytes,
     master_key: bytes,
     master_salt: bytes,
     pki_dir: Path,
     components: Mapping[str, Any],
+    service_pki: ServicePKI,
 ) -> None:
-    """Write every object the three services mount (create, or replace when it exists)."""
-    write_join_config(core, variant, measurements)
+    """Write every object the three services mount (create, or replace when it exists).
+
+    ``service_pki`` is the KeyService's mutual TLS, written beside the master secret it guards.
+    """
+    write_join_config(core, variant, measurements, platform_roots)
     upsert(core, "secret", _secret(MEASUREMENT_SALT_SECRET, {"measurementSalt": measurement_salt}))
     upsert(
         core,
         "secret",
         _secret(MASTER_SECRET_SECRET, {"mastersecret": master_key, "salt": master_salt}),
+    )
+    upsert(
+        core,
+        "secret",
+        _secret(KEYSERVICE_TLS_SECRET, service_pki.keyservice_server.secret_data()),
+    )
+    upsert(
+        core,
+        "secret",
+        _secret(KEYSERVICE_CLIENT_SECRET, service_pki.joinservice_client.secret_data()),
     )
     pki: dict[str, bytes] = {}
     for key, relative in PKI_ITEMS.items():
@@ -185,6 +224,16 @@ class MountedFiles:
     @property
     def master_salt_file(self) -> Path:
         return self.keyservice_root / MASTER_SECRET_MOUNT / "salt"
+
+    @property
+    def keyservice_tls_dir(self) -> Path:
+        """The KeyService's TLS Secret: its certificate and key, and the client CA."""
+        return self.keyservice_root / KEYSERVICE_TLS_MOUNT
+
+    @property
+    def keyservice_client_dir(self) -> Path:
+        """The JoinService's client Secret for the KeyService: certificate, key and CA."""
+        return self.joinservice_root / KEYSERVICE_CLIENT_MOUNT
 
     @property
     def join_config_dir(self) -> Path:
@@ -234,7 +283,7 @@ def _write(path: Path, data: bytes, *, secret: bool) -> None:
 def materialize_join_config(core: Any, files: MountedFiles) -> None:
     """Refresh the JoinService's ``join-config`` files from the API (the kubelet's job)."""
     configmap = _read(core, "config_map", JOIN_CONFIG)
-    for key in ("attestationVariant", "measurements"):
+    for key in JOIN_CONFIG_KEYS:
         _write(files.join_config_dir / key, _configmap_value(configmap, key), secret=False)
 
 
@@ -243,6 +292,13 @@ def materialize(core: Any, files: MountedFiles) -> None:
     master = _read(core, "secret", MASTER_SECRET_SECRET)
     for key, path in (("mastersecret", files.master_secret_file), ("salt", files.master_salt_file)):
         _write(path, _secret_value(master, key), secret=True)
+    for name, directory in (
+        (KEYSERVICE_TLS_SECRET, files.keyservice_tls_dir),
+        (KEYSERVICE_CLIENT_SECRET, files.keyservice_client_dir),
+    ):
+        tls = _read(core, "secret", name)
+        for key in TLS_ITEMS:
+            _write(directory / key, _secret_value(tls, key), secret=key == KEY_FILE)
     materialize_join_config(core, files)
     salt = _read(core, "secret", MEASUREMENT_SALT_SECRET)
     _write(files.measurement_salt_file, _secret_value(salt, "measurementSalt"), secret=True)
@@ -253,10 +309,13 @@ def materialize(core: Any, files: MountedFiles) -> None:
     _write(files.components_file, _configmap_value(components, "components.json"), secret=False)
 
 
-def read_join_config(core: Any) -> tuple[str, Measurements]:
+def read_join_config(core: Any) -> tuple[str, Measurements, str]:
+    """The join-config in force: variant, measurements, platform roots (PEM, "" if none)."""
     configmap = _read(core, "config_map", JOIN_CONFIG)
     variant = _configmap_value(configmap, "attestationVariant").decode()
-    return variant, Measurements.from_json(_configmap_value(configmap, "measurements"))
+    measurements = Measurements.from_json(_configmap_value(configmap, "measurements"))
+    roots = str((configmap.data or {}).get("platformRoots") or "")
+    return variant, measurements, roots
 
 
 def registered_nodes(core: Any) -> dict[str, Any]:

@@ -6,6 +6,8 @@ Layout of a node (``<workspace>/mini/nodes/<name>/``)::
     tpm/                 the node's vTPM (0700): swtpm state and its Unix sockets ``sock`` and
                          ``sock.ctrl`` (0600); no TCP port, so only root and the node's own
                          user can reach it
+    ak-cert.der          the platform's certificate for the vTPM's attestation key (name, role)
+    platform-roots.pem   the platform CA the JoinService's attestation key must chain to
     eventlog.bin         the TCG event log the firmware step wrote
     disk.img             the state disk: a blank file the bootstrapper formats as LUKS2
     metadata.json        instance metadata (name, role, 127.0.0.1, init-secret bcrypt hash for
@@ -14,7 +16,8 @@ Layout of a node (``<workspace>/mini/nodes/<name>/``)::
     bootstrapper.json    the bootstrapper configuration
     state/, root/        the bootstrapper's state directory and install root
 
-Boot order: start the swtpm (detached), run the firmware step on ``image/``, then start
+Boot order: start the swtpm (detached), have the platform certify its AK, run the firmware
+step on ``image/``, then start
 ``python -m constellation.bootstrapper`` with ``PYTHONPATH=image/`` first and bytecode writing
 off, so the modules that run are the measured files and the image directory stays unchanged.
 The state disk uses pbkdf2 key slots (argon2id would need seconds and a GiB of memory per node
@@ -34,6 +37,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from constellation.attestation.identity.ca import PlatformCA
 from constellation.attestation.measurements import Measurements
 from constellation.attestation.swtpm import (
     SwtpmError,
@@ -55,6 +59,7 @@ from constellation.bootstrapper.metadata import (
 from constellation.cli.mini.errors import ProcessStartError
 from constellation.cli.mini.firmware import boot_measure
 from constellation.cli.mini.image import copy_image
+from constellation.cli.mini.platform import AK_CERT_FILE, PLATFORM_ROOTS_FILE, certify_node
 from constellation.cli.mini.processes import ProcessRecord, is_running, spawn, stop
 
 LOOPBACK = "127.0.0.1"
@@ -139,6 +144,11 @@ class MiniNode:
     @property
     def event_log(self) -> Path:
         return self.directory / "eventlog.bin"
+
+    @property
+    def ak_certificate(self) -> Path:
+        """The platform's certificate for this node's vTPM attestation key (DER)."""
+        return self.directory / AK_CERT_FILE
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -242,10 +252,14 @@ def launch_node(
     init_secret_hash: bytes,
     joinservice_endpoint: Endpoint,
     joinservice_measurements: Measurements,
+    platform_ca: PlatformCA,
     logs_dir: Path,
     records: list[ProcessRecord],
 ) -> MiniNode:
     """Create the node's files, boot its vTPM and firmware, start its bootstrapper.
+
+    Before the firmware runs, the platform certifies the vTPM's attestation key as this node
+    (``platform.certify_node``), as a cloud does when it creates a VM.
 
     Every process started is appended to ``records`` as soon as it runs, so a failure later in
     the boot still leaves it recorded for ``mini down``.
@@ -257,6 +271,9 @@ def launch_node(
     swtpm, tpm_socket = start_swtpm(name, directory / "tpm", logs_dir / f"{name}-swtpm.log")
     records.append(swtpm)
     tcti = tcti_for(tpm_socket)
+    ak_certificate = certify_node(tcti, platform_ca, name, role)
+    write_atomic(directory / AK_CERT_FILE, ak_certificate, mode=PUBLIC_MODE)
+    write_atomic(directory / PLATFORM_ROOTS_FILE, platform_ca.cert_pem, mode=PUBLIC_MODE)
     boot_measure(tcti, image_dir, directory / "eventlog.bin")
 
     with (directory / "disk.img").open("wb") as disk:
@@ -287,6 +304,8 @@ def launch_node(
         "init_port": init_port,
         "join_measurements_path": str(directory / "join-measurements.json"),
         "event_log_path": str(directory / "eventlog.bin"),
+        "ak_certificate_path": str(directory / AK_CERT_FILE),
+        "platform_roots_path": str(directory / PLATFORM_ROOTS_FILE),
         "join_retry": JOIN_RETRY,
         "rejoin_retry": REJOIN_RETRY,
         "fast_luks_pbkdf": True,

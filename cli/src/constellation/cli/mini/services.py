@@ -4,10 +4,13 @@ Each service gets the command line of its chart (the flags in ``charts/*/templat
 chart's mount paths replaced by the files :mod:`.clusterobjects` materialized from the API, and
 loopback ports chosen here (recorded in the cluster record and the state file):
 
-- one KeyService (master secret from the ``constellation-mastersecret`` Secret);
+- one KeyService (master secret from the ``constellation-mastersecret`` Secret), serving
+  GetDataKey over mutual TLS only (``constellation-keyservice-tls``) and health in plaintext on
+  a port of its own;
 - one JoinService on the first control-plane node: it attests itself with that node's vTPM and
-  event log (mutual aTLS), and authenticates to the API server with a token of its chart's
-  ServiceAccount, bound to the chart's Role (:mod:`.serviceaccount`), as its pod would;
+  event log (mutual aTLS), authenticates to the API server with a token of its chart's
+  ServiceAccount, bound to the chart's Role (:mod:`.serviceaccount`), as its pod would, and to
+  the KeyService with its client certificate (``constellation-keyservice-client``);
 - one VerificationService per node, quoting with that node's vTPM and attaching its event log.
 """
 
@@ -18,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from constellation.attestation.swtpm import LOOPBACK
 from constellation.bootstrapper.metadata import Endpoint
 from constellation.cli.mini.clusterobjects import MountedFiles
-from constellation.cli.mini.node import MiniNode, free_port, wait_listening
+from constellation.cli.mini.node import LOOPBACK, MiniNode, free_port, wait_listening
 from constellation.cli.mini.processes import ProcessRecord, spawn
+from constellation.cli.servicepki import CA_FILE, CERT_FILE, KEY_FILE
+from constellation.keyservice.tls import SERVER_NAME
 
 SERVICE_START_TIMEOUT_S = 60.0
 JOIN_CONFIG_POLL_S = 0.5
@@ -69,8 +73,12 @@ def start_keyservice(files: MountedFiles, logs_dir: Path) -> tuple[ProcessRecord
             *_python_module("constellation.keyservice"),
             f"--master-secret-file={files.master_secret_file}",
             f"--salt-file={files.master_salt_file}",
+            f"--tls-cert-file={files.keyservice_tls_dir / CERT_FILE}",
+            f"--tls-key-file={files.keyservice_tls_dir / KEY_FILE}",
+            f"--client-ca-file={files.keyservice_tls_dir / CA_FILE}",
             f"--listen={LOOPBACK}",
             f"--port={port}",
+            "--health-port=0",
             "--metrics-port=0",
         ],
         log_path=logs_dir / "keyservice.log",
@@ -104,11 +112,17 @@ def start_joinservice(
             f"--pki-dir={files.pki_dir}",
             f"--components-file={files.components_file}",
             f"--keyservice-endpoint={LOOPBACK}:{keyservice_port}",
+            # Dialled by IP: the KeyService's certificate is checked for its fixed name.
+            f"--keyservice-ca-file={files.keyservice_client_dir / CA_FILE}",
+            f"--keyservice-cert-file={files.keyservice_client_dir / CERT_FILE}",
+            f"--keyservice-key-file={files.keyservice_client_dir / KEY_FILE}",
+            f"--keyservice-server-name={SERVER_NAME}",
             f"--api-server-endpoint={api_server_endpoint}",
             f"--kubeconfig={kubeconfig}",
             "--namespace=kube-system",
             f"--tpm-tcti={node.tcti}",
             f"--event-log={node.event_log}",
+            f"--ak-certificate-file={node.ak_certificate}",
         ],
         log_path=logs_dir / "joinservice.log",
     )
@@ -125,6 +139,7 @@ def start_verificationservice(node: MiniNode, logs_dir: Path) -> VerificationEnd
             f"--tpm={node.tcti}",
             "--variant=qemu-vtpm",
             f"--event-log={node.event_log}",
+            f"--ak-certificate-file={node.ak_certificate}",
             f"--listen={LOOPBACK}",
             f"--grpc-port={grpc_port}",
             f"--http-port={http_port}",

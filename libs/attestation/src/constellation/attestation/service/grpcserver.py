@@ -1,11 +1,11 @@
 """A plain (no TLS) gRPC server for in-cluster services, with health and metrics wired in.
 
-The KeyService and the VerificationService serve plain gRPC: the first is reachable only
-through its ClusterIP and only by the JoinService, the second hands out evidence that protects
-itself (DESIGN.md §6). Both want the same frame around their servicer: a bounded thread pool,
-request metrics, typed errors mapped to status codes, and ``grpc.health.v1`` reporting
-SERVING only once the server has started. Attested servers use
-:class:`~constellation.attestation.atls.server.AttestedServer` instead.
+The VerificationService serves plain gRPC: it hands out evidence that protects itself
+(DESIGN.md §6). It wants this frame around its servicer: a bounded thread pool, request
+metrics, typed errors mapped to status codes, and ``grpc.health.v1`` reporting SERVING only
+once the server has started. Attested servers use
+:class:`~constellation.attestation.atls.server.AttestedServer` instead; the KeyService serves
+mutual TLS with a cluster-internal CA (``constellation.keyservice.server``).
 """
 
 from __future__ import annotations
