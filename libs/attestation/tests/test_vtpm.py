@@ -630,6 +630,8 @@ def test_malformed_fields_of_a_real_document(swtpm: Swtpm) -> None:
         lambda d: d["quotes"][0].update(attest=base64.b64encode(b"\xff\x54").decode()),
         lambda d: d["quotes"][0].update(signature="@@"),
         lambda d: d.update(pcrs={"24": d["pcrs"]["0"]}),
+        lambda d: d.update(pcrs={"\u00b2": d["pcrs"]["0"]}),  # "²".isdigit(), int() refuses
+        lambda d: d.update(pcrs={"\u0663": d["pcrs"]["0"]}),  # Arabic-Indic three
         lambda d: d.update(pcrs=[]),
         lambda d: d.update(event_log=base64.b64encode(b"\x00" * 10).decode()),
     ]

@@ -462,7 +462,10 @@ def _parse_pcrs(doc: Mapping[str, Any]) -> dict[int, bytes]:
         raise MalformedEvidenceError("vTPM document: 'pcrs' must be an object")
     pcrs: dict[int, bytes] = {}
     for key, value in raw.items():
-        if not (isinstance(key, str) and key.isdigit() and int(key) < PCR_COUNT):
+        # isdigit() alone admits "²" and other digits int() refuses: ASCII decimals only.
+        if not (
+            isinstance(key, str) and key.isascii() and key.isdecimal() and int(key) < PCR_COUNT
+        ):
             raise MalformedEvidenceError(f"vTPM document: PCR index {key!r} is not 0..23")
         if not isinstance(value, str):
             raise MalformedEvidenceError(f"vTPM document: PCR {key} must be base64")
