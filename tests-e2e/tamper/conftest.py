@@ -19,14 +19,13 @@ in the status details (or the CLI's exit code and report). ``Refusal`` carries b
 from __future__ import annotations
 
 import base64
-import itertools
 import json
 import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +84,9 @@ class Refusal:
                 return cls(err.code(), err.details() or "")
             return cls(grpc.StatusCode.UNKNOWN, str(err))
         return cls(None, "accepted")
+
+    def is_accepted(self) -> None:
+        assert self.code is None, f"refused: {self.code}: {self.details}"
 
     def is_(self, code: grpc.StatusCode, *checks: str) -> None:
         assert self.code == code, f"expected {code.name}, got {self.code}: {self.details}"
@@ -169,7 +171,6 @@ class Attacker:
     record: dict[str, Any]
     swtpms: SwtpmManager
     scratch: Path
-    _names: Iterator[int] = field(default_factory=lambda: itertools.count())
 
     # -- what the network shows -------------------------------------------------------------
 
@@ -281,7 +282,8 @@ class Attacker:
         ca: PlatformCA | None = None,
     ) -> Insider:
         """A fresh platform-certified machine that booted ``image`` (default: the genuine one)."""
-        name = name or f"mini-rogue-{next(self._names)}"
+        # Unique across runs: a name, once joined, stays bound to its first AK.
+        name = name or f"mini-rogue-{uuid.uuid4().hex[:8]}"
         (tpm,) = self.swtpms.start(1)
         certificate = certify_node(tpm.tcti, ca or self.platform_ca(), name, role)
         log_path = self.scratch / f"{name}-{uuid.uuid4().hex[:6]}.eventlog"
