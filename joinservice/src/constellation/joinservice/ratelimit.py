@@ -22,65 +22,23 @@ is full of buckets still refilling, a *new* identity is refused until one of the
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
 
 from constellation.attestation.errors import Failure
+from constellation.attestation.ratelimit import Bucket, Rate
 from constellation.joinservice.errors import RateLimitedError
 
 Clock = Callable[[], float]
-
-
-@dataclass(frozen=True)
-class Rate:
-    """A token bucket's shape: ``burst`` requests at once, then one per ``refill_seconds``."""
-
-    burst: int
-    refill_seconds: float
-
-    def __post_init__(self) -> None:
-        if self.burst < 1 or not math.isfinite(self.refill_seconds) or self.refill_seconds <= 0:
-            raise ValueError(
-                f"a rate needs burst >= 1 and a positive refill interval, got burst="
-                f"{self.burst}, refill_seconds={self.refill_seconds}"
-            )
-
-    def describe(self) -> str:
-        return f"at most {self.burst} at once, then 1 every {self.refill_seconds:g} s"
-
 
 #: Per attested identity: a join, a retry and a rejoin at once, then one every 20 s.
 DEFAULT_PER_IDENTITY: Final = Rate(burst=3, refill_seconds=20.0)
 #: Everyone together: 60 at once (a large cluster booting), then 10 per second.
 DEFAULT_OVERALL: Final = Rate(burst=60, refill_seconds=0.1)
 DEFAULT_MAX_IDENTITIES: Final = 10_000
-
-
-class _Bucket:
-    """Tokens as of ``updated``; the level at a later time is computed, never stored."""
-
-    __slots__ = ("tokens", "updated")
-
-    def __init__(self, tokens: float, updated: float) -> None:
-        self.tokens = tokens
-        self.updated = updated
-
-    def level(self, rate: Rate, now: float) -> float:
-        elapsed = max(0.0, now - self.updated)
-        return min(float(rate.burst), self.tokens + elapsed / rate.refill_seconds)
-
-    def take(self, rate: Rate, now: float) -> None:
-        self.tokens = self.level(rate, now) - 1.0
-        self.updated = now
-
-    @staticmethod
-    def wait_for_one(rate: Rate, level: float) -> float:
-        return (1.0 - level) * rate.refill_seconds
 
 
 class RateLimiter:
@@ -105,9 +63,9 @@ class RateLimiter:
         self._clock = clock
         self._lock = threading.Lock()
         # Least recently used first: the front is where idle buckets are found.
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._buckets: OrderedDict[str, Bucket] = OrderedDict()
         now = clock()
-        self._overall = None if overall is None else _Bucket(float(overall.burst), now)
+        self._overall = None if overall is None else Bucket(overall, now)
 
     def tracked(self) -> int:
         """How many identities have a bucket (for tests and metrics).
@@ -130,33 +88,29 @@ class RateLimiter:
             bucket = self._buckets.get(identity)
             if bucket is None:
                 self._make_room(now)
-                level = float(rate.burst)
-            else:
-                level = bucket.level(rate, now)
-            if level < 1.0:
+            if bucket is not None and not bucket.has_token(rate, now):
                 raise RateLimitedError(
                     Failure(
                         check="rate.identity",
                         expected=f"ticket requests from one node identity {rate.describe()}",
                         actual="the bucket of this identity is empty",
                     ),
-                    retry_after=_Bucket.wait_for_one(rate, level),
+                    retry_after=bucket.wait(rate, now),
                 )
             overall, overall_rate = self._overall, self._overall_rate
             if overall is not None and overall_rate is not None:
-                overall_level = overall.level(overall_rate, now)
-                if overall_level < 1.0:
+                if not overall.has_token(overall_rate, now):
                     raise RateLimitedError(
                         Failure(
                             check="rate.overall",
                             expected=f"ticket requests from all nodes {overall_rate.describe()}",
                             actual="the shared bucket is empty",
                         ),
-                        retry_after=_Bucket.wait_for_one(overall_rate, overall_level),
+                        retry_after=overall.wait(overall_rate, now),
                     )
                 overall.take(overall_rate, now)
             if bucket is None:
-                bucket = _Bucket(float(rate.burst), now)
+                bucket = Bucket(rate, now)
                 self._buckets[identity] = bucket
             else:
                 self._buckets.move_to_end(identity)
@@ -168,13 +122,13 @@ class RateLimiter:
         full = float(rate.burst)
         while self._buckets:
             _, oldest = next(iter(self._buckets.items()))
-            if oldest.level(rate, now) < full:
+            if not oldest.is_full(rate, now):
                 break
             self._buckets.popitem(last=False)
         if len(self._buckets) < self._max_identities:
             return
         # The LRU order is by last use, not by level: look further before refusing.
-        idle = [key for key, b in self._buckets.items() if b.level(rate, now) >= full]
+        idle = [key for key, b in self._buckets.items() if b.is_full(rate, now)]
         for key in idle:
             del self._buckets[key]
         if len(self._buckets) < self._max_identities:

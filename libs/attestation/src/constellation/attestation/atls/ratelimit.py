@@ -19,16 +19,15 @@ import time
 from collections.abc import Callable
 
 from constellation.attestation.atls.errors import RateLimitedError
+from constellation.attestation.ratelimit import Bucket, Rate
 
 #: Defaults: generous for a cluster's joins and verifications, far below what floods a TPM.
 DEFAULT_RATE_PER_SECOND = 200.0
 DEFAULT_BURST = 400
-# Clock differences are floats: 10.1 - 10.0 is a hair below 0.1, which must still refill.
-_EPSILON = 1e-9
 
 
 class TokenBucket:
-    """Thread-safe token bucket; :meth:`acquire` takes one token or raises."""
+    """Thread-safe, global token bucket; :meth:`acquire` takes one token or raises."""
 
     def __init__(
         self,
@@ -37,23 +36,17 @@ class TokenBucket:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if rate <= 0 or burst < 1:
-            raise ValueError("a token bucket needs rate > 0 and burst >= 1")
         self.rate = float(rate)
         self.burst = burst
+        self._shape = Rate.per_second(rate, burst)
         self._clock = clock
-        self._tokens = float(burst)
-        self._updated = clock()
+        self._bucket = Bucket(self._shape, clock())
         self._lock = threading.Lock()
 
     def acquire(self) -> None:
         """Take one token; raise ``RateLimitedError`` (with the wait) if none is left."""
         with self._lock:
             now = self._clock()
-            elapsed = max(0.0, now - self._updated)
-            self._tokens = min(float(self.burst), self._tokens + elapsed * self.rate)
-            self._updated = now
-            if self._tokens >= 1.0 - _EPSILON:
-                self._tokens = max(0.0, self._tokens - 1.0)
-                return
-            raise RateLimitedError((1.0 - self._tokens) / self.rate)
+            if not self._bucket.has_token(self._shape, now):
+                raise RateLimitedError(self._bucket.wait(self._shape, now))
+            self._bucket.take(self._shape, now)
