@@ -3,6 +3,9 @@
 Usage: ``uv run python benchmarks/atls.py [--connections N]``
 
 One aTLS server on loopback attests with a swtpm; a mutual client attests with a second swtpm.
+Both are nodes as the test platform makes them (``attestation.testing.platform``): the image
+measured with an event log, the AK certified by the test platform CA; every validation checks
+the AK certificate and replays the log, as the product's validators do.
 A "setup" is ``atls.connect`` (TLS fetch, pinned gRPC channel, Attest, validation, and for
 mutual the client's own quote) plus the first call of a protected method (where the server
 validates the client), then close. Sequential, so the rate is 1 / latency.
@@ -19,18 +22,23 @@ import time
 import grpc
 
 from constellation.attestation import atls
+from constellation.attestation.identity import Role
 from constellation.attestation.measurements import Measurements
 from constellation.attestation.service.logging import configure_logging
 from constellation.attestation.swtpm import SwtpmManager
-from constellation.attestation.vtpm import VtpmIssuer, VtpmValidator
+from constellation.attestation.testing.platform import measure_boot, node_issuer, node_validator
+from constellation.attestation.vtpm import VtpmIssuer, VtpmValidator, open_tpm, read_pcrs
 
 METHOD = "/bench.Echo/Echo"
 
 
-def _validator_for(issuer: VtpmIssuer) -> VtpmValidator:
-    nonce = os.urandom(32)
-    pcrs = VtpmValidator(Measurements()).verify(issuer.issue(b"probe", nonce), nonce).pcrs
-    return VtpmValidator(Measurements.from_dict({str(i): v.hex() for i, v in pcrs.items()}))
+def _node(tcti: str, name: str, role: Role) -> tuple[VtpmIssuer, VtpmValidator]:
+    """A measured, certified node and a validator expecting exactly its PCRs."""
+    issuer = node_issuer(tcti, name, role, event_log=measure_boot(tcti))
+    with open_tpm(tcti) as esapi:
+        _, pcrs = read_pcrs(esapi)
+    expected = Measurements.from_dict({str(i): v.hex() for i, v in pcrs.items()})
+    return issuer, node_validator(expected)
 
 
 def _server(issuer: VtpmIssuer, client_validator: VtpmValidator | None) -> tuple[object, str]:
@@ -73,11 +81,8 @@ def main() -> None:
 
     with SwtpmManager() as manager:
         server_tpm, client_tpm = manager.start(2)
-        server_issuer, client_issuer = VtpmIssuer(server_tpm.tcti), VtpmIssuer(client_tpm.tcti)
-        server_validator, client_validator = (
-            _validator_for(server_issuer),
-            _validator_for(client_issuer),
-        )
+        server_issuer, server_validator = _node(server_tpm.tcti, "server", Role.CONTROL_PLANE)
+        client_issuer, client_validator = _node(client_tpm.tcti, "client", Role.WORKER)
         only, only_target = _server(server_issuer, None)
         mutual, mutual_target = _server(server_issuer, client_validator)
         try:

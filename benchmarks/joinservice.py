@@ -20,7 +20,6 @@ swtpm quote is inside every measured join.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -39,7 +38,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -48,16 +46,18 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from constellation.attestation.atls import connect
+from constellation.attestation.identity import Role
 from constellation.attestation.measurements import Measurements
 from constellation.attestation.service import ServiceMetrics, configure_logging
 from constellation.attestation.swtpm import SwtpmManager
-from constellation.attestation.vtpm import (
-    VtpmIssuer,
-    VtpmValidator,
-    firmware_measure,
-    open_tpm,
-    read_pcrs,
+from constellation.attestation.testing.platform import (
+    BOOT_CHAIN,
+    cached_platform_ca,
+    measure_boot,
+    node_validator,
+    provision_node,
 )
+from constellation.attestation.vtpm import VtpmIssuer, open_tpm, read_pcrs
 from constellation.bootstrapper.kubernetes.components import (
     default_cache_dir,
     load_lock,
@@ -65,22 +65,31 @@ from constellation.bootstrapper.kubernetes.components import (
 )
 from constellation.bootstrapper.kubernetes.controlplane import ControlPlane, ControlPlaneBinaries
 from constellation.bootstrapper.kubernetes.testing import find_lock
+from constellation.cli.servicepki import issue_service_pki
 from constellation.joinservice.__main__ import validator_for
 from constellation.joinservice.config import Settings
-from constellation.joinservice.joinconfig import MEASUREMENTS_FILE, SALT_FILE, VARIANT_FILE
+from constellation.joinservice.joinconfig import (
+    MEASUREMENTS_FILE,
+    PLATFORM_ROOTS_FILE,
+    SALT_FILE,
+    VARIANT_FILE,
+)
+from constellation.joinservice.keys import KeyServiceTLS, keyservice_channel
 from constellation.joinservice.server import METRICS_SERVICE, build_join_server
 from constellation.keyservice.keys import DataKeys, MasterSecret
 from constellation.keyservice.server import KeyServiceServer
+from constellation.keyservice.tls import load_server_tls
 from constellation.proto import join_pb2, join_pb2_grpc
 
-IMAGE = ((4, b"kernel"), (9, b"initrd"), (11, b"uki"))
+IMAGE = BOOT_CHAIN
 
 
-def measured_issuer(tcti: str) -> tuple[VtpmIssuer, bytes]:
-    log = b""
-    for pcr, part in IMAGE:
-        log = firmware_measure(tcti, log, pcr, hashlib.sha256(part).digest(), part)
-    return VtpmIssuer(tcti, event_log=log), log
+def measured_issuer(tcti: str, name: str, role: Role) -> tuple[VtpmIssuer, bytes, bytes]:
+    """A node as the (test) platform makes it: the image measured into its vTPM, its AK
+    certified as ``name``/``role``. The issuer, its event log and its AK certificate (DER)."""
+    log = measure_boot(tcti, IMAGE)
+    certificate = provision_node(tcti, cached_platform_ca(), name, role)
+    return VtpmIssuer(tcti, event_log=log, ak_certificate=certificate), log, certificate
 
 
 class JoinServiceProcess:
@@ -106,6 +115,9 @@ class JoinServiceProcess:
             "--log-level=info",  # the listening line (with the port) is an info line
             f"--join-config-dir={s.join_config_dir}",
             f"--keyservice-endpoint={s.keyservice_endpoint}",
+            f"--keyservice-ca-file={s.keyservice_ca_file}",
+            f"--keyservice-cert-file={s.keyservice_cert_file}",
+            f"--keyservice-key-file={s.keyservice_key_file}",
             f"--kubeconfig={s.kubeconfig}",
             f"--ca-cert-file={s.ca_cert_file}",
             f"--ca-key-file={s.ca_key_file}",
@@ -113,6 +125,7 @@ class JoinServiceProcess:
             f"--components-file={s.components_file}",
             f"--tpm-tcti={s.tpm_tcti}",
             f"--event-log={self._event_log}",
+            f"--ak-certificate-file={s.ak_certificate_file}",
         ]
         self._process = subprocess.Popen(
             command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
@@ -193,7 +206,11 @@ class InProcessJoinService:
         self.host = TimedIssuer(host)
         self._api = k8s_config.new_client_from_config(config_file=str(settings.kubeconfig))
         self._api.configuration.connection_pool_maxsize = workers
-        self._channel = grpc.insecure_channel(settings.keyservice_endpoint)
+        tls_files = settings.keyservice_tls_files
+        assert tls_files is not None  # main() always configures the KeyService's mutual TLS
+        self._channel = keyservice_channel(
+            settings.keyservice_endpoint, KeyServiceTLS.from_files(*tls_files)
+        )
         self.metrics = ServiceMetrics(METRICS_SERVICE)
         self._server, self._watcher = build_join_server(
             settings,
@@ -288,13 +305,30 @@ def main() -> None:
         )
         with plane:
             secret = MasterSecret(key=os.urandom(32), salt=os.urandom(32))
-            keyservice = KeyServiceServer(DataKeys(secret), ServiceMetrics("keyservice"))
+            # The KeyService serves mutual TLS only: both sides get the CLI's service PKI.
+            service_pki = issue_service_pki()
+            server_tls = service_pki.keyservice_server
+            keyservice = KeyServiceServer(
+                DataKeys(secret),
+                ServiceMetrics("keyservice"),
+                load_server_tls(server_tls.cert_pem, server_tls.key_pem, server_tls.ca_pem),
+            )
+            client_files = {}
+            for name, data in service_pki.joinservice_client.secret_data().items():
+                client_files[name] = root / f"keyservice-client-{name}"
+                client_files[name].write_bytes(data)
             ks_port = keyservice.add_port("127.0.0.1:0")
             keyservice.start()
 
             host_tpm, *node_tpms = tpms.start(args.nodes + 1)
-            host, host_log = measured_issuer(host_tpm.tcti)
-            nodes = [measured_issuer(t.tcti)[0] for t in node_tpms]
+            host, host_log, host_certificate = measured_issuer(
+                host_tpm.tcti, "joinservice-host", Role.CONTROL_PLANE
+            )
+            # Node i's CSR names bench-i: the JoinService demands its attested name.
+            nodes = [
+                measured_issuer(t.tcti, f"bench-{i}", Role.WORKER)[0]
+                for i, t in enumerate(node_tpms)
+            ]
             expected = image_measurements(host_tpm.tcti)
 
             join_config = root / "join-config"
@@ -302,6 +336,9 @@ def main() -> None:
             (join_config / VARIANT_FILE).write_bytes(b"qemu-vtpm")
             (join_config / MEASUREMENTS_FILE).write_text(expected.to_json())
             (join_config / SALT_FILE).write_bytes(os.urandom(32))
+            (join_config / PLATFORM_ROOTS_FILE).write_bytes(cached_platform_ca().cert_pem)
+            host_certificate_file = root / "host-ak-cert.der"
+            host_certificate_file.write_bytes(host_certificate)
             components = root / "components.json"
             components.write_text(json.dumps({"kubernetesVersion": "v1.31.1", "components": []}))
             settings = Settings.create(
@@ -317,6 +354,10 @@ def main() -> None:
                 api_server_endpoint=plane.server.removeprefix("https://"),
                 components_file=components,
                 tpm_tcti=host_tpm.tcti,
+                keyservice_ca_file=client_files["ca.crt"],
+                keyservice_cert_file=client_files["tls.crt"],
+                keyservice_key_file=client_files["tls.key"],
+                ak_certificate_file=host_certificate_file,
             )
             event_log_file = root / "host-event-log"
             event_log_file.write_bytes(host_log)
@@ -325,7 +366,7 @@ def main() -> None:
             else:
                 service = JoinServiceProcess(settings, event_log_file)
             target = service.start()
-            server_validator = VtpmValidator(expected, require_event_log=True)
+            server_validator = node_validator(expected)  # rooted AK, event log required
 
             latencies: list[float] = []
             failures: list[str] = []

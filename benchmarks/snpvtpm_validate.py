@@ -30,6 +30,7 @@ from constellation.attestation.measurements import Measurements
 from constellation.attestation.snp import Policy
 from constellation.attestation.snpvtpm import AZURE_SEV_SNP, SnpEvidence, compose_document
 from constellation.attestation.swtpm import start_swtpm
+from constellation.attestation.testing.platform import measure_boot
 from constellation.attestation.tpm import parse_tpmt_public
 from constellation.attestation.variants import get_variant
 from constellation.attestation.vtpm import VtpmIssuer, open_tpm, read_pcrs
@@ -82,8 +83,13 @@ def main() -> None:
         runtime = json.dumps({"keys": [jwk], "vm-configuration": {}}).encode()
         evidence = amd.evidence(report_data=hashlib.sha256(runtime).digest() + bytes(32))
         nonce = os.urandom(32)
+        log = measure_boot(tpm.tcti)  # SNP validators require (and replay) the event log
         vtpm = VtpmIssuer(
-            tpm.tcti, variant=AZURE_SEV_SNP, instance_info=runtime, ak_template=RSA_AK
+            tpm.tcti,
+            variant=AZURE_SEV_SNP,
+            instance_info=runtime,
+            ak_template=RSA_AK,
+            event_log=log,
         ).issue(b"user data", nonce)
         with open_tpm(tpm.tcti) as esapi:
             pcrs = read_pcrs(esapi)[1]

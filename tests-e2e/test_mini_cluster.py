@@ -19,6 +19,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from constellation.attestation import atls
+from constellation.attestation.identity import Role
 from constellation.attestation.measurements import Measurements
 from constellation.attestation.swtpm import Swtpm
 from constellation.attestation.vtpm import VtpmIssuer, VtpmValidator
@@ -27,6 +28,11 @@ from constellation.bootstrapper.testing import call_init, init_request, uninitia
 from constellation.cli.config import parse_config
 from constellation.cli.mini import image
 from constellation.cli.mini.firmware import boot_measure
+from constellation.cli.mini.platform import (
+    PLATFORM_CA_DIR,
+    certify_node,
+    load_or_create_platform_ca,
+)
 from constellation.cli.testing import Completed, run_cli
 from constellation.cli.testing import mini_cluster as up_mini_cluster
 from constellation.proto import join_pb2, join_pb2_grpc
@@ -168,8 +174,11 @@ class ForgingIssuer:
     """A node that is not the firmware's: real quotes of a tampered boot, with the PCR values
     and event log in the document replaced by the expected ones."""
 
-    def __init__(self, tcti: str, forged_pcrs: dict[int, bytes], forged_log: bytes) -> None:
-        self._inner = VtpmIssuer(tcti)
+    def __init__(
+        self, tcti: str, forged_pcrs: dict[int, bytes], forged_log: bytes, ak_certificate: bytes
+    ) -> None:
+        # A machine the platform did certify (its AK is rooted): only the forgery is refused.
+        self._inner = VtpmIssuer(tcti, ak_certificate=ak_certificate)
         self._pcrs = forged_pcrs
         self._log = forged_log
 
@@ -201,12 +210,20 @@ def test_a_forged_join_document_is_refused(
     boot_measure(swtpm.tcti, tampered_image, tmp_path / "eventlog.bin")
     measurements = _config_measurements(mini_cluster)
     pristine_log = (mini_cluster.workspace / "mini/nodes/mini-worker-0/eventlog.bin").read_bytes()
+    platform_ca = load_or_create_platform_ca(mini_cluster.workspace / "mini" / PLATFORM_CA_DIR)
     issuer = ForgingIssuer(
-        swtpm.tcti, {i: m.expected for i, m in measurements.items()}, pristine_log
+        swtpm.tcti,
+        {i: m.expected for i, m in measurements.items()},
+        pristine_log,
+        certify_node(swtpm.tcti, platform_ca, "forger-0", Role.WORKER),
     )
     record = mini_cluster.record()
     target = f"127.0.0.1:{record['joinServicePort']}"
-    joinservice = VtpmValidator(joinservice_measurements(measurements), require_event_log=True)
+    joinservice = VtpmValidator(
+        joinservice_measurements(measurements),
+        platform_roots=(platform_ca.certificate,),
+        require_event_log=True,
+    )
     offset = _join_log_size(mini_cluster)
     with (
         pytest.raises(grpc.RpcError) as info,

@@ -21,11 +21,13 @@ import grpc
 import pytest
 
 from constellation.attestation import atls
+from constellation.attestation.identity import Role
 from constellation.attestation.kdf import derive_cluster_id, derive_measurement_secret
 from constellation.attestation.measurements import Measurement, Measurements, pcr15_for_cluster_id
 from constellation.attestation.nodelock import NodeLock
 from constellation.attestation.swtpm import Swtpm
-from constellation.attestation.vtpm import VtpmIssuer, VtpmValidator, open_tpm, read_pcrs
+from constellation.attestation.testing.platform import BOOT_CHAIN, node_issuer, node_validator
+from constellation.attestation.vtpm import open_tpm, read_pcrs
 from constellation.bootstrapper.config import RetryPolicy
 from constellation.bootstrapper.initserver import (
     ControlPlaneRestartError,
@@ -39,6 +41,7 @@ from constellation.bootstrapper.recoveryserver import RecoveryServer
 from constellation.bootstrapper.registration import CONTROL_PLANE_LABEL, KubeletFiles
 from constellation.bootstrapper.statedisk import DiskKey
 from constellation.bootstrapper.testing import (
+    boot_log,
     call_init,
     component_for,
     init_request,
@@ -131,7 +134,7 @@ def test_init_registers_the_node_and_recovery_restarts_its_control_plane(
     kubernetes_lock: Any,
 ) -> None:
     first_boot, rebooted_tpm = swtpm_factory(2)
-    node = make_node(tmp_path / "node", first_boot)
+    node = make_node(tmp_path / "node", first_boot, boot=BOOT_CHAIN)
     files = KubeletFiles(node.directory / "state" / "kubelet")
     request = init_request(
         [
@@ -156,14 +159,19 @@ def test_init_registers_the_node_and_recovery_restarts_its_control_plane(
     finally:
         plane.stop()  # full-cluster shutdown
 
-    # 2./3. Reboot: PCRs reset (fresh vTPM), no JoinService anywhere.
+    # 2./3. Reboot: PCRs reset (fresh vTPM), no JoinService anywhere. The firmware measures
+    # the same image again; the platform certifies the vTPM's AK for the same node.
     assert _pcr15(rebooted_tpm.tcti) == bytes(32)
+    rebooted_log = boot_log(rebooted_tpm, BOOT_CHAIN)
+    rebooted_issuer = node_issuer(
+        rebooted_tpm.tcti, node.name, Role.CONTROL_PLANE, event_log=rebooted_log
+    )
     lock = NodeLock(rebooted_tpm.tcti)
     restarted = LocalControlPlane(plane_dir, kubelet_files=files)
     served: list[str] = []
 
     def serve_recovery(servicer: RecoveryServer) -> Callable[[float], None]:
-        server = atls.AttestedServer(VtpmIssuer(rebooted_tpm.tcti))
+        server = atls.AttestedServer(rebooted_issuer)
         recover_pb2_grpc.add_APIServicer_to_server(servicer, server.grpc_server)
         port = server.add_port("127.0.0.1:0")
         server.start()
@@ -173,7 +181,7 @@ def test_init_registers_the_node_and_recovery_restarts_its_control_plane(
     def make_join_client(stop: threading.Event) -> JoinClient:
         return JoinClient(
             metadata=node.metadata,  # lists no JoinService: every rejoin attempt fails
-            connect=lambda target: atls.connect(target, [], timeout=1),
+            connect=lambda target, cluster_id=None: atls.connect(target, [], timeout=1),
             node_lock=lock,
             state_disk=node.disk,
             installer=node.installer,
@@ -208,7 +216,7 @@ def test_init_registers_the_node_and_recovery_restarts_its_control_plane(
         assert restarted.plane is None  # nothing runs before the master secret came
         # The node re-marked PCR 15 from its node state so the CLI can check its cluster.
         expected = Measurements({15: Measurement(pcr15_for_cluster_id(cluster_id))})
-        with atls.connect(served[0], [VtpmValidator(expected)], timeout=30) as channel:
+        with atls.connect(served[0], [node_validator(expected)], timeout=30) as channel:
             stub = recover_pb2_grpc.APIStub(channel.channel)
             with pytest.raises(grpc.RpcError) as info:
                 stub.Recover(

@@ -21,7 +21,8 @@ from constellation.attestation.kdf import derive_cluster_id, derive_key, derive_
 from constellation.attestation.measurements import Measurement, Measurements, pcr15_for_cluster_id
 from constellation.attestation.nodelock import NodeLock
 from constellation.attestation.swtpm import Swtpm
-from constellation.attestation.vtpm import VtpmValidator, open_tpm, read_pcrs
+from constellation.attestation.testing.platform import node_validator
+from constellation.attestation.vtpm import open_tpm, read_pcrs
 from constellation.bootstrapper.initserver import InitCallbacks, InitOutcome, LocalControlPlane
 from constellation.bootstrapper.nodestate import load_node_state
 from constellation.bootstrapper.statedisk import DiskKey
@@ -131,7 +132,7 @@ def test_component_with_wrong_hash_aborts_init_before_the_lock(
         call_init(target, init_request([*small_components, bad]))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "kubectl" in info.value.details()
-    assert "SHA-256 mismatch" in info.value.details()
+    assert "does not match the pinned SHA-256" in info.value.details()
     phases = [r.progress.phase for r in info.value.received]
     assert "node-lock" not in phases
     _assert_untouched(node)
@@ -143,7 +144,7 @@ def test_init_after_the_join_client_took_the_lock_is_refused(
     # The join client committed first: same node, same lock object, another cluster.
     assert node.lock.try_lock(b"cluster-the-node-joined".ljust(32, b"\0"))
     marked = _pcr15(node.tpm.tcti)
-    accept_any_pcr15 = VtpmValidator(Measurements({15: Measurement(bytes(32), warn_only=True)}))
+    accept_any_pcr15 = node_validator(Measurements({15: Measurement(bytes(32), warn_only=True)}))
     with serve_init(node, _not_called) as target, pytest.raises(grpc.RpcError) as info:
         call_init(target, init_request(small_components), validator=accept_any_pcr15)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -4,30 +4,44 @@ Everything a worker meets in a cluster runs here on loopback: the JoinService as
 command assembles it (``build_join_server``) on a swtpm "control-plane node", the KeyService
 holding the master secret, and kube-apiserver (bootstrap tokens, disk bindings, the Node
 object). The joining node is a swtpm measured from the same image, with a real LUKS2 header.
+Every vTPM's AK is certified by the test platform CA, whose root the join-config and the
+joining node trust; the JoinService's host is a control-plane node.
+
+A joining node trusts a JoinService only on an initialized node (PCR 15 marked), and on a
+rejoin only on a node of its own cluster: a genuine image on a machine that never joined, or a
+node of another cluster, could otherwise adopt it (lock it to a cluster and rekey its disk).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
 from constellation.attestation.kdf import derive_cluster_id, derive_key, derive_measurement_secret
 from constellation.attestation.measurements import Measurements, pcr15_for_cluster_id
 from constellation.attestation.nodelock import NodeLock
 from constellation.attestation.swtpm import Swtpm
-from constellation.attestation.vtpm import VtpmIssuer, firmware_measure, open_tpm, read_pcrs
+from constellation.attestation.testing.platform import (
+    BOOT_CHAIN,
+    cached_platform_ca,
+    measure_boot,
+    node_issuer,
+)
+from constellation.attestation.vtpm import open_tpm, read_pcrs
 from constellation.bootstrapper.config import RetryPolicy
-from constellation.bootstrapper.joinclient import JoinClient
-from constellation.bootstrapper.metadata import Endpoint, Role
+from constellation.bootstrapper.joinclient import JoinClient, JoinTimeoutError
+from constellation.bootstrapper.metadata import Endpoint, Role, write_metadata_file
 from constellation.bootstrapper.nodestate import load_node_state
 from constellation.bootstrapper.registration import KubeletFiles
 from constellation.bootstrapper.statedisk import DiskKey
@@ -39,27 +53,29 @@ joinservice_config = pytest.importorskip("constellation.joinservice.config")
 joinconfig = pytest.importorskip("constellation.joinservice.joinconfig")
 keyservice_keys = pytest.importorskip("constellation.keyservice.keys")
 keyservice_server = pytest.importorskip("constellation.keyservice.server")
+keyservice_tls = pytest.importorskip("constellation.keyservice.tls")
+joinservice_keys = pytest.importorskip("constellation.joinservice.keys")
+servicepki = pytest.importorskip("constellation.cli.servicepki")
 
 pytestmark = [pytest.mark.kube, pytest.mark.swtpm, pytest.mark.slow]
 
-IMAGE = ((4, b"kernel"), (9, b"initrd"), (11, b"uki"))
 RETRY = RetryPolicy(
     initial_delay_s=0.1, max_delay_s=0.5, max_attempts=5, total_timeout_s=60, rpc_timeout_s=30
 )
-
-
-def _measure(tpm: Swtpm) -> bytes:
-    """Mini-mode firmware: measure the image into PCRs 4/9/11 and return the event log."""
-    log = b""
-    for pcr, part in IMAGE:
-        log = firmware_measure(tpm.tcti, log, pcr, hashlib.sha256(part).digest(), part)
-    return log
+# ``make_cluster(host_marked_for=OWN_CLUSTER)``: the host carries the mark of the cluster it serves.
+OWN_CLUSTER = "own cluster"
 
 
 def _image_measurements(tpm: Swtpm) -> Measurements:
     with open_tpm(tpm.tcti) as esapi:
         _, pcrs = read_pcrs(esapi)
-    return Measurements.from_dict({str(pcr): pcrs[pcr].hex() for pcr, _ in IMAGE})
+    return Measurements.from_dict({str(pcr): pcrs[pcr].hex() for pcr, _ in BOOT_CHAIN})
+
+
+def _pcr15(tpm: Swtpm) -> bytes:
+    with open_tpm(tpm.tcti) as esapi:
+        _, pcrs = read_pcrs(esapi, (15,))
+    return pcrs[15]
 
 
 @dataclass
@@ -71,25 +87,65 @@ class Cluster:
     image: Measurements
     kubelet: Path
 
+    @property
+    def cluster_id(self) -> bytes:
+        secret = derive_measurement_secret(self.master_key, self.master_salt)
+        return derive_cluster_id(secret, self.measurement_salt)
+
 
 @pytest.fixture
-def cluster(
+def make_cluster(
     tmp_path: Path, swtpm_factory: Any, control_plane: Any, kube_client: Any
-) -> Iterator[Cluster]:
+) -> Iterator[Callable[..., Cluster]]:
+    """Start a cluster's KeyService and JoinService (``host_marked_for``: the node-lock mark of
+    the JoinService's host, ``OWN_CLUSTER`` by default, ``None`` for an unmarked host)."""
+    with ExitStack() as stack:
+        numbers = itertools.count()
+
+        def start(*, host_marked_for: bytes | str | None = OWN_CLUSTER) -> Cluster:
+            directory = tmp_path / f"cluster-{next(numbers)}"
+            directory.mkdir()
+            return _start_cluster(
+                stack, directory, swtpm_factory, control_plane, kube_client, host_marked_for
+            )
+
+        yield start
+
+
+@pytest.fixture
+def cluster(make_cluster: Callable[..., Cluster]) -> Cluster:
+    return make_cluster()
+
+
+def _start_cluster(
+    stack: ExitStack,
+    tmp_path: Path,
+    swtpm_factory: Any,
+    control_plane: Any,
+    kube_client: Any,
+    host_marked_for: bytes | str | None,
+) -> Cluster:
     from kubernetes import client as k8s
 
     from constellation.attestation.service import ServiceMetrics
 
     (host,) = swtpm_factory(1)
-    host_log = _measure(host)
+    host_log = measure_boot(host.tcti, BOOT_CHAIN)
     image = _image_measurements(host)
     master_key, master_salt, measurement_salt = os.urandom(32), os.urandom(32), os.urandom(32)
-    # The JoinService's host is an initialized node of this cluster: PCR 15 carries the mark.
     measurement_secret = derive_measurement_secret(master_key, master_salt)
-    assert NodeLock(host.tcti).try_lock(derive_cluster_id(measurement_secret, measurement_salt))
+    if host_marked_for == OWN_CLUSTER:
+        # The JoinService's host is an initialized node of this cluster: PCR 15 carries the mark.
+        host_marked_for = derive_cluster_id(measurement_secret, measurement_salt)
+    if isinstance(host_marked_for, bytes):
+        assert NodeLock(host.tcti).try_lock(host_marked_for)
+    # The KeyService serves mutual TLS only; the CLI's service PKI gives both sides their files.
+    service_pki = servicepki.issue_service_pki()
+    server_tls, client_tls = service_pki.keyservice_server, service_pki.joinservice_client
     keys = keyservice_server.KeyServiceServer(
         keyservice_keys.DataKeys(keyservice_keys.MasterSecret(key=master_key, salt=master_salt)),
         ServiceMetrics("keyservice"),
+        keyservice_tls.load_server_tls(server_tls.cert_pem, server_tls.key_pem, server_tls.ca_pem),
     )
     keys_port = keys.add_port("127.0.0.1:0")
     keys.start()
@@ -99,6 +155,7 @@ def cluster(
     (config_dir / joinconfig.VARIANT_FILE).write_bytes(b"qemu-vtpm")
     (config_dir / joinconfig.MEASUREMENTS_FILE).write_text(image.to_json())
     (config_dir / joinconfig.SALT_FILE).write_bytes(measurement_salt)
+    (config_dir / joinconfig.PLATFORM_ROOTS_FILE).write_bytes(cached_platform_ca().cert_pem)
     kubelet = tmp_path / "artifacts" / "kubelet"
     kubelet.parent.mkdir()
     kubelet.write_bytes(b"#!/bin/sh\necho kubelet\n")
@@ -134,32 +191,35 @@ def cluster(
         components_file=components,
         tpm_tcti=host.tcti,
     )
-    channel = grpc.insecure_channel(f"127.0.0.1:{keys_port}")
+    channel = joinservice_keys.keyservice_channel(
+        f"127.0.0.1:{keys_port}",
+        joinservice_keys.KeyServiceTLS.load(
+            client_tls.ca_pem, client_tls.cert_pem, client_tls.key_pem
+        ),
+    )
     server, watcher = joinservice_server.build_join_server(
         settings,
-        issuer=VtpmIssuer(host.tcti, event_log=host_log),
+        issuer=node_issuer(host.tcti, "control-plane-0", Role.CONTROL_PLANE, event_log=host_log),
         validator_factory=joinservice_main.validator_for,
         core=k8s.CoreV1Api(kube_client),
         keyservice=channel,
     )
+    stack.callback(lambda: keys.grpc_server.stop(None).wait(5))
+    stack.callback(channel.close)
     port = server.add_port("127.0.0.1:0")
     server.start()
+    stack.callback(lambda: server.shutdown(grace=1.0))
     watcher.start()
-    try:
-        yield Cluster(
-            Endpoint("127.0.0.1", port), master_key, master_salt, measurement_salt, image, kubelet
-        )
-    finally:
-        watcher.stop()
-        server.shutdown(grace=1.0)
-        channel.close()
-        keys.grpc_server.stop(None).wait(5)
+    stack.callback(watcher.stop)
+    return Cluster(
+        Endpoint("127.0.0.1", port), master_key, master_salt, measurement_salt, image, kubelet
+    )
 
 
-def _client(node: NodeParts, cluster: Cluster, event_log: bytes) -> JoinClient:
+def _client(node: NodeParts, cluster: Cluster) -> JoinClient:
     return JoinClient(
         metadata=node.metadata,
-        connect=join_channel_factory(node.tpm, cluster.image, event_log=event_log, timeout=30),
+        connect=join_channel_factory(node, cluster.image, timeout=30),
         node_lock=node.lock,
         state_disk=node.disk,
         installer=node.installer,
@@ -174,7 +234,6 @@ def test_worker_joins_and_rejoins_through_the_real_joinservice(
 ) -> None:
     from kubernetes import client as k8s
 
-    event_log = _measure(swtpm)
     node = make_node(
         tmp_path / "worker",
         swtpm,
@@ -182,8 +241,9 @@ def test_worker_joins_and_rejoins_through_the_real_joinservice(
         role=Role.WORKER,
         ip="127.0.0.7",
         endpoints=(cluster.target,),
+        boot=BOOT_CHAIN,
     )
-    outcome = _client(node, cluster, event_log).join(node.initial_key)
+    outcome = _client(node, cluster).join(node.initial_key)
     assert outcome is not None
 
     measurement_secret = derive_measurement_secret(cluster.master_key, cluster.master_salt)
@@ -205,7 +265,7 @@ def test_worker_joins_and_rejoins_through_the_real_joinservice(
 
     # The bootstrapper restarts on the same vTPM: rejoin, the disk key opens the header, and
     # PCR 15 keeps its single mark.
-    key = _client(node, cluster, event_log).rejoin(state)
+    key = _client(node, cluster).rejoin(state)
     assert key == disk_key
     with open_tpm(swtpm.tcti) as esapi:
         _, after = read_pcrs(esapi, (15,))
@@ -223,7 +283,6 @@ def test_bootstrapper_wiring_joins_then_rejoins_after_restart(
     from constellation.bootstrapper.config import config_from_mapping
     from constellation.bootstrapper.node import CommitPath
 
-    event_log = _measure(swtpm)
     node = make_node(
         tmp_path / "worker",
         swtpm,
@@ -231,10 +290,13 @@ def test_bootstrapper_wiring_joins_then_rejoins_after_restart(
         role=Role.WORKER,
         ip="127.0.0.8",
         endpoints=(cluster.target,),
+        boot=BOOT_CHAIN,
     )
     with node.disk.device.open("r+b") as handle:  # a blank disk, as on first boot
         handle.write(bytes(1 << 20))
-    (tmp_path / "eventlog.bin").write_bytes(event_log)
+    (tmp_path / "eventlog.bin").write_bytes(node.event_log)
+    (tmp_path / "ak-cert.der").write_bytes(node.ak_certificate)
+    (tmp_path / "platform-roots.pem").write_bytes(cached_platform_ca().cert_pem)
     (tmp_path / "measurements.json").write_text(cluster.image.to_json())
     init_port = _free_port()
     config = config_from_mapping(
@@ -247,6 +309,9 @@ def test_bootstrapper_wiring_joins_then_rejoins_after_restart(
             "init_port": init_port,
             "join_measurements_path": str(tmp_path / "measurements.json"),
             "event_log_path": str(tmp_path / "eventlog.bin"),
+            "ak_certificate_path": str(tmp_path / "ak-cert.der"),
+            "platform_roots_path": str(tmp_path / "platform-roots.pem"),
+            "component_source_dirs": [str(cluster.kubelet.parent)],
             "join_retry": {"initial_delay_s": 0.1, "max_delay_s": 0.5, "max_attempts": 5},
             "fast_luks_pbkdf": True,
         }
@@ -270,6 +335,70 @@ def test_bootstrapper_wiring_joins_then_rejoins_after_restart(
         _, after = read_pcrs(esapi, (15,))
     assert after[15] == marked[15]
     plane.stop()
+
+
+def test_a_joinservice_on_an_unmarked_node_is_refused_and_the_node_never_locks(
+    make_cluster: Callable[..., Cluster], swtpm: Swtpm, tmp_path: Path, kube_client: Any
+) -> None:
+    """The genuine image, the real JoinService and KeyService, but on a host that never joined
+    a cluster (PCR 15 zero): the node refuses it during the handshake and stays untouched."""
+    from kubernetes import client as k8s
+    from kubernetes.client.exceptions import ApiException
+
+    rogue = make_cluster(host_marked_for=None)
+    node = make_node(
+        tmp_path / "worker",
+        swtpm,
+        name="worker-9",
+        role=Role.WORKER,
+        ip="127.0.0.9",
+        endpoints=(rogue.target,),
+        boot=BOOT_CHAIN,
+    )
+    with pytest.raises(JoinTimeoutError, match=r"pcr\[15\]") as info:
+        _client(node, rogue).join(node.initial_key)
+    assert "never joined a cluster" in str(info.value)
+    assert _pcr15(swtpm) == bytes(32)  # never locked
+    node.disk.check_key(node.initial_key)  # never rekeyed
+    assert not node.node_state_path.exists()
+    assert not (node.installer.install_root / "usr/bin/kubelet").exists()
+    with pytest.raises(ApiException) as missing:
+        k8s.CoreV1Api(kube_client).read_node("worker-9")
+    assert missing.value.status == 404
+
+
+def test_a_rejoin_against_the_joinservice_of_another_cluster_is_refused(
+    make_cluster: Callable[..., Cluster], swtpm: Swtpm, tmp_path: Path
+) -> None:
+    """A node of one cluster, restarted, is pointed at another cluster's JoinService (a real,
+    initialized control plane, marked for its own cluster): the node refuses it before its disk
+    UUID leaves the node, keeps its single mark and its disk key."""
+    ours, theirs = make_cluster(), make_cluster()
+    node = make_node(
+        tmp_path / "worker",
+        swtpm,
+        name="worker-10",
+        role=Role.WORKER,
+        ip="127.0.0.10",
+        endpoints=(ours.target,),
+        boot=BOOT_CHAIN,
+    )
+    assert _client(node, ours).join(node.initial_key) is not None
+    state = load_node_state(node.node_state_path)
+    marked = _pcr15(swtpm)
+    disk_key = DiskKey(derive_key(ours.master_key, ours.master_salt, "key-" + node.disk.uuid(), 32))
+
+    write_metadata_file(
+        node.metadata.path,
+        dataclasses.replace(node.metadata.self(), control_plane_endpoints=(theirs.target,)),
+    )
+    with pytest.raises(JoinTimeoutError, match=r"pcr\[15\]") as info:
+        _client(node, theirs).rejoin(state)
+    assert "a node of this node's cluster" in str(info.value)
+    assert pcr15_for_cluster_id(theirs.cluster_id).hex() in str(info.value)
+    assert _pcr15(swtpm) == marked == pcr15_for_cluster_id(ours.cluster_id)
+    node.disk.check_key(disk_key)
+    assert load_node_state(node.node_state_path) == state
 
 
 def _free_port() -> int:

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from constellation.attestation.measurements import Measurement, Measurements, pcr15_for_cluster_id
-from constellation.attestation.nodelock import NodeLock
 from constellation.attestation.swtpm import Swtpm
-from constellation.attestation.vtpm import VtpmValidator, open_tpm, read_pcrs
+from constellation.attestation.testing.platform import node_validator
+from constellation.attestation.vtpm import open_tpm, read_pcrs
 from constellation.bootstrapper.config import RetryPolicy
 from constellation.bootstrapper.installer import ComponentHashMismatchError
 from constellation.bootstrapper.joinclient import (
@@ -57,6 +57,10 @@ FAST_RETRY = RetryPolicy(
 )
 JOIN_EXPECTATION = Measurements({15: Measurement(ZERO_PCR)})  # join-config: PCR 15 unmarked
 REJOIN_EXPECTATION = Measurements({15: Measurement(ZERO_PCR, warn_only=True)})
+# The JoinService's node is an initialized node of the authority's cluster unless a test says
+# otherwise (``make_setup(joinservice_mark=...)``).
+OWN_CLUSTER = ClusterSecrets().cluster_id
+OTHER_CLUSTER = b"some other cluster".ljust(32)
 
 
 def _pcr15(tcti: str) -> bytes:
@@ -89,9 +93,7 @@ class JoinSetup:
     ) -> JoinClient:
         return JoinClient(
             metadata=self.node.metadata,
-            connect=join_channel_factory(
-                self.node.tpm, measurements or self.joinservice_measurements
-            ),
+            connect=join_channel_factory(self.node, measurements or self.joinservice_measurements),
             node_lock=self.node.lock,
             state_disk=self.node.disk,
             installer=self.node.installer,
@@ -116,6 +118,8 @@ def make_setup(
             api_server_endpoint: str = "127.0.0.1:1",
             components: list | None = None,
             client_expectation: Measurements = JOIN_EXPECTATION,
+            joinservice_mark: bytes | None = OWN_CLUSTER,
+            joinservice_role: Role = Role.CONTROL_PLANE,
         ) -> JoinSetup:
             joinservice_tpm, node_tpm = swtpm_factory(2)
             log, measurements = measure_image(joinservice_tpm, b"control-plane image v1")
@@ -127,7 +131,14 @@ def make_setup(
                 edit=edit,
             )
             endpoint = stack.enter_context(
-                serve_join(authority, joinservice_tpm, log, VtpmValidator(client_expectation))
+                serve_join(
+                    authority,
+                    joinservice_tpm,
+                    log,
+                    node_validator(client_expectation),
+                    marked_for=joinservice_mark,
+                    role=joinservice_role,
+                )
             )
             node = make_node(
                 tmp_path / "worker",
@@ -224,11 +235,35 @@ def _set_endpoints(node: NodeParts, endpoints: tuple[Endpoint, ...]) -> None:
 def test_joinservice_on_a_node_of_another_cluster_is_refused(
     make_setup: Callable[..., JoinSetup],
 ) -> None:
-    setup = make_setup()
     # The service's own node carries the mark of a different cluster than its tickets name.
-    assert NodeLock(setup.joinservice_tpm.tcti).try_lock(b"some other cluster".ljust(32))
-    with pytest.raises(TicketError, match="marked for another cluster"):
+    setup = make_setup(joinservice_mark=OTHER_CLUSTER)
+    with pytest.raises(TicketError, match="does not run on a node of the ticket's cluster"):
         setup.client().join(setup.node.initial_key)
+    _assert_not_joined(setup)
+
+
+def test_joinservice_on_an_unmarked_node_is_refused_before_any_request(
+    make_setup: Callable[..., JoinSetup],
+) -> None:
+    """The genuine image on a machine that never joined a cluster: it could adopt the node
+    (lock it for a cluster of its choosing, rekey its disk), so no request is ever sent."""
+    setup = make_setup(joinservice_mark=None)
+    with pytest.raises(JoinTimeoutError, match=r"pcr\[15\]") as info:
+        setup.client().join(setup.node.initial_key)
+    assert "never joined a cluster" in str(info.value)
+    assert setup.authority.calls == []
+    _assert_not_joined(setup)
+
+
+def test_joinservice_on_a_worker_is_refused_before_any_request(
+    make_setup: Callable[..., JoinSetup],
+) -> None:
+    """A marked node whose platform identity is a worker's does not run the JoinService."""
+    setup = make_setup(joinservice_role=Role.WORKER)
+    with pytest.raises(JoinTimeoutError, match=r"identity\.role") as info:
+        setup.client().join(setup.node.initial_key)
+    assert "control-plane" in str(info.value)
+    assert setup.authority.calls == []
     _assert_not_joined(setup)
 
 
@@ -314,6 +349,26 @@ def test_rejoin_with_a_key_that_does_not_open_the_disk_is_refused(
         setup.client().rejoin(state)
 
 
+def test_rejoin_against_a_joinservice_of_another_cluster_is_refused_before_any_request(
+    make_setup: Callable[..., JoinSetup],
+) -> None:
+    """On a rejoin the node knows its cluster: any other mark (even of an initialized node)
+    is refused before the disk UUID leaves the node, and its own mark is not taken again."""
+    setup = make_setup(client_expectation=REJOIN_EXPECTATION, joinservice_mark=OTHER_CLUSTER)
+    cluster = setup.authority.cluster
+    uuid = setup.node.disk.uuid()
+    disk_key = DiskKey(cluster.disk_key(uuid))
+    setup.node.disk.rekey(setup.node.initial_key, disk_key)
+    state = NodeState(cluster.cluster_id, cluster.measurement_salt, Role.WORKER, uuid)
+    save_node_state(setup.node.node_state_path, state)  # PCR 15 still zero: a fresh boot
+    with pytest.raises(JoinTimeoutError, match=r"pcr\[15\]") as info:
+        setup.client().rejoin(state)
+    assert "a node of this node's cluster" in str(info.value)
+    assert setup.authority.calls == []
+    assert _pcr15(setup.node.tpm.tcti) == ZERO_PCR
+    setup.node.disk.check_key(disk_key)
+
+
 def test_rejoin_ticket_from_another_cluster_is_refused(
     make_setup: Callable[..., JoinSetup],
 ) -> None:
@@ -330,9 +385,9 @@ def test_join_registers_the_node_with_its_kubelet_certificate(
     make_setup: Callable[..., JoinSetup], control_plane, kube_client
 ) -> None:
     ca = ClusterCA.load(control_plane.ca_cert_path, control_plane.ca_key_path)
-    setup = make_setup(ca=ca, api_server_endpoint=control_plane.server)
     # The JoinService runs on an initialized node of the cluster its tickets are for.
-    assert NodeLock(setup.joinservice_tpm.tcti).try_lock(setup.authority.cluster.cluster_id)
+    setup = make_setup(ca=ca, api_server_endpoint=control_plane.server)
+    assert setup.authority.cluster.cluster_id == OWN_CLUSTER
     outcome = setup.client(register=register_node).join(setup.node.initial_key)
     assert outcome is not None
     cluster = setup.authority.cluster

@@ -1,4 +1,10 @@
-"""The bootstrapper as a process: wiring, init over aTLS, SIGTERM, refused configuration."""
+"""The bootstrapper as a process: wiring, init over aTLS, SIGTERM, refused configuration.
+
+The node is what mini mode makes: a swtpm whose AK the test platform CA certified as the
+control-plane node ``node-0`` (``ak_certificate_path``), a firmware event log
+(``event_log_path``), and the platform's root to check the JoinService's AK against
+(``platform_roots_path``, required).
+"""
 
 from __future__ import annotations
 
@@ -14,10 +20,20 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from constellation.attestation.kdf import derive_cluster_id, derive_measurement_secret
 from constellation.attestation.measurements import Measurement, Measurements
 from constellation.attestation.swtpm import Swtpm
+from constellation.attestation.testing.platform import (
+    BOOT_CHAIN,
+    cached_platform_ca,
+    measure_boot,
+    provision_node,
+)
+from constellation.bootstrapper.__main__ import build_node
+from constellation.bootstrapper.config import ConfigError, config_from_mapping
 from constellation.bootstrapper.initsecret import InitSecret, hash_init_secret
 from constellation.bootstrapper.metadata import InstanceMetadata, Role, write_metadata_file
 from constellation.bootstrapper.testing import (
@@ -56,7 +72,8 @@ def test_refused_configuration_exits_1_without_traceback(tmp_path: Path) -> None
     assert b"Traceback" not in err
 
 
-def _write_node(tmp_path: Path, swtpm: Swtpm, port: int) -> Path:
+def _node_config(tmp_path: Path, swtpm: Swtpm, port: int) -> dict[str, object]:
+    """The node's files as mini mode writes them, and the configuration naming them."""
     require_cryptsetup()
     with (tmp_path / "disk.img").open("wb") as handle:
         handle.truncate(20 * 1024 * 1024)
@@ -73,7 +90,13 @@ def _write_node(tmp_path: Path, swtpm: Swtpm, port: int) -> Path:
     (tmp_path / "joinservice-measurements.json").write_text(
         Measurements({4: Measurement(b"\x04" * 32)}).to_json()
     )
-    config = {
+    (tmp_path / "eventlog.bin").write_bytes(measure_boot(swtpm.tcti, BOOT_CHAIN))
+    ca = cached_platform_ca()
+    (tmp_path / "ak-cert.der").write_bytes(
+        provision_node(swtpm.tcti, ca, "node-0", Role.CONTROL_PLANE)
+    )
+    (tmp_path / "platform-roots.pem").write_bytes(ca.cert_pem)
+    return {
         "metadata_path": str(tmp_path / "metadata.json"),
         "state_disk_path": str(tmp_path / "disk.img"),
         "state_dir": str(tmp_path / "state"),
@@ -81,12 +104,68 @@ def _write_node(tmp_path: Path, swtpm: Swtpm, port: int) -> Path:
         "tpm_tcti": swtpm.tcti,
         "init_port": port,
         "join_measurements_path": str(tmp_path / "joinservice-measurements.json"),
+        "event_log_path": str(tmp_path / "eventlog.bin"),
+        "ak_certificate_path": str(tmp_path / "ak-cert.der"),
+        "platform_roots_path": str(tmp_path / "platform-roots.pem"),
         "join_retry": {"initial_delay_s": 0.1, "max_delay_s": 0.5, "max_attempts": 3},
         "fast_luks_pbkdf": True,
     }
+
+
+def _write_node(tmp_path: Path, swtpm: Swtpm, port: int) -> Path:
     path = tmp_path / "config.json"
-    path.write_text(json.dumps(config))
+    path.write_text(json.dumps(_node_config(tmp_path, swtpm, port)))
     return path
+
+
+@pytest.mark.swtpm
+def test_platform_roots_are_required(tmp_path: Path, swtpm: Swtpm) -> None:
+    """Without roots the node could not tell the JoinService's vTPM from a software key."""
+    config = _node_config(tmp_path, swtpm, _free_port())
+    del config["platform_roots_path"]
+    with pytest.raises(ConfigError, match="platform_roots_path is required"):
+        build_node(config_from_mapping(config))
+
+
+@pytest.mark.swtpm
+@pytest.mark.parametrize("unreadable", ["nowhere.pem", "state-dir"])
+def test_an_unreadable_platform_roots_file_is_refused(
+    tmp_path: Path, swtpm: Swtpm, unreadable: str
+) -> None:
+    config = _node_config(tmp_path, swtpm, _free_port())
+    (tmp_path / "state-dir").mkdir()
+    config["platform_roots_path"] = str(tmp_path / unreadable)
+    with pytest.raises(ConfigError, match="cannot read platform roots"):
+        build_node(config_from_mapping(config))
+
+
+def _pem(der: bytes) -> bytes:
+    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.mark.swtpm
+@pytest.mark.parametrize(
+    ("roots", "message"),
+    [
+        # A likely mistake: the node's own AK certificate (a leaf) instead of the platform CA.
+        (lambda tmp_path: _pem((tmp_path / "ak-cert.der").read_bytes()), "not a CA"),
+        (lambda tmp_path: b"", "no certificates"),
+        (
+            lambda tmp_path: b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            "does not parse",
+        ),
+    ],
+    ids=["leaf-certificate", "empty", "garbage"],
+)
+def test_unusable_platform_roots_are_refused(
+    tmp_path: Path, swtpm: Swtpm, roots: object, message: str
+) -> None:
+    config = _node_config(tmp_path, swtpm, _free_port())
+    (tmp_path / "platform-roots.pem").write_bytes(roots(tmp_path))  # type: ignore[operator]
+    with pytest.raises(ConfigError, match=message) as refused:
+        build_node(config_from_mapping(config))
+    assert "platform root" in str(refused.value)
+    assert not (tmp_path / "state").exists()  # refused before the node touched anything
 
 
 def _wait_listening(process: subprocess.Popen[bytes], port: int) -> None:

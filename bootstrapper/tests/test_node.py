@@ -20,7 +20,8 @@ from constellation.attestation import atls
 from constellation.attestation.kdf import derive_cluster_id, derive_key, derive_measurement_secret
 from constellation.attestation.measurements import Measurement, Measurements, pcr15_for_cluster_id
 from constellation.attestation.swtpm import Swtpm
-from constellation.attestation.vtpm import VtpmIssuer, VtpmValidator, open_tpm, read_pcrs
+from constellation.attestation.testing.platform import node_validator
+from constellation.attestation.vtpm import open_tpm, read_pcrs
 from constellation.bootstrapper.config import RetryPolicy
 from constellation.bootstrapper.initserver import InitCallbacks, InitServer, LocalControlPlane
 from constellation.bootstrapper.joinclient import JoinClient
@@ -60,7 +61,11 @@ def _pcr15(tcti: str) -> bytes:
 
 
 class Cluster:
-    """A JoinService node serving tickets, and a fresh node that may init or join."""
+    """A JoinService node serving tickets, and a fresh node that may init or join.
+
+    The JoinService runs on an initialized control-plane node of the authority's cluster (its
+    PCR 15 carries that cluster's mark), as a joining node demands.
+    """
 
     def __init__(
         self, stack: ExitStack, tmp_path: Path, tpms: list[Swtpm], *, rejoin: bool
@@ -70,14 +75,20 @@ class Cluster:
         self.authority = TicketAuthority(ClusterSecrets(), ClusterCA.generate(), "127.0.0.1:1")
         expectation = Measurements({15: Measurement(ZERO_PCR, warn_only=rejoin)})
         endpoint = stack.enter_context(
-            serve_join(self.authority, joinservice_tpm, log, VtpmValidator(expectation))
+            serve_join(
+                self.authority,
+                joinservice_tpm,
+                log,
+                node_validator(expectation),
+                marked_for=self.authority.cluster.cluster_id,
+            )
         )
         self.node = make_node(tmp_path / "node", node_tpm, endpoints=(endpoint,))
 
     def join_client(self, stop: threading.Event) -> JoinClient:
         return JoinClient(
             metadata=self.node.metadata,
-            connect=join_channel_factory(self.node.tpm, self.joinservice_measurements),
+            connect=join_channel_factory(self.node, self.joinservice_measurements),
             node_lock=self.node.lock,
             state_disk=self.node.disk,
             installer=self.node.installer,
@@ -270,7 +281,7 @@ class RacingNode:
             )
 
         def serve(servicer: InitServer) -> Callable[[float], None]:
-            server = atls.AttestedServer(VtpmIssuer(node.tpm.tcti))
+            server = atls.AttestedServer(node.issuer())
             init_pb2_grpc.add_APIServicer_to_server(servicer, server.grpc_server)
             self.port = server.add_port("127.0.0.1:0")
             server.start()

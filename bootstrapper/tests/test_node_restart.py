@@ -17,7 +17,8 @@ import pytest
 
 from constellation.attestation.measurements import Measurement, Measurements, pcr15_for_cluster_id
 from constellation.attestation.swtpm import Swtpm
-from constellation.attestation.vtpm import VtpmValidator, open_tpm, read_pcrs
+from constellation.attestation.testing.platform import node_validator
+from constellation.attestation.vtpm import open_tpm, read_pcrs
 from constellation.bootstrapper.config import RetryPolicy
 from constellation.bootstrapper.initserver import InitServer
 from constellation.bootstrapper.joinclient import JoinClient, JoinTimeoutError, RejoinError
@@ -65,7 +66,11 @@ class RecordingControlPlane:
 
 
 class Restarted:
-    """A node of ``secrets``' cluster after a reboot (PCR 15 reset), and a JoinService."""
+    """A node of ``secrets``' cluster after a reboot (PCR 15 reset), and a JoinService.
+
+    The JoinService runs on an initialized control-plane node of the node's own cluster: a
+    rejoining node trusts no other. ``authority`` is whose tickets that service hands out.
+    """
 
     def __init__(
         self,
@@ -82,7 +87,13 @@ class Restarted:
         # The JoinService's rejoin policy: PCR 15 must carry the node's cluster mark.
         expectation = Measurements({15: Measurement(pcr15_for_cluster_id(self.secrets.cluster_id))})
         endpoint = stack.enter_context(
-            serve_join(self.authority, joinservice_tpm, log, VtpmValidator(expectation))
+            serve_join(
+                self.authority,
+                joinservice_tpm,
+                log,
+                node_validator(expectation),
+                marked_for=self.secrets.cluster_id,
+            )
         )
         self.node: NodeParts = make_node(
             tmp_path / "node", node_tpm, role=role, endpoints=(endpoint,)
@@ -103,7 +114,7 @@ class Restarted:
                 return _unreachable_client(self, stop)
             return JoinClient(
                 metadata=self.node.metadata,
-                connect=join_channel_factory(self.node.tpm, self.joinservice_measurements),
+                connect=join_channel_factory(self.node, self.joinservice_measurements),
                 node_lock=self.node.lock,
                 state_disk=self.node.disk,
                 installer=self.node.installer,
@@ -210,7 +221,7 @@ def _unreachable_client(node: Restarted, stop: threading.Event) -> JoinClient:
     )
     return JoinClient(
         metadata=FileMetadata(path),
-        connect=join_channel_factory(node.node.tpm, node.joinservice_measurements, timeout=1),
+        connect=join_channel_factory(node.node, node.joinservice_measurements, timeout=1),
         node_lock=node.node.lock,
         state_disk=node.node.disk,
         installer=node.node.installer,

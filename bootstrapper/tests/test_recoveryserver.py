@@ -15,9 +15,11 @@ import grpc
 import pytest
 
 from constellation.attestation import atls
+from constellation.attestation.evidence import Validator
 from constellation.attestation.measurements import Measurement, Measurements, pcr15_for_cluster_id
 from constellation.attestation.swtpm import Swtpm
-from constellation.attestation.vtpm import VtpmIssuer, VtpmValidator, open_tpm, read_pcrs
+from constellation.attestation.testing.platform import node_validator
+from constellation.attestation.vtpm import open_tpm, read_pcrs
 from constellation.bootstrapper.errors import BootstrapperError
 from constellation.bootstrapper.metadata import Role
 from constellation.bootstrapper.nodestate import NodeState, load_node_state, save_node_state
@@ -71,7 +73,7 @@ def rebooted(tmp_path: Path, swtpm: Swtpm) -> RebootedNode:
 
 @contextmanager
 def serve(node: NodeParts, servicer: RecoveryServer) -> Iterator[str]:
-    server = atls.AttestedServer(VtpmIssuer(node.tpm.tcti))
+    server = atls.AttestedServer(node.issuer())
     recover_pb2_grpc.add_APIServicer_to_server(servicer, server.grpc_server)
     port = server.add_port("127.0.0.1:0")
     server.start()
@@ -81,8 +83,8 @@ def serve(node: NodeParts, servicer: RecoveryServer) -> Iterator[str]:
         server.stop(None).wait(5)
 
 
-def _any_pcr15() -> VtpmValidator:
-    return VtpmValidator(Measurements({15: Measurement(ZERO_PCR, warn_only=True)}))
+def _any_pcr15() -> Validator:
+    return node_validator(Measurements({15: Measurement(ZERO_PCR, warn_only=True)}))
 
 
 def _recover(target: str, secret: bytes, salt: bytes) -> recover_pb2.RecoverResponse:

@@ -1,6 +1,10 @@
 """The VerificationService image, run with podman against a real swtpm's Unix socket, serves
 evidence that validates: proves the compiled tpm2-pytss, the tpm2-tss libraries and the swtpm
-TCTI module in the runtime stage work together, as uid 65532 on a read-only root."""
+TCTI module in the runtime stage work together, as uid 65532 on a read-only root.
+
+The swtpm is a node as the test platform makes one: its image measured with an event log and
+its AK certified by the test platform CA; the service attaches both to its evidence, and the
+validator roots the AK in that CA and replays the log, as ``constellation verify`` does."""
 
 from __future__ import annotations
 
@@ -23,8 +27,15 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from constellation.attestation.errors import ValidationError
+from constellation.attestation.identity import Role
 from constellation.attestation.measurements import Measurement, Measurements
-from constellation.attestation.vtpm import VtpmIssuer, VtpmValidator
+from constellation.attestation.testing.platform import (
+    cached_platform_ca,
+    measure_boot,
+    node_validator,
+    provision_node,
+)
+from constellation.attestation.vtpm import VtpmValidator, open_tpm, read_pcrs
 from constellation.proto import verify_pb2, verify_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,10 +54,30 @@ def free_port() -> int:
 
 
 def validator_for(tcti: str) -> VtpmValidator:
-    """A qemu-vtpm validator expecting exactly the swtpm's current PCRs."""
-    document = json.loads(VtpmIssuer(tcti).issue(b"probe", b"\x00" * 32))
-    pcrs = {int(i): base64.b64decode(v) for i, v in document["pcrs"].items()}
-    return VtpmValidator(Measurements({i: Measurement(v, False) for i, v in pcrs.items()}))
+    """A qemu-vtpm validator expecting exactly the swtpm's current PCRs, an AK certified by the
+    test platform CA and a replaying event log."""
+    with open_tpm(tcti) as esapi:
+        _, pcrs = read_pcrs(esapi)
+    return node_validator(Measurements({i: Measurement(v, False) for i, v in pcrs.items()}))
+
+
+def platform_files(swtpm: Any) -> list[str]:
+    """Boot the swtpm's node (event log) and certify its AK; the service's arguments naming the
+    files, written beside the socket (the directory the container mounts), readable by it."""
+    directory = swtpm.socket_path.parent
+    files = {
+        "--event-log": (directory / "eventlog.bin", measure_boot(swtpm.tcti)),
+        "--ak-certificate-file": (
+            directory / "ak-cert.der",
+            provision_node(swtpm.tcti, cached_platform_ca(), "verify-node", Role.WORKER),
+        ),
+    }
+    arguments = []
+    for flag, (path, data) in files.items():
+        path.write_bytes(data)
+        path.chmod(0o644)
+        arguments += [flag, str(path)]
+    return arguments
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +106,7 @@ def container(image: str, swtpm: Any) -> Iterator[dict[str, int]]:
     a node hands its vTPM to its own service and to no one else.
     """
     name = f"constellation-test-{uuid.uuid4().hex[:12]}"
+    platform = platform_files(swtpm)
     for path in (swtpm.socket_path.parent, swtpm.socket_path, swtpm.ctrl_path):
         os.chown(path, CONTAINER_UID, CONTAINER_UID)
     ports = {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
@@ -95,7 +127,7 @@ def container(image: str, swtpm: Any) -> Iterator[dict[str, int]]:
             "--ulimit",
             "nproc=1024:1024",
             image,
-            *("--tpm", swtpm.tcti, "--listen", "127.0.0.1"),
+            *("--tpm", swtpm.tcti, "--listen", "127.0.0.1", *platform),
             *("--grpc-port", str(ports["grpc"]), "--http-port", str(ports["http"])),
             *("--metrics-port", str(ports["metrics"])),
         ],
@@ -147,13 +179,13 @@ def test_image_serves_valid_evidence_from_a_swtpm(container: dict[str, int], swt
         answer = verify_pb2_grpc.APIStub(channel).GetAttestation(
             verify_pb2.GetAttestationRequest(nonce=nonce), timeout=60
         )
-    assert validator.validate(answer.attestation, nonce) == b"VerifyService"
+    assert validator.validate(answer.attestation, nonce) == b"constellation/verify/v1\x00"
 
     query = base64.urlsafe_b64encode(nonce).decode()
     url = f"http://127.0.0.1:{container['http']}/?nonce={query}"
     with urllib.request.urlopen(url, timeout=60) as response:
         document = base64.b64decode(json.loads(response.read())["data"])
-    assert validator.validate(document, nonce) == b"VerifyService"
+    assert validator.validate(document, nonce) == b"constellation/verify/v1\x00"
 
     # Negative: evidence bound to one nonce is refused for another, and a bad nonce is a 400.
     with pytest.raises(ValidationError) as rejected:

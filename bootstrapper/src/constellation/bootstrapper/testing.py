@@ -4,6 +4,12 @@ Used by the tests of the bootstrapper (and the e2e suite): they import :func:`ma
 :func:`serve_init` so each test builds exactly the node it needs. Everything is real: the
 node's vTPM is a swtpm, the state disk a LUKS2 header driven by cryptsetup, the init server is
 served over aTLS where the node attests and the client verifies it.
+
+Every node is what a platform gives a real one (``attestation.testing.platform``): an AK
+persisted in its vTPM and certified by the test platform CA with the node's name and role, and
+a TCG event log of what its "firmware" measured. Every validator here trusts that CA and
+requires the event log, as the product's validators do; a JoinService is trusted only on a
+control-plane node whose PCR 15 carries a node-lock mark (``serve_join(marked_for=...)``).
 """
 
 from __future__ import annotations
@@ -26,13 +32,23 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from constellation.attestation import atls
 from constellation.attestation.atls import verified_peer
+from constellation.attestation.eventlog import encode_header
+from constellation.attestation.evidence import Validator
+from constellation.attestation.identity.ca import PlatformCA
+from constellation.attestation.identity.policy import RequireRole
 from constellation.attestation.kdf import derive_cluster_id, derive_key, derive_measurement_secret
 from constellation.attestation.measurements import Measurement, Measurements
 from constellation.attestation.nodelock import NodeLock
 from constellation.attestation.swtpm import Swtpm
+from constellation.attestation.testing.platform import (
+    cached_platform_ca,
+    measure_boot,
+    node_issuer,
+    node_validator,
+    provision_node,
+)
 from constellation.attestation.vtpm import (
     VtpmIssuer,
-    VtpmValidator,
     firmware_measure,
     open_tpm,
     read_pcrs,
@@ -43,7 +59,7 @@ from constellation.bootstrapper.initserver import (
     InitCallbacks,
     InitServer,
 )
-from constellation.bootstrapper.installer import ComponentInstaller
+from constellation.bootstrapper.installer import ComponentInstaller, default_source_dirs
 from constellation.bootstrapper.joinclient import (
     ChannelFactory,
 )
@@ -77,16 +93,35 @@ class NodeParts:
 
     directory: Path
     name: str
+    role: Role
     tpm: Swtpm
     lock: NodeLock
     disk: StateDisk
     initial_key: DiskKey
     metadata: FileMetadata
     installer: ComponentInstaller
+    # What the platform gave the node: its AK certificate (DER) and its firmware's event log.
+    ak_certificate: bytes
+    event_log: bytes
 
     @property
     def node_state_path(self) -> Path:
         return self.directory / "state" / "node-state.json"
+
+    def issuer(self) -> VtpmIssuer:
+        """The node's attestation, as the bootstrapper wires it: certified AK, event log."""
+        return VtpmIssuer(
+            self.tpm.tcti, event_log=self.event_log, ak_certificate=self.ak_certificate
+        )
+
+
+def boot_log(tpm: Swtpm, parts: Sequence[tuple[int, bytes]] = ()) -> bytes:
+    """Mini-mode "firmware": measure ``parts`` into ``tpm`` and return its TCG event log.
+
+    Without parts the log is a well-formed log of no events (the firmware measured nothing):
+    validators require a log, and this one replays to whatever the PCRs it names hold.
+    """
+    return measure_boot(tpm.tcti, parts, log=encode_header())
 
 
 def make_node(
@@ -97,8 +132,15 @@ def make_node(
     role: Role = Role.CONTROL_PLANE,
     ip: str = "127.0.0.1",
     endpoints: tuple[Endpoint, ...] = (),
+    boot: Sequence[tuple[int, bytes]] = (),
+    ca: PlatformCA | None = None,
 ) -> NodeParts:
+    """A node on ``tpm`` whose AK ``ca`` (default: the test platform CA) certified as
+    ``name``/``role``, after its firmware measured ``boot`` (default: nothing, so the PCRs a
+    test read before stay as they were)."""
     require_cryptsetup()
+    event_log = boot_log(tpm, boot)
+    ak_certificate = provision_node(tpm.tcti, ca or cached_platform_ca(), name, role)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "state").mkdir()
     disk_path = directory / "disk.img"
@@ -120,18 +162,32 @@ def make_node(
     return NodeParts(
         directory=directory,
         name=name,
+        role=role,
         tpm=tpm,
         lock=NodeLock(tpm.tcti),
         disk=disk,
         initial_key=initial_key,
         metadata=FileMetadata(metadata_path),
-        installer=ComponentInstaller(directory / "root", http_timeout_s=5, total_timeout_s=60),
+        # The test's directory stands in for the node image's artifact directory.
+        installer=ComponentInstaller(
+            directory / "root",
+            source_dirs=(directory.parent, *default_source_dirs()),
+            http_timeout_s=5,
+            total_timeout_s=60,
+        ),
+        ak_certificate=ak_certificate,
+        event_log=event_log,
     )
 
 
-def uninitialized_node_validator() -> VtpmValidator:
-    """What the CLI checks before sending Init: PCR 15 must still be zero (not yet locked)."""
-    return VtpmValidator(Measurements({15: Measurement(expected=ZERO_PCR)}))
+def uninitialized_node_validator(*, ca: PlatformCA | None = None) -> Validator:
+    """What the CLI checks before sending Init: an AK that ``ca`` (default: the test platform
+    CA) certified for a control-plane node, a replaying event log, and PCR 15 still zero."""
+    return RequireRole(
+        node_validator(Measurements({15: Measurement(expected=ZERO_PCR)}), ca=ca),
+        Role.CONTROL_PLANE,
+        why="Init (and the master secret) only go to a control-plane node",
+    )
 
 
 @contextmanager
@@ -151,7 +207,7 @@ def serve_init(
         node_state_path=node.node_state_path,
         callbacks=callbacks,
     )
-    server = atls.AttestedServer(VtpmIssuer(node.tpm.tcti))
+    server = atls.AttestedServer(node.issuer())
     init_pb2_grpc.add_APIServicer_to_server(servicer, server.grpc_server)
     port = server.add_port("127.0.0.1:0")
     server.start()
@@ -162,7 +218,7 @@ def serve_init(
 
 
 def call_init(
-    target: str, request: init_pb2.InitRequest, *, validator: VtpmValidator | None = None
+    target: str, request: init_pb2.InitRequest, *, validator: Validator | None = None
 ) -> list[init_pb2.InitResponse]:
     """Attest the node like the CLI does, then stream Init; raises grpc.RpcError on a status.
 
@@ -356,12 +412,26 @@ class TicketAuthority(join_pb2_grpc.APIServicer):
 
 @contextmanager
 def serve_join(
-    authority: TicketAuthority, tpm: Swtpm, event_log: bytes, client_validator: VtpmValidator
+    authority: TicketAuthority,
+    tpm: Swtpm,
+    event_log: bytes,
+    client_validator: Validator,
+    *,
+    marked_for: bytes | None,
+    name: str = "joinservice-host",
+    role: Role = Role.CONTROL_PLANE,
 ) -> Iterator[Endpoint]:
-    """Serve ``authority`` over mutual aTLS, attesting with ``tpm`` and verifying clients."""
-    server = atls.AttestedServer(
-        VtpmIssuer(tpm.tcti, event_log=event_log), client_validators=[client_validator]
-    )
+    """Serve ``authority`` over mutual aTLS, attesting with ``tpm`` and verifying clients.
+
+    The service's node is certified as ``name``/``role`` by the test platform CA. Joining nodes
+    trust a JoinService only on an initialized node: ``marked_for`` is the cluster ID whose
+    node-lock mark PCR 15 gets before serving, ``None`` leaves the node unmarked (a genuine
+    image that never joined a cluster, which a joining node must refuse).
+    """
+    if marked_for is not None and not NodeLock(tpm.tcti).try_lock(marked_for):
+        raise RuntimeError("the JoinService's node carries a node-lock mark already")
+    issuer = node_issuer(tpm.tcti, name, role, event_log=event_log)
+    server = atls.AttestedServer(issuer, client_validators=[client_validator])
     join_pb2_grpc.add_APIServicer_to_server(authority, server.grpc_server)
     port = server.add_port("127.0.0.1:0")
     server.start()
@@ -372,17 +442,17 @@ def serve_join(
 
 
 def join_channel_factory(
-    node_tpm: Swtpm,
+    node: NodeParts,
     joinservice_measurements: Measurements,
     *,
-    event_log: bytes | None = None,
+    ca: PlatformCA | None = None,
     timeout: float = 10.0,
 ) -> ChannelFactory:
-    """What the bootstrapper wires: mutual aTLS, the node attests, it verifies the service."""
-    issuer = VtpmIssuer(node_tpm.tcti, event_log=event_log)
-    validator = VtpmValidator(
-        joinservice_expectation(joinservice_measurements), require_event_log=event_log is not None
-    )
+    """What the bootstrapper wires: mutual aTLS, the node attests with its certified AK, and it
+    verifies the service: the image, an AK rooted in ``ca`` (default: the test platform CA), a
+    replaying event log, and (``JoinServiceValidator``) a marked control-plane node."""
+    issuer = node.issuer()
+    validator = node_validator(joinservice_expectation(joinservice_measurements), ca=ca)
 
     def connect(target: str, *, cluster_id: bytes | None = None) -> atls.AttestedChannel:
         checked = JoinServiceValidator(validator, cluster_id=cluster_id)
