@@ -1,4 +1,5 @@
-"""Running the real CLI entry point in-process, with its exit code and both streams."""
+"""Running the real CLI entry point in-process, with its exit code and both streams; and the
+configuration ``mini up`` writes, for tests that build their nodes themselves."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from constellation.attestation.identity.ca import PlatformCA
+from constellation.attestation.measurements import Measurements
+from constellation.attestation.testing.platform import cached_platform_ca
+from constellation.cli.config import Config, Provider, default_config
 from constellation.cli.root import run
 
 
@@ -19,6 +24,7 @@ class Result:
 
 
 Invoke = Callable[..., Result]
+MiniConfig = Callable[..., Config]
 
 
 @pytest.fixture
@@ -32,3 +38,21 @@ def invoke(capsys: pytest.CaptureFixture[str]) -> Invoke:
         return Result(code, captured.out, captured.err)
 
     return call
+
+
+def rooted_config(measurements: Measurements, ca: PlatformCA | None = None) -> Config:
+    """A mini configuration with ``measurements`` whose ``attestation.platformRoots`` is
+    ``ca`` (default: the test platform CA that ``attestation.testing.platform`` certifies
+    nodes with), as ``mini up`` writes it with the workspace's platform CA."""
+    config = default_config(Provider.MINI).with_measurements(measurements)
+    roots = (ca or cached_platform_ca()).cert_pem.decode()
+    attestation = config.attestation.model_copy(update={"platformRoots": roots})
+    return Config.model_validate(
+        config.model_copy(update={"attestation": attestation}).model_dump()
+    )
+
+
+@pytest.fixture
+def mini_config() -> MiniConfig:
+    """``mini_config(measurements, ca=None)``: see :func:`rooted_config`."""
+    return rooted_config

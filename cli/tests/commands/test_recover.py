@@ -2,8 +2,10 @@
 
 The node is real (swtpm vTPM with a measured "firmware" event log, a LUKS2 header keyed to the
 cluster's disk key, persisted node state) and serves ``recoverproto.API`` over aTLS as its
-bootstrapper does after a full-cluster shutdown. The servicer records every request it
-receives, so a test can show that the CLI sent nothing to a node it refused.
+bootstrapper does after a full-cluster shutdown. Its AK is what the platform made of it (by
+default certified as a control plane by the test platform CA the configuration trusts). The
+servicer records every request it receives, so a test can show that the CLI sent nothing to a
+node it refused.
 """
 
 from __future__ import annotations
@@ -19,22 +21,30 @@ from typing import Any
 import pytest
 
 from constellation.attestation import atls
+from constellation.attestation.identity.ca import PlatformCA
 from constellation.attestation.kdf import derive_cluster_id, derive_key, derive_measurement_secret
 from constellation.attestation.measurements import Measurement, Measurements, pcr15_for_cluster_id
 from constellation.attestation.swtpm import Swtpm
-from constellation.attestation.vtpm import VtpmIssuer, firmware_measure, open_tpm, read_pcrs
+from constellation.attestation.testing.platform import cached_platform_ca, provision_node
+from constellation.attestation.vtpm import (
+    VtpmIssuer,
+    firmware_measure,
+    open_tpm,
+    provision_ak,
+    read_pcrs,
+)
 from constellation.bootstrapper.metadata import Endpoint, Role
 from constellation.bootstrapper.nodestate import NodeState, save_node_state
 from constellation.bootstrapper.recoveryserver import RecoveryServer
 from constellation.bootstrapper.statedisk import DiskKey
 from constellation.bootstrapper.testing import NodeParts, make_node
-from constellation.cli.config import Provider, default_config
 from constellation.cli.workspace import ClusterState, MasterSecret, Workspace
 from constellation.proto import recover_pb2, recover_pb2_grpc
 
 pytestmark = pytest.mark.swtpm
 
 MEASURED_PCRS = (4, 9, 11)
+NODE_NAME = "mini-cp-0"
 
 
 class RecordingRecoveryServer(RecoveryServer):
@@ -64,7 +74,27 @@ def _pcr15(tcti: str) -> bytes:
 
 
 @pytest.fixture
-def node(swtpm: Swtpm, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RecoveringNode]:
+def ak_certificate(swtpm: Swtpm, request: pytest.FixtureRequest) -> bytes | None:
+    """The AK certificate the node's platform gave it. Param: ``"control-plane"`` (default),
+    ``"worker"``, ``"uncertified"`` (a TPM-resident AK no platform vouched for), or
+    ``"other-platform"`` (certified as a control plane by a CA the config does not trust)."""
+    how = getattr(request, "param", "control-plane")
+    if how == "uncertified":
+        provision_ak(swtpm.tcti)
+        return None
+    ca = PlatformCA.generate("another platform CA") if how == "other-platform" else None
+    role = Role.WORKER if how == "worker" else Role.CONTROL_PLANE
+    return provision_node(swtpm.tcti, ca or cached_platform_ca(), NODE_NAME, role)
+
+
+@pytest.fixture
+def node(
+    swtpm: Swtpm,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    ak_certificate: bytes | None,
+    mini_config: Any,
+) -> Iterator[RecoveringNode]:
     """A rebooted node of the workspace's cluster (param ``"foreign"``: marked for another)."""
     log = b""
     for pcr in MEASURED_PCRS:
@@ -95,15 +125,14 @@ def node(swtpm: Swtpm, tmp_path: Path, request: pytest.FixtureRequest) -> Iterat
         node_state=state, state_disk=parts.disk, node_lock=parts.lock, on_recovered=restarts.append
     )
     servicer.received = []
-    server = atls.AttestedServer(VtpmIssuer(swtpm.tcti, event_log=lambda: log))
+    issuer = VtpmIssuer(swtpm.tcti, event_log=lambda: log, ak_certificate=ak_certificate)
+    server = atls.AttestedServer(issuer)
     recover_pb2_grpc.add_APIServicer_to_server(servicer, server.grpc_server)
     port = server.add_port("127.0.0.1:0")
     server.start()
 
     measurements = Measurements({i: Measurement(pcrs[i]) for i in MEASURED_PCRS})
-    workspace.save_config(
-        default_config(Provider.MINI).with_measurements(measurements), overwrite=False
-    )
+    workspace.save_config(mini_config(measurements), overwrite=False)
     workspace.save_state(
         ClusterState(
             name="mini",
@@ -157,6 +186,26 @@ def test_node_with_other_measurements_is_refused_before_the_secret_is_sent(
     assert result.code == 1
     assert "pcr[4]" in result.stderr
     assert node.servicer.received == []
+
+
+@pytest.mark.parametrize(
+    ("ak_certificate", "check"),
+    [
+        ("worker", "identity.role"),
+        ("uncertified", "ak.certificate"),
+        ("other-platform", "ak.certificate.chain"),
+    ],
+    indirect=["ak_certificate"],
+)
+def test_node_not_certified_as_a_control_plane_is_refused_before_the_secret_is_sent(
+    invoke: Any, node: RecoveringNode, check: str
+) -> None:
+    result = invoke(node.workspace, "recover")
+    assert result.code == 1
+    assert f"{check}:" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert node.servicer.received == []  # the master secret never left the CLI
+    assert node.restarts == []
 
 
 def test_wrong_master_secret_is_refused_by_the_node(invoke: Any, node: RecoveringNode) -> None:

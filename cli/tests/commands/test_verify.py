@@ -2,8 +2,12 @@
 
 Two kinds of node: the real VerificationService command (a subprocess quoting with the swtpm),
 and a small in-test gRPC server that issues with ``VtpmIssuer`` on the same kind of swtpm but
-can be told to misbehave (replay an old document, use other user data), so every check is seen
-to reject. In both, PCR 15 was marked with the cluster ID by the real node lock.
+can be told to misbehave (replay an old document, use other user data, drop the event log), so
+every check is seen to reject. In both, PCR 15 was marked with the cluster ID by the real node
+lock, and the node's AK was certified by the test platform CA that the configuration's
+``attestation.platformRoots`` names, as ``mini up`` does. The attacker without a TPM is the
+software key of ``attestation.testing.softtpm``, quoting the PCRs and event log it copied from
+the node's public evidence.
 """
 
 from __future__ import annotations
@@ -25,9 +29,12 @@ from urllib.parse import parse_qs, urlsplit
 import grpc
 import pytest
 
-from constellation.attestation.evidence import VERIFY_USER_DATA_LABEL
+from constellation.attestation.evidence import VERIFY_USER_DATA_LABEL, Issuer
+from constellation.attestation.identity import Role
 from constellation.attestation.measurements import Measurement, Measurements, pcr15_for_cluster_id
 from constellation.attestation.nodelock import NodeLock
+from constellation.attestation.testing.platform import cached_platform_ca, provision_node
+from constellation.attestation.testing.softtpm import SoftwareTpmIssuer, public_facts
 from constellation.attestation.vtpm import VtpmIssuer, firmware_measure, open_tpm, read_pcrs
 from constellation.bootstrapper.metadata import Endpoint
 from constellation.cli.config import Provider, default_config
@@ -43,11 +50,12 @@ MEASURED_PCRS = (4, 9, 11)
 class NodeBehaviour:
     user_data: bytes = VERIFY_USER_DATA_LABEL
     replay_nonce: bytes | None = None  # answer with evidence for this nonce instead
+    drop_event_log: bool = False  # remove the event log from the genuine document
     requests: list[bytes] = field(default_factory=list)
 
 
 class _VerifyServicer(verify_pb2_grpc.APIServicer):
-    def __init__(self, issuer: VtpmIssuer, behaviour: NodeBehaviour) -> None:
+    def __init__(self, issuer: Issuer, behaviour: NodeBehaviour) -> None:
         self.issuer = issuer
         self.behaviour = behaviour
 
@@ -55,7 +63,24 @@ class _VerifyServicer(verify_pb2_grpc.APIServicer):
         self.behaviour.requests.append(request.nonce)
         nonce = self.behaviour.replay_nonce or request.nonce
         document = self.issuer.issue(self.behaviour.user_data, nonce)
+        if self.behaviour.drop_event_log:
+            fields = json.loads(document)
+            fields["event_log"] = None
+            document = json.dumps(fields, sort_keys=True).encode()
         return verify_pb2.GetAttestationResponse(attestation=document)
+
+
+@contextlib.contextmanager
+def _serve(issuer: Issuer, behaviour: NodeBehaviour) -> Iterator[Endpoint]:
+    """A verification endpoint on loopback answering with ``issuer``'s evidence."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    verify_pb2_grpc.add_APIServicer_to_server(_VerifyServicer(issuer, behaviour), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield Endpoint("127.0.0.1", port)
+    finally:
+        server.stop(grace=None).wait(5)
 
 
 @dataclass
@@ -67,10 +92,11 @@ class Node:
     behaviour: NodeBehaviour
     issuer: VtpmIssuer
     event_log: bytes
+    ak_certificate: bytes
 
 
 @pytest.fixture
-def node(swtpm: Any, tmp_path: Path) -> Iterator[Node]:
+def node(swtpm: Any, tmp_path: Path, mini_config: Any) -> Iterator[Node]:
     log = b""
     for pcr in MEASURED_PCRS:
         log = firmware_measure(swtpm.tcti, log, pcr, os.urandom(32), f"image part {pcr}".encode())
@@ -79,31 +105,22 @@ def node(swtpm: Any, tmp_path: Path) -> Iterator[Node]:
     with open_tpm(swtpm.tcti) as esapi:
         _, pcrs = read_pcrs(esapi)
 
-    issuer = VtpmIssuer(swtpm.tcti, event_log=log)
+    certificate = provision_node(swtpm.tcti, cached_platform_ca(), "mini-cp-0", Role.CONTROL_PLANE)
+    issuer = VtpmIssuer(swtpm.tcti, event_log=log, ak_certificate=certificate)
     behaviour = NodeBehaviour()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    verify_pb2_grpc.add_APIServicer_to_server(_VerifyServicer(issuer, behaviour), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-
     workspace = Workspace(tmp_path)
     measurements = Measurements({i: Measurement(pcrs[i]) for i in MEASURED_PCRS})
-    workspace.save_config(
-        default_config(Provider.MINI).with_measurements(measurements), overwrite=False
-    )
-    endpoint = Endpoint("127.0.0.1", port)
-    workspace.save_state(
-        ClusterState(
-            name="mini",
-            cluster_id=cluster_id,
-            verify_endpoint=endpoint,
-            nodes=(NodeRecord("mini-cp-0", "control-plane", endpoint),),
+    workspace.save_config(mini_config(measurements), overwrite=False)
+    with _serve(issuer, behaviour) as endpoint:
+        workspace.save_state(
+            ClusterState(
+                name="mini",
+                cluster_id=cluster_id,
+                verify_endpoint=endpoint,
+                nodes=(NodeRecord("mini-cp-0", "control-plane", endpoint),),
+            )
         )
-    )
-    try:
-        yield Node(tmp_path, cluster_id, pcrs, str(endpoint), behaviour, issuer, log)
-    finally:
-        server.stop(grace=None).wait(5)
+        yield Node(tmp_path, cluster_id, pcrs, str(endpoint), behaviour, issuer, log, certificate)
 
 
 def _set_measurements(node: Node, measurements: Measurements) -> None:
@@ -315,12 +332,15 @@ def real_service(node: Node, swtpm: Any, tmp_path: Path) -> Iterator[RealService
 
     event_log = tmp_path / "event.log"
     event_log.write_bytes(node.event_log)
+    ak_certificate = tmp_path / "ak-cert.der"
+    ak_certificate.write_bytes(node.ak_certificate)
     process = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "constellation.verificationservice",
             *("--tpm", swtpm.tcti, "--event-log", str(event_log), "--listen", "127.0.0.1"),
+            *("--ak-certificate-file", str(ak_certificate)),
             *("--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"),
         ],
         stdout=subprocess.DEVNULL,
@@ -392,25 +412,18 @@ def test_real_verification_service_on_a_tampered_node_is_refused(
 @contextlib.contextmanager
 def _second_node(node: Node, behaviour: NodeBehaviour) -> Iterator[Endpoint]:
     """Another verification endpoint on the same vTPM, listed in the state file as a worker."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    verify_pb2_grpc.add_APIServicer_to_server(_VerifyServicer(node.issuer, behaviour), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    endpoint = Endpoint("127.0.0.1", port)
-    workspace = Workspace(node.workspace)
-    state = workspace.load_state()
-    workspace.save_state(
-        ClusterState(
-            name=state.name,
-            cluster_id=state.cluster_id,
-            verify_endpoint=state.verify_endpoint,
-            nodes=(*state.nodes, NodeRecord("mini-worker-0", "worker", endpoint)),
+    with _serve(node.issuer, behaviour) as endpoint:
+        workspace = Workspace(node.workspace)
+        state = workspace.load_state()
+        workspace.save_state(
+            ClusterState(
+                name=state.name,
+                cluster_id=state.cluster_id,
+                verify_endpoint=state.verify_endpoint,
+                nodes=(*state.nodes, NodeRecord("mini-worker-0", "worker", endpoint)),
+            )
         )
-    )
-    try:
         yield endpoint
-    finally:
-        server.stop(grace=None).wait(5)
 
 
 def test_all_verifies_every_node_with_its_own_nonce(invoke: Any, node: Node) -> None:
@@ -440,3 +453,64 @@ def test_all_fails_when_one_node_is_not_trusted(invoke: Any, node: Node) -> None
 def test_all_with_an_endpoint_is_a_usage_error(invoke: Any, node: Node) -> None:
     assert invoke(node.workspace, "verify", "--all", "-e", node.endpoint).code == 2
     assert node.behaviour.requests == []
+
+
+def _copied_facts(node: Node) -> tuple[dict[int, bytes], bytes | None, bytes | None]:
+    """What an attacker copies from the node's published evidence (PCRs, log, AK cert)."""
+    return public_facts(node.issuer.issue(VERIFY_USER_DATA_LABEL, os.urandom(32)))
+
+
+def _verify_forgery(invoke: Any, node: Node, forger: SoftwareTpmIssuer) -> dict[str, Any]:
+    with _serve(forger, NodeBehaviour()) as endpoint:
+        result = invoke(node.workspace, "verify", "-e", str(endpoint), "-o", "json")
+    assert result.code == 1
+    assert "Traceback" not in result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    assert report["verified"] is False
+    # The quote is not rooted in a TPM: none of its PCR values may be shown as trusted.
+    assert {row["status"] for row in report["pcrs"]} == {"unverified"}
+    for check in _checks(report):
+        assert check in result.stderr
+    return report
+
+
+def test_a_software_key_with_copied_pcrs_and_event_log_is_refused(invoke: Any, node: Node) -> None:
+    pcrs, log, _ = _copied_facts(node)
+    report = _verify_forgery(invoke, node, SoftwareTpmIssuer(pcrs=pcrs, event_log=log))
+    assert _checks(report) == {"ak.certificate"}
+
+
+def test_a_software_key_with_the_nodes_copied_ak_certificate_is_refused(
+    invoke: Any, node: Node
+) -> None:
+    pcrs, log, certificate = _copied_facts(node)
+    assert certificate == node.ak_certificate
+    forger = SoftwareTpmIssuer(pcrs=pcrs, event_log=log, ak_certificate=certificate)
+    report = _verify_forgery(invoke, node, forger)
+    assert _checks(report) == {"ak.certificate.key"}
+
+
+def test_without_platform_roots_no_quote_is_trusted(invoke: Any, node: Node) -> None:
+    workspace = Workspace(node.workspace)
+    measurements = workspace.load_config().attestation.parsed_measurements()
+    workspace.save_config(
+        default_config(Provider.MINI).with_measurements(measurements), overwrite=True
+    )
+    pcrs, log, _ = _copied_facts(node)
+    report = _verify_forgery(invoke, node, SoftwareTpmIssuer(pcrs=pcrs, event_log=log))
+    assert _checks(report) == {"ak.root"}
+    # Not even the genuine node: an unrooted AK proves nothing.
+    genuine = invoke(node.workspace, "verify", "-o", "json")
+    assert genuine.code == 1
+    assert _checks(json.loads(genuine.stdout)) == {"ak.root"}
+    assert "ak.root" in genuine.stderr
+
+
+def test_a_genuine_document_without_its_event_log_is_refused(invoke: Any, node: Node) -> None:
+    node.behaviour.drop_event_log = True
+    result = invoke(node.workspace, "verify", "-o", "json")
+    assert result.code == 1
+    report = json.loads(result.stdout)
+    assert report["verified"] is False
+    assert _checks(report) == {"eventlog.present"}
+    assert "eventlog.present" in result.stderr

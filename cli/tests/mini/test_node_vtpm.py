@@ -14,6 +14,7 @@ import pytest
 from constellation.attestation.measurements import Measurements
 from constellation.attestation.nodelock import NodeLock
 from constellation.attestation.swtpm import MAX_SOCKET_PATH_BYTES, tcti_for
+from constellation.attestation.testing.platform import cached_platform_ca
 from constellation.bootstrapper.metadata import Endpoint, Role
 from constellation.cli.mini.errors import ProcessStartError
 from constellation.cli.mini.node import MiniNode, launch_node, start_swtpm, swtpm_socket
@@ -95,6 +96,7 @@ def test_a_workspace_too_deep_for_a_unix_socket_is_refused_before_the_node_exist
             init_secret_hash=b"",
             joinservice_endpoint=Endpoint("127.0.0.1", 1),
             joinservice_measurements=Measurements({}),
+            platform_ca=cached_platform_ca(),
             logs_dir=tmp_path / "logs",
             records=[],
         )

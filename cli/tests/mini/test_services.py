@@ -11,6 +11,7 @@ import pytest
 
 from constellation.attestation.kdf import derive_measurement_secret
 from constellation.attestation.measurements import Measurement, Measurements
+from constellation.attestation.testing.platform import cached_platform_ca
 from constellation.cli.mini import clusterobjects, services
 from constellation.cli.mini.processes import stop
 from constellation.cli.servicepki import issue_service_pki
@@ -30,6 +31,7 @@ def test_keyservice_serves_the_joinservice_client_files_only(
         core,
         variant="qemu-vtpm",
         measurements=Measurements({4: Measurement(b"\x04" * 32)}),
+        platform_roots=cached_platform_ca().cert_pem.decode(),
         measurement_salt=b"\x01" * 32,
         master_key=master_key,
         master_salt=master_salt,

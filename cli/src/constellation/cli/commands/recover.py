@@ -150,7 +150,10 @@ def recover_command(endpoint: str | None, timeout: float, output_format: str) ->
         )
     master = ctx.workspace.load_master_secret()
     validator = recover_validator(
-        config.attestation.variant, config.attestation.parsed_measurements(), state.cluster_id
+        config.attestation.variant,
+        config.attestation.parsed_measurements(),
+        state.cluster_id,
+        config.attestation.parsed_platform_roots(),
     )
     with ctx.reporter.step(f"attesting {target} and sending the master secret"):
         disk_uuid = recover_node(target, validator, master, timeout=timeout)
