@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from constellation.attestation import atls
 from constellation.attestation.identity import Role
+from constellation.attestation.identity.ca import PlatformCA
 from constellation.attestation.measurements import Measurements
 from constellation.attestation.swtpm import Swtpm
 from constellation.attestation.vtpm import VtpmIssuer, VtpmValidator
@@ -62,6 +63,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.swtpm, pytest.mark.
 
 JOIN_WAIT_S = 120
 WRONG_SECRET = b"definitely not the init secret!!"
+
+
+def _platform_ca(cluster: MiniCluster) -> PlatformCA:
+    """The workspace's platform CA: the one that certified the nodes' AKs."""
+    return load_or_create_platform_ca(cluster.workspace / "mini" / PLATFORM_CA_DIR)
 
 
 def _config_measurements(cluster: MiniCluster) -> Measurements:
@@ -163,7 +169,9 @@ def test_init_with_a_wrong_secret_is_refused_without_logs(mini_cluster: MiniClus
     with pytest.raises(grpc.RpcError) as info:
         # The node is uninitialized (PCR 15 zero): the attestation passes, the secret does not.
         call_init(
-            target, init_request([], secret=WRONG_SECRET), validator=uninitialized_node_validator()
+            target,
+            init_request([], secret=WRONG_SECRET),
+            validator=uninitialized_node_validator(ca=_platform_ca(mini_cluster)),
         )
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert info.value.received == []  # no progress, no node logs streamed to the caller

@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from constellation.attestation.identity import Role
 from constellation.attestation.kdf import derive_cluster_id, derive_key, derive_measurement_secret
 from constellation.attestation.measurements import Measurements, pcr15_for_cluster_id
 from constellation.attestation.nodelock import NodeLock
@@ -41,7 +42,7 @@ from constellation.attestation.testing.platform import (
 from constellation.attestation.vtpm import open_tpm, read_pcrs
 from constellation.bootstrapper.config import RetryPolicy
 from constellation.bootstrapper.joinclient import JoinClient, JoinTimeoutError
-from constellation.bootstrapper.metadata import Endpoint, Role, write_metadata_file
+from constellation.bootstrapper.metadata import Endpoint, write_metadata_file
 from constellation.bootstrapper.nodestate import load_node_state
 from constellation.bootstrapper.registration import KubeletFiles
 from constellation.bootstrapper.statedisk import DiskKey

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from constellation.attestation.identity import Role
 from constellation.attestation.measurements import Measurement, Measurements, pcr15_for_cluster_id
 from constellation.attestation.swtpm import Swtpm
 from constellation.attestation.testing.platform import node_validator
@@ -32,7 +33,7 @@ from constellation.bootstrapper.joinclient import (
     TicketError,
     joinservice_measurements,
 )
-from constellation.bootstrapper.metadata import Endpoint, Role, write_metadata_file
+from constellation.bootstrapper.metadata import Endpoint, write_metadata_file
 from constellation.bootstrapper.nodestate import NodeState, load_node_state, save_node_state
 from constellation.bootstrapper.registration import KubeletFiles, RegistrationError, register_node
 from constellation.bootstrapper.statedisk import DiskKey, StateDiskKeyError

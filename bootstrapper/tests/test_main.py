@@ -23,6 +23,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from constellation.attestation.identity import Role
 from constellation.attestation.kdf import derive_cluster_id, derive_measurement_secret
 from constellation.attestation.measurements import Measurement, Measurements
 from constellation.attestation.swtpm import Swtpm
@@ -35,7 +36,7 @@ from constellation.attestation.testing.platform import (
 from constellation.bootstrapper.__main__ import build_node
 from constellation.bootstrapper.config import ConfigError, config_from_mapping
 from constellation.bootstrapper.initsecret import InitSecret, hash_init_secret
-from constellation.bootstrapper.metadata import InstanceMetadata, Role, write_metadata_file
+from constellation.bootstrapper.metadata import InstanceMetadata, write_metadata_file
 from constellation.bootstrapper.testing import (
     INIT_SECRET,
     call_init,

@@ -6,13 +6,13 @@ from typing import Any
 
 import pytest
 
+from constellation.attestation.identity import Role
 from constellation.bootstrapper.errors import MetadataError
 from constellation.bootstrapper.metadata import (
     Endpoint,
     FileMetadata,
     InstanceMetadata,
     MetadataProvider,
-    Role,
     parse_metadata,
     write_metadata_file,
 )

@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from constellation.attestation import atls
+from constellation.attestation.identity import Role
 from constellation.attestation.kdf import derive_cluster_id, derive_key, derive_measurement_secret
 from constellation.attestation.measurements import Measurement, Measurements, pcr15_for_cluster_id
 from constellation.attestation.swtpm import Swtpm
@@ -25,7 +26,6 @@ from constellation.attestation.vtpm import open_tpm, read_pcrs
 from constellation.bootstrapper.config import RetryPolicy
 from constellation.bootstrapper.initserver import InitCallbacks, InitServer, LocalControlPlane
 from constellation.bootstrapper.joinclient import JoinClient
-from constellation.bootstrapper.metadata import Role
 from constellation.bootstrapper.node import CommitPath, Node, NodeError
 from constellation.bootstrapper.nodestate import NodeState, save_node_state
 from constellation.bootstrapper.registration import KubeletFiles, RegistrationError

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from constellation.attestation.identity import Role
 from constellation.attestation.measurements import Measurement, Measurements, pcr15_for_cluster_id
 from constellation.attestation.swtpm import Swtpm
 from constellation.attestation.testing.platform import node_validator
@@ -26,7 +27,6 @@ from constellation.bootstrapper.metadata import (
     Endpoint,
     FileMetadata,
     InstanceMetadata,
-    Role,
     write_metadata_file,
 )
 from constellation.bootstrapper.node import CommitPath, Node

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from constellation.attestation.identity import Role
 from constellation.bootstrapper.errors import NodeStateError
-from constellation.bootstrapper.metadata import Role
 from constellation.bootstrapper.nodestate import (
     NodeState,
     load_node_state,

@@ -16,12 +16,12 @@ import pytest
 
 from constellation.attestation import atls
 from constellation.attestation.evidence import Validator
+from constellation.attestation.identity import Role
 from constellation.attestation.measurements import Measurement, Measurements, pcr15_for_cluster_id
 from constellation.attestation.swtpm import Swtpm
 from constellation.attestation.testing.platform import node_validator
 from constellation.attestation.vtpm import open_tpm, read_pcrs
 from constellation.bootstrapper.errors import BootstrapperError
-from constellation.bootstrapper.metadata import Role
 from constellation.bootstrapper.nodestate import NodeState, load_node_state, save_node_state
 from constellation.bootstrapper.recoveryserver import RecoveryServer
 from constellation.bootstrapper.statedisk import DiskKey

@@ -157,7 +157,9 @@ def test_platform_roots_that_are_not_ca_certificates_are_refused() -> None:
     ca = PlatformCA.generate()
     leaf = x509.load_der_x509_certificate(
         ca.issue_ak_certificate(
-            PlatformCA.generate().certificate.public_key().public_bytes(
+            PlatformCA.generate()
+            .certificate.public_key()
+            .public_bytes(
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
             ),
             "mini-cp-0",
@@ -165,5 +167,5 @@ def test_platform_roots_that_are_not_ca_certificates_are_refused() -> None:
         )
     ).public_bytes(serialization.Encoding.PEM)
     for bad in ("not a certificate", leaf.decode()):
-        with pytest.raises(ConfigError, match="attestation.platformRoots"):
+        with pytest.raises(ConfigError, match=r"attestation\.platformRoots"):
             parse_config(_text(platformRoots=bad))

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from constellation.attestation import atls
+from constellation.attestation.identity import Role
 from constellation.attestation.identity.ca import PlatformCA
 from constellation.attestation.kdf import derive_cluster_id, derive_key, derive_measurement_secret
 from constellation.attestation.measurements import Measurement, Measurements, pcr15_for_cluster_id
@@ -33,7 +34,7 @@ from constellation.attestation.vtpm import (
     provision_ak,
     read_pcrs,
 )
-from constellation.bootstrapper.metadata import Endpoint, Role
+from constellation.bootstrapper.metadata import Endpoint
 from constellation.bootstrapper.nodestate import NodeState, save_node_state
 from constellation.bootstrapper.recoveryserver import RecoveryServer
 from constellation.bootstrapper.statedisk import DiskKey

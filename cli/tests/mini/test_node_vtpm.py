@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from constellation.attestation.identity import Role
 from constellation.attestation.measurements import Measurements
 from constellation.attestation.nodelock import NodeLock
 from constellation.attestation.swtpm import MAX_SOCKET_PATH_BYTES, tcti_for
 from constellation.attestation.testing.platform import cached_platform_ca
-from constellation.bootstrapper.metadata import Endpoint, Role
+from constellation.bootstrapper.metadata import Endpoint
 from constellation.cli.mini.errors import ProcessStartError
 from constellation.cli.mini.node import MiniNode, launch_node, start_swtpm, swtpm_socket
 from constellation.cli.mini.processes import ProcessRecord, is_running, stop

@@ -46,6 +46,7 @@ import grpc
 import structlog
 
 from constellation.attestation.errors import ConstellationError
+from constellation.attestation.identity import Role
 from constellation.attestation.kdf import (
     derive_cluster_id,
     derive_key,
@@ -67,7 +68,7 @@ from constellation.bootstrapper.installer import (
     parse_components,
 )
 from constellation.bootstrapper.kubernetes.controlplane import ControlPlane, ControlPlaneBinaries
-from constellation.bootstrapper.metadata import MetadataProvider, Role
+from constellation.bootstrapper.metadata import MetadataProvider
 from constellation.bootstrapper.nodestate import NodeState, save_node_state
 from constellation.bootstrapper.registration import (
     KubeletFiles,

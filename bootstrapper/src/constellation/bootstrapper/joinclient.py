@@ -44,6 +44,7 @@ from cryptography import x509
 from constellation.attestation.atls import AttestedChannel
 from constellation.attestation.errors import ConstellationError
 from constellation.attestation.evidence import VerifiedEvidence
+from constellation.attestation.identity import Role
 from constellation.attestation.kdf import derive_cluster_id
 from constellation.attestation.measurements import Measurements, pcr15_for_cluster_id
 from constellation.attestation.nodelock import PCR_NODE_LOCK
@@ -51,7 +52,7 @@ from constellation.bootstrapper.config import RetryPolicy
 from constellation.bootstrapper.errors import BootstrapperError
 from constellation.bootstrapper.initserver import NodeLatch
 from constellation.bootstrapper.installer import ComponentInstaller
-from constellation.bootstrapper.metadata import MetadataProvider, Role
+from constellation.bootstrapper.metadata import MetadataProvider
 from constellation.bootstrapper.nodestate import NodeState, save_node_state
 from constellation.bootstrapper.registration import (
     KubeletFiles,

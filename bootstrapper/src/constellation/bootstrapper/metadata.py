@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from constellation.attestation.boundedparse import loads_json
-from constellation.attestation.identity import Role as Role  # moved; importers switch to identity
+from constellation.attestation.identity import Role
 from constellation.bootstrapper.atomicfile import PUBLIC_MODE, write_atomic
 from constellation.bootstrapper.errors import MetadataError
 

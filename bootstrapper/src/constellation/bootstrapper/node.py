@@ -46,6 +46,7 @@ from typing import Protocol
 import structlog
 
 from constellation.attestation.errors import ConstellationError
+from constellation.attestation.identity import Role
 from constellation.bootstrapper.errors import BootstrapperError
 from constellation.bootstrapper.initserver import (
     InitCallbacks,
@@ -59,7 +60,6 @@ from constellation.bootstrapper.joinclient import (
     JoinStoppedError,
     JoinTimeoutError,
 )
-from constellation.bootstrapper.metadata import Role
 from constellation.bootstrapper.nodestate import NodeState, load_node_state
 from constellation.bootstrapper.recoveryserver import RecoveryServer
 from constellation.bootstrapper.statedisk import DiskKey, StateDisk

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from constellation.attestation.identity import Role
 from constellation.bootstrapper.atomicfile import SECRET_MODE, write_atomic
 from constellation.bootstrapper.errors import NodeStateError
-from constellation.bootstrapper.metadata import Role
 
 NODE_STATE_FORMAT_VERSION = 1
 CLUSTER_ID_LENGTH = 32

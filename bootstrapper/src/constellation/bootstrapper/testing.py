@@ -34,6 +34,7 @@ from constellation.attestation import atls
 from constellation.attestation.atls import verified_peer
 from constellation.attestation.eventlog import encode_header
 from constellation.attestation.evidence import Validator
+from constellation.attestation.identity import Role
 from constellation.attestation.identity.ca import PlatformCA
 from constellation.attestation.identity.policy import RequireRole
 from constellation.attestation.kdf import derive_cluster_id, derive_key, derive_measurement_secret
@@ -71,7 +72,6 @@ from constellation.bootstrapper.metadata import (
     Endpoint,
     FileMetadata,
     InstanceMetadata,
-    Role,
     write_metadata_file,
 )
 from constellation.bootstrapper.statedisk import FAST_PBKDF2, DiskKey, StateDisk

@@ -25,10 +25,11 @@ from typing import Any
 import click
 from rich.table import Table
 
+from constellation.attestation.identity import Role
 from constellation.attestation.nodelock import NodeLock
 from constellation.bootstrapper.initsecret import InitSecret, hash_init_secret
 from constellation.bootstrapper.joinclient import joinservice_measurements
-from constellation.bootstrapper.metadata import Endpoint, Role
+from constellation.bootstrapper.metadata import Endpoint
 from constellation.cli.config import Provider, default_config
 from constellation.cli.context import CLIContext, current
 from constellation.cli.mini import clusterobjects, image, services

@@ -37,6 +37,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from constellation.attestation.identity import Role
 from constellation.attestation.identity.ca import PlatformCA
 from constellation.attestation.measurements import Measurements
 from constellation.attestation.swtpm import (
@@ -53,7 +54,6 @@ from constellation.bootstrapper.atomicfile import PUBLIC_MODE, write_atomic
 from constellation.bootstrapper.metadata import (
     Endpoint,
     InstanceMetadata,
-    Role,
     write_metadata_file,
 )
 from constellation.cli.mini.errors import ProcessStartError
