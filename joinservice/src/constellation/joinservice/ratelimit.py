@@ -36,8 +36,9 @@ Clock = Callable[[], float]
 
 #: Per attested identity: a join, a retry and a rejoin at once, then one every 20 s.
 DEFAULT_PER_IDENTITY: Final = Rate(burst=3, refill_seconds=20.0)
-#: Everyone together: 60 at once (a large cluster booting), then 10 per second.
-DEFAULT_OVERALL: Final = Rate(burst=60, refill_seconds=0.1)
+#: Everyone together: 200 at once (a large cluster booting), then 100 per second - above what
+#: one JoinService serves today (BENCHMARKS.md), so it bounds a flood, not a cluster's growth.
+DEFAULT_OVERALL: Final = Rate(burst=200, refill_seconds=0.01)
 DEFAULT_MAX_IDENTITIES: Final = 10_000
 
 
