@@ -115,3 +115,33 @@ def test_unusable_client_certificate_is_a_json_error(tmp_path: Path) -> None:
     assert line["event"] == "joinservice.failed"
     assert "keyservice.key: expected the private key of the client certificate" in line["error"]
     assert pki.keyservice_server.key_pem.decode().splitlines()[1] not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [("3", "BURST/SECONDS"), ("0/20", "burst >= 1"), ("3/-1", "positive"), ("x/1", "invalid")],
+)
+def test_a_malformed_ticket_rate_is_a_usage_error(
+    value: str, fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--identity-ticket-rate", value, "--help"])
+    assert info.value.code == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_ticket_rates_parse_from_the_command_line() -> None:
+    from constellation.attestation.ratelimit import Rate
+    from constellation.joinservice.__main__ import parse_args
+
+    args = parse_args(
+        [
+            *("--join-config-dir", "j", "--keyservice-endpoint", "k:1"),
+            *("--keyservice-ca-file", "a", "--keyservice-cert-file", "b"),
+            *("--keyservice-key-file", "c", "--ca-cert", "d", "--ca-key", "e"),
+            *("--api-server-endpoint", "f:1", "--components-file", "g"),
+            *("--identity-ticket-rate", "5/10", "--ticket-rate", "50/0.05"),
+        ]
+    )
+    assert args.identity_ticket_rate == Rate(5, 10.0)
+    assert args.ticket_rate == Rate(50, 0.05)

@@ -17,6 +17,7 @@ from cryptography import x509
 from constellation.attestation.errors import ConstellationError
 from constellation.attestation.evidence import Issuer, Validator
 from constellation.attestation.measurements import Measurements
+from constellation.attestation.ratelimit import Rate
 from constellation.attestation.service import (
     MetricsServer,
     ServiceMetrics,
@@ -38,6 +39,7 @@ from constellation.joinservice.errors import ConfigError
 from constellation.joinservice.joinconfig import load_join_config
 from constellation.joinservice.keys import DEFAULT_SERVER_NAME, KeyServiceTLS, keyservice_channel
 from constellation.joinservice.kubernetes import core_api
+from constellation.joinservice.ratelimit import DEFAULT_OVERALL, DEFAULT_PER_IDENTITY, RateLimiter
 from constellation.joinservice.server import METRICS_SERVICE, build_join_server
 
 EXAMPLES = """\
@@ -58,7 +60,10 @@ examples:
       --keyservice-key-file ./ks/tls.key \\
       --kubeconfig ./admin.conf --ca-cert ./pki/ca.crt --ca-key ./pki/ca.key \\
       --api-server-endpoint 127.0.0.1:6443 --components-file ./components.json \\
-      --tpm-tcti swtpm:path=/abs/node-1/tpm/sock
+      --tpm-tcti swtpm:path=/abs/node-1/tpm/sock --ak-certificate-file ./ak-cert.der
+
+  # a looser bound on one node's ticket requests (5 at once, then one per 10 s)
+  constellation-joinservice ... --identity-ticket-rate 5/10
 """
 
 log = structlog.get_logger("constellation.joinservice")
@@ -149,8 +154,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the platform's DER certificate for this node's TPM attestation key, attached to "
         "the service's own evidence (joining qemu-vtpm nodes refuse a JoinService without one)",
     )
+    parser.add_argument(
+        "--identity-ticket-rate",
+        type=_rate,
+        default=DEFAULT_PER_IDENTITY,
+        metavar="BURST/SECONDS",
+        help="ticket requests one attested node identity may make: BURST at once, then one "
+        "per SECONDS (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--ticket-rate",
+        type=_rate,
+        default=DEFAULT_OVERALL,
+        metavar="BURST/SECONDS",
+        help="ticket requests of all nodes together, same form (default: %(default)s)",
+    )
     parser.add_argument("--log-level", default="info", choices=LEVELS)
     return parser.parse_args(argv)
+
+
+def _rate(text: str) -> Rate:
+    """``BURST/SECONDS`` (e.g. ``3/20``) as a ``Rate``; argparse reports a ValueError."""
+    burst, sep, seconds = text.partition("/")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected BURST/SECONDS such as 3/20, got {text!r}")
+    try:
+        return Rate(int(burst), float(seconds))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def validator_for(
@@ -229,6 +260,9 @@ def run(args: argparse.Namespace) -> int:
             core=core_api(settings.kubeconfig),
             keyservice=keyservice,
             metrics=metrics,
+            rate_limiter=RateLimiter(
+                per_identity=args.identity_ticket_rate, overall=args.ticket_rate
+            ),
         )
         port = server.add_port(f"{settings.listen_host}:{settings.port}")
         if settings.health_port is not None:

@@ -41,6 +41,10 @@ class Rate:
     def describe(self) -> str:
         return f"at most {self.burst} at once, then 1 every {self.refill_seconds:g} s"
 
+    def __str__(self) -> str:
+        """``BURST/SECONDS``, the form command lines take."""
+        return f"{self.burst}/{self.refill_seconds:g}"
+
 
 class Bucket:
     """Tokens as of ``updated``; not thread-safe (its owner holds the lock)."""
