@@ -449,7 +449,9 @@ def _parse_document(document: bytes) -> dict[str, Any]:
     )
     if not isinstance(doc, dict):
         raise MalformedEvidenceError("vTPM document must be a JSON object")
-    if doc.get("version") != DOCUMENT_VERSION:
+    version = doc.get("version")
+    # bool is an int in Python (True == 1): only the integer itself names this format.
+    if type(version) is not int or version != DOCUMENT_VERSION:
         raise MalformedEvidenceError(
             f"vTPM document version {doc.get('version')!r}, expected {DOCUMENT_VERSION}"
         )
