@@ -41,7 +41,6 @@ from constellation.attestation.atls.certificates import (
     SERVER_NAME,
     TLSIdentity,
     new_client_identity,
-    spki_hash_of_der,
 )
 from constellation.attestation.atls.protocol import (
     GRPC_OPTIONS,
@@ -94,6 +93,22 @@ class Refusal:
             assert check in self.details, f"{check!r} not named in: {self.details}"
 
 
+class RelayedJoinService:
+    """The real JoinService's evidence, fetched for a nonce of the caller's choosing and passed
+    on as the attacker's own: genuine and fresh, but labelled for aTLS and naming the real
+    service's TLS key (what a relaying rogue server or VerificationService can present)."""
+
+    variant = "qemu-vtpm"
+
+    def __init__(self, attacker: Attacker) -> None:
+        self._attacker = attacker
+
+    def issue(self, user_data: bytes, nonce: bytes) -> bytes:
+        session = self._attacker.raw_session(client_nonce=nonce)
+        session.close()
+        return session.server_evidence
+
+
 class AcceptAnyServer:
     """The attacker does not care whom it talks to: it accepts any server evidence, only
     echoing the user data the aTLS client needs to see bound to the pinned key."""
@@ -117,6 +132,7 @@ class RawSession:
     client: TLSIdentity
     server_nonce: bytes
     server_certificate: bytes
+    server_evidence: bytes
 
     @property
     def user_data(self) -> bytes:
@@ -248,8 +264,15 @@ class Attacker:
             stub = join_pb2_grpc.APIStub(channel.channel)
             return Refusal.of(lambda: stub.IssueRejoinTicket(request, timeout=RPC_TIMEOUT_S))
 
-    def raw_session(self, client: TLSIdentity | None = None, nonce_size: int = 32) -> RawSession:
-        """TLS to the JoinService and its ``Attest`` step, nothing verified, nothing sent yet."""
+    def raw_session(
+        self,
+        client: TLSIdentity | None = None,
+        nonce_size: int = 32,
+        *,
+        client_nonce: bytes | None = None,
+    ) -> RawSession:
+        """TLS to the JoinService and its ``Attest`` step (for ``client_nonce``, random by
+        default), nothing verified, nothing else sent yet."""
         client = client or new_client_identity()
         certificate = atls.fetch_server_certificate(self.joinservice, client, timeout=RPC_TIMEOUT_S)
         pem = x509.load_der_x509_certificate(certificate).public_bytes(serialization.Encoding.PEM)
@@ -261,11 +284,13 @@ class Attacker:
             credentials,
             options=[("grpc.ssl_target_name_override", SERVER_NAME), *GRPC_OPTIONS],
         )
+        nonce = os.urandom(nonce_size) if client_nonce is None else client_nonce
         answer = atls_pb2_grpc.HandshakeStub(channel).Attest(
-            atls_pb2.AttestRequest(client_nonce=os.urandom(nonce_size)), timeout=RPC_TIMEOUT_S
+            atls_pb2.AttestRequest(client_nonce=nonce), timeout=RPC_TIMEOUT_S
         )
-        assert spki_hash_of_der(certificate)
-        return RawSession(channel, client, answer.server_nonce, certificate)
+        return RawSession(
+            channel, client, answer.server_nonce, certificate, bytes(answer.attestation)
+        )
 
     # -- machines the platform certifies ------------------------------------------------------
 

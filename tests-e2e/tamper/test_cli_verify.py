@@ -25,14 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from threading import Thread
 
-import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
-from constellation.attestation import atls
-from constellation.attestation.atls.certificates import SERVER_NAME, new_client_identity
-from constellation.attestation.atls.protocol import GRPC_OPTIONS
 from constellation.attestation.evidence import Issuer
 from constellation.attestation.identity import Role
 from constellation.attestation.identity.ca import PlatformCA
@@ -41,14 +35,13 @@ from constellation.attestation.service.metrics import ServiceMetrics
 from constellation.attestation.testing.softtpm import SoftwareTpmIssuer
 from constellation.attestation.vtpm import VtpmIssuer
 from constellation.cli.testing import Completed
-from constellation.proto import atls_pb2, atls_pb2_grpc
 from constellation.verificationservice.evidence import EvidenceSource
 from constellation.verificationservice.server import (
     VerificationGrpcServer,
     VerificationHttpServer,
 )
 
-from .conftest import LOOPBACK, RPC_TIMEOUT_S, Attacker, Insider, self_signed_ca
+from .conftest import LOOPBACK, Attacker, Insider, RelayedJoinService, self_signed_ca
 
 pytestmark = [
     pytest.mark.tamper,
@@ -126,30 +119,6 @@ class Fixed:
 
     def issue(self, user_data: bytes, nonce: bytes) -> bytes:
         return self._document
-
-
-class RelayedAtls:
-    """The real JoinService's aTLS evidence for the admin's nonce: genuine, fresh, from a node
-    marked for this cluster, but labelled for aTLS and naming the service's TLS key."""
-
-    variant = "qemu-vtpm"
-
-    def __init__(self, target: str) -> None:
-        self._target = target
-
-    def issue(self, user_data: bytes, nonce: bytes) -> bytes:
-        client = new_client_identity()
-        certificate = atls.fetch_server_certificate(self._target, client, timeout=RPC_TIMEOUT_S)
-        pem = x509.load_der_x509_certificate(certificate).public_bytes(serialization.Encoding.PEM)
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=pem, private_key=client.key_pem, certificate_chain=client.cert_pem
-        )
-        options = [("grpc.ssl_target_name_override", SERVER_NAME), *GRPC_OPTIONS]
-        with grpc.secure_channel(self._target, credentials, options=options) as channel:
-            answer = atls_pb2_grpc.HandshakeStub(channel).Attest(
-                atls_pb2.AttestRequest(client_nonce=nonce), timeout=RPC_TIMEOUT_S
-            )
-        return bytes(answer.attestation)
 
 
 def _marked(insider: Insider, cluster_id: bytes) -> Insider:
@@ -236,7 +205,7 @@ ATTACKS: dict[str, tuple[Callable[[Attacker], Issuer], str, set[str]]] = {
         {"quote.qualifying_data"},
     ),
     "joinservice-atls-evidence-for-the-admins-nonce": (
-        lambda a: RelayedAtls(a.joinservice),
+        lambda a: RelayedJoinService(a),
         "grpc",
         {"user_data"},
     ),
@@ -382,7 +351,7 @@ def test_attestation_verify_of_an_atls_labelled_genuine_document(attacker: Attac
     """The real JoinService's aTLS evidence is no SEV-SNP report: rejected, not trusted."""
     from constellation.attestation.atls.protocol import CLIENT_NONCE_SIZE
 
-    document = RelayedAtls(attacker.joinservice).issue(b"", bytes(CLIENT_NONCE_SIZE))
+    document = RelayedJoinService(attacker).issue(b"", bytes(CLIENT_NONCE_SIZE))
     assert b"constellation/atls/v1" in base64.b64decode(json.loads(document)["user_data"])
     path = _write(attacker, "atls-document.json", document)
     result = attacker.run(

@@ -26,12 +26,8 @@ from typing import Any
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from constellation.attestation import atls
-from constellation.attestation.atls.certificates import SERVER_NAME, new_client_identity
-from constellation.attestation.atls.protocol import GRPC_OPTIONS
 from constellation.attestation.errors import ValidationError
 from constellation.attestation.evidence import Issuer
 from constellation.attestation.identity import Role
@@ -42,7 +38,7 @@ from constellation.attestation.vtpm import VtpmIssuer
 from constellation.bootstrapper.__main__ import _join_validator
 from constellation.bootstrapper.config import load_config
 from constellation.bootstrapper.joinservicetrust import JoinServiceValidator
-from constellation.proto import atls_pb2, atls_pb2_grpc, join_pb2, join_pb2_grpc
+from constellation.proto import join_pb2, join_pb2_grpc
 
 from .conftest import (
     LOOPBACK,
@@ -50,6 +46,7 @@ from .conftest import (
     AcceptAnyServer,
     Attacker,
     Insider,
+    RelayedJoinService,
     self_signed_ca,
 )
 
@@ -163,30 +160,6 @@ class _Replaying:
         return self._inner.issue(user_data, bytes(len(nonce)))
 
 
-class _Relaying:
-    """The real JoinService's evidence, fetched for the node's nonce and passed on as the
-    rogue's own: fresh and genuine, but bound to the real service's TLS key."""
-
-    variant = "qemu-vtpm"
-
-    def __init__(self, attacker: Attacker) -> None:
-        self._target = attacker.joinservice
-
-    def issue(self, user_data: bytes, nonce: bytes) -> bytes:
-        client = new_client_identity()
-        certificate = atls.fetch_server_certificate(self._target, client, timeout=RPC_TIMEOUT_S)
-        pem = x509.load_der_x509_certificate(certificate).public_bytes(serialization.Encoding.PEM)
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=pem, private_key=client.key_pem, certificate_chain=client.cert_pem
-        )
-        options = [("grpc.ssl_target_name_override", SERVER_NAME), *GRPC_OPTIONS]
-        with grpc.secure_channel(self._target, credentials, options=options) as channel:
-            answer = atls_pb2_grpc.HandshakeStub(channel).Attest(
-                atls_pb2.AttestRequest(client_nonce=nonce), timeout=RPC_TIMEOUT_S
-            )
-        return bytes(answer.attestation)
-
-
 # Each attack: (the rogue's issuer, a rejoin?, exactly the checks the node names).
 ATTACKS: dict[str, tuple[Callable[[Attacker], Issuer], bool, set[str]]] = {
     # -- a genuine image that never joined a cluster, or joined another ---------------------
@@ -233,7 +206,7 @@ ATTACKS: dict[str, tuple[Callable[[Attacker], Issuer], bool, set[str]]] = {
         {"quote.qualifying_data"},
     ),
     "real-joinservice-evidence-relayed": (
-        lambda a: _Relaying(a),
+        lambda a: RelayedJoinService(a),
         True,
         {"atls.user_data"},
     ),
