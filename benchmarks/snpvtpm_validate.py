@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import importlib.util
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +28,7 @@ from constellation.attestation.measurements import Measurements
 from constellation.attestation.snp import Policy
 from constellation.attestation.snpvtpm import AZURE_SEV_SNP, SnpEvidence, compose_document
 from constellation.attestation.swtpm import start_swtpm
+from constellation.attestation.testing.modules import load_module
 from constellation.attestation.testing.platform import measure_boot
 from constellation.attestation.tpm import parse_tpmt_public
 from constellation.attestation.variants import get_variant
@@ -40,13 +39,7 @@ RSA_AK = "rsa2048:rsassa-sha256:null"
 
 
 def load_fakeamd() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("constellation_snp_tests_fakeamd", FAKEAMD)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module("constellation_snp_tests_fakeamd", FAKEAMD)
 
 
 def b64url(value: int) -> str:

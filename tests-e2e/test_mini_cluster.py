@@ -171,7 +171,8 @@ def test_init_with_a_wrong_secret_is_refused_without_logs(mini_cluster: MiniClus
         call_init(
             target,
             init_request([], secret=WRONG_SECRET),
-            validator=uninitialized_node_validator(ca=_platform_ca(mini_cluster)),
+            # A worker: the CLI itself would not send it Init; the node must refuse it too.
+            validator=uninitialized_node_validator(ca=_platform_ca(mini_cluster), role=None),
         )
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert info.value.received == []  # no progress, no node logs streamed to the caller
@@ -300,9 +301,12 @@ def test_down_leaves_no_process_and_no_file(mini_cluster: MiniCluster) -> None:
 
     processes = [ProcessRecord.from_dict(p) for p in record["processes"]]
     assert all(is_running(p) for p in processes)
+    sockets = [Path(node["swtpmSocket"]).parent for node in record["nodes"]]
+    assert all(directory.is_dir() for directory in sockets)
     result = mini_cluster.run("mini", "down")
     assert result.code == 0, result.stderr
     assert not any(is_running(p) for p in processes)
+    assert not any(directory.exists() for directory in sockets)  # the vTPM socket dirs too
     assert sorted(os.listdir(mini_cluster.workspace)) == []
     again = mini_cluster.run("mini", "down")
     assert again.code == 0

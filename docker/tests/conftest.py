@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from constellation.attestation.testing.modules import load_module
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -24,15 +24,7 @@ PINNED_TOOLS = {
 
 def _load_reader() -> ModuleType:
     # Tests run with --import-mode=importlib, where a test directory is not on sys.path.
-    spec = importlib.util.spec_from_file_location(
-        "docker_tests_dockerfile", DOCKER / "tests" / "dockerfile.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module("docker_tests_dockerfile", DOCKER / "tests" / "dockerfile.py")
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
-"""A mini node's vTPM: a detached swtpm on Unix sockets in the node's private ``tpm/``
-directory, reachable through the TCTI the node record keeps, and a workspace too deep for a Unix
-socket path refused before anything of the node exists."""
+"""A mini node's vTPM: a detached swtpm keeping its state in the node's ``tpm/`` directory and
+serving Unix sockets in the node's short private socket directory, reachable through the TCTI
+the node record keeps, however deep the workspace is."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ from pathlib import Path
 import pytest
 
 from constellation.attestation.identity import Role
-from constellation.attestation.measurements import Measurements
 from constellation.attestation.nodelock import NodeLock
 from constellation.attestation.swtpm import MAX_SOCKET_PATH_BYTES, tcti_for
-from constellation.attestation.testing.platform import cached_platform_ca
-from constellation.bootstrapper.metadata import Endpoint
 from constellation.cli.mini.errors import ProcessStartError
-from constellation.cli.mini.node import MiniNode, launch_node, start_swtpm, swtpm_socket
+from constellation.cli.mini.node import (
+    MiniNode,
+    start_swtpm,
+    swtpm_socket,
+    vtpm_socket_dir,
+)
 from constellation.cli.mini.processes import ProcessRecord, is_running, stop
 
 pytestmark = pytest.mark.swtpm
@@ -31,7 +33,7 @@ def _require_swtpm() -> None:
 
 
 def _too_deep(tmp_path: Path) -> Path:
-    """A node directory whose ``tpm/sock.ctrl`` is one byte over the AF_UNIX limit."""
+    """A node directory whose ``tpm/sock.ctrl`` would be over the AF_UNIX limit."""
     room = MAX_SOCKET_PATH_BYTES - len(os.fsencode(tmp_path)) - len("//tpm/sock.ctrl")
     return tmp_path / ("n" * (room + 1))
 
@@ -41,8 +43,10 @@ def test_swtpm_serves_the_nodes_private_sockets_and_keeps_state(tmp_path: Path) 
     log = tmp_path / "logs" / "node-swtpm.log"
     record, sock = start_swtpm("node", tpm_dir, log)
     try:
-        assert sock == tpm_dir / "sock"
-        assert stat.S_IMODE(tpm_dir.stat().st_mode) == 0o700
+        assert sock == vtpm_socket_dir(tpm_dir) / "sock"
+        for private in (tpm_dir, sock.parent, sock.parent.parent):
+            assert stat.S_IMODE(private.stat().st_mode) == 0o700
+        assert any(tpm_dir.iterdir())  # the TPM state stays with the node
         for path in (sock, sock.with_name("sock.ctrl")):
             assert stat.S_ISSOCK(path.lstat().st_mode)
             assert stat.S_IMODE(path.lstat().st_mode) == 0o600
@@ -61,6 +65,7 @@ def test_swtpm_serves_the_nodes_private_sockets_and_keeps_state(tmp_path: Path) 
     finally:
         stop(again)
     assert not is_running(again)
+    shutil.rmtree(sock.parent)
 
 
 def test_the_node_record_keeps_the_socket_path(tmp_path: Path) -> None:
@@ -80,28 +85,32 @@ def test_the_node_record_keeps_the_socket_path(tmp_path: Path) -> None:
     assert MiniNode.from_dict(node.to_dict()) == node
 
 
-def test_a_workspace_too_deep_for_a_unix_socket_is_refused_before_the_node_exists(
-    tmp_path: Path,
-) -> None:
-    directory = _too_deep(tmp_path)
-    with pytest.raises(ProcessStartError, match="at most 107") as caught:
-        swtpm_socket(directory / "tpm")
-    assert "shorter" in caught.value.hint
-    with pytest.raises(ProcessStartError, match="at most 107"):
-        launch_node(
-            name="mini-worker-0",
-            role=Role.WORKER,
-            directory=directory,
-            image_source=tmp_path / "image",
-            image_version="v",
-            init_secret_hash=b"",
-            joinservice_endpoint=Endpoint("127.0.0.1", 1),
-            joinservice_measurements=Measurements({}),
-            platform_ca=cached_platform_ca(),
-            logs_dir=tmp_path / "logs",
-            records=[],
-        )
-    assert not directory.exists()
-    # One byte shorter fits.
-    fits = directory.with_name(directory.name[:-1])
-    assert swtpm_socket(fits / "tpm") == fits / "tpm" / "sock"
+def test_a_workspace_too_deep_for_a_socket_path_still_gets_a_vtpm(tmp_path: Path) -> None:
+    """A Unix socket path has at most 107 bytes; the node's sockets do not live under the
+    workspace, so its depth does not matter, and two nodes never share a socket directory."""
+    deep = _too_deep(tmp_path)
+    sock = swtpm_socket(deep / "tpm")
+    assert len(os.fsencode(f"{sock}.ctrl")) <= MAX_SOCKET_PATH_BYTES
+    assert sock.parent == vtpm_socket_dir(deep / "tpm")
+    assert vtpm_socket_dir(tmp_path / "other" / "tpm") != sock.parent
+    record, served = start_swtpm("deep", deep / "tpm", tmp_path / "deep-swtpm.log")
+    try:
+        assert served == sock
+        assert NodeLock(tcti_for(served)).try_lock(b"cluster")
+    finally:
+        stop(record)
+        shutil.rmtree(served.parent)
+
+
+def test_a_socket_directory_of_another_user_is_refused(tmp_path: Path) -> None:
+    """The socket directory sits in a shared temporary directory: someone else's (planted
+    before the node starts) must not become the node's."""
+    tpm_dir = tmp_path / "node" / "tpm"
+    planted = vtpm_socket_dir(tpm_dir)
+    planted.mkdir(parents=True, exist_ok=True)
+    os.chown(planted, 65534, 65534)
+    try:
+        with pytest.raises(ProcessStartError, match="owned by uid"):
+            start_swtpm("node", tpm_dir, tmp_path / "swtpm.log")
+    finally:
+        shutil.rmtree(planted)

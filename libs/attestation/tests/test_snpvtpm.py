@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 import json
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,6 +37,7 @@ from constellation.attestation.snpvtpm import (
     compose_document,
 )
 from constellation.attestation.swtpm import Swtpm
+from constellation.attestation.testing.modules import load_module
 from constellation.attestation.tpm import TPM_ALG_RSA, parse_tpmt_public
 from constellation.attestation.variants import VariantUnavailableError, get_variant
 from constellation.attestation.vtpm import VtpmIssuer, open_tpm, read_pcrs
@@ -59,15 +58,7 @@ P256_COORDINATE_SIZE = 32
 
 def _load_fakeamd() -> ModuleType:
     """The SNP tests' fake AMD signer (the test tree is not a package; same module name)."""
-    name = "constellation_snp_tests_fakeamd"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, _HERE / "snp" / "fakeamd.py")
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_module("constellation_snp_tests_fakeamd", _HERE / "snp" / "fakeamd.py")
 
 
 fakeamd = _load_fakeamd()

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 import json
 import os
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,6 +29,7 @@ from constellation.attestation.identity.ca import PlatformCA
 from constellation.attestation.measurements import Measurements, pcr15_for_cluster_id
 from constellation.attestation.nodelock import NodeLock
 from constellation.attestation.swtpm import Swtpm, start_swtpm
+from constellation.attestation.testing.modules import load_module
 from constellation.attestation.testing.platform import (
     cached_platform_ca,
     measure_boot,
@@ -62,16 +61,8 @@ RSA_AK = "rsa2048:rsassa-sha256:null"
 
 def _load_forge() -> ModuleType:
     """The identity tests' certificate forger (the test tree is no package)."""
-    name = "constellation_identity_tests_forge"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parent / "identity" / "forge.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    path = Path(__file__).resolve().parent / "identity" / "forge.py"
+    return load_module("constellation_identity_tests_forge", path)
 
 
 forge = _load_forge()

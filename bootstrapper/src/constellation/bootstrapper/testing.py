@@ -180,13 +180,17 @@ def make_node(
     )
 
 
-def uninitialized_node_validator(*, ca: PlatformCA | None = None) -> Validator:
+def uninitialized_node_validator(
+    *, ca: PlatformCA | None = None, role: Role | None = Role.CONTROL_PLANE
+) -> Validator:
     """What the CLI checks before sending Init: an AK that ``ca`` (default: the test platform
-    CA) certified for a control-plane node, a replaying event log, and PCR 15 still zero."""
+    CA) certified for a node of ``role`` (``None``: any role, for tests of what a node itself
+    refuses), a replaying event log, and PCR 15 still zero."""
+    validator = node_validator(Measurements({15: Measurement(expected=ZERO_PCR)}), ca=ca)
+    if role is None:
+        return validator
     return RequireRole(
-        node_validator(Measurements({15: Measurement(expected=ZERO_PCR)}), ca=ca),
-        Role.CONTROL_PLANE,
-        why="Init (and the master secret) only go to a control-plane node",
+        validator, role, why="Init (and the master secret) only go to a control-plane node"
     )
 
 

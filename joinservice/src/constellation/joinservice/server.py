@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from concurrent import futures
 from pathlib import Path
 from typing import Any, Final
 
@@ -55,7 +54,12 @@ import structlog
 from constellation.attestation.atls import AttestedServer
 from constellation.attestation.atls.server import claim_attestation, verified_peer
 from constellation.attestation.evidence import Issuer
-from constellation.attestation.service import ErrorStatusInterceptor, Health, ServiceMetrics
+from constellation.attestation.service import (
+    ErrorStatusInterceptor,
+    Health,
+    PlaintextHealthPorts,
+    ServiceMetrics,
+)
 from constellation.joinservice.bootstrap_token import discovery_hash
 from constellation.joinservice.clusterfiles import ClusterFiles
 from constellation.joinservice.config import Settings
@@ -172,18 +176,13 @@ class JoinServer:
         join_pb2_grpc.add_APIServicer_to_server(JoinServicer(tickets), self.atls.grpc_server)
         self.health.attach(self.atls.grpc_server)
         # Kubelet gRPC probes speak neither TLS nor aTLS: health also gets a plaintext server
-        # that serves nothing else (see ``add_health_port``).
-        self.health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        self.health.attach(self.health_server)
-        self._health_ports = 0
+        # that serves nothing else.
+        self.health_ports = PlaintextHealthPorts(self.health)
         self._stopped = threading.Event()
 
     @property
     def grpc_servers(self) -> list[grpc.Server]:
-        servers = [self.atls.grpc_server]
-        if self._health_ports:
-            servers.append(self.health_server)
-        return servers
+        return [self.atls.grpc_server, *self.health_ports.servers]
 
     def add_port(self, address: str) -> int:
         """Serve the attested API (and health) on ``address``; returns the bound port."""
@@ -191,16 +190,14 @@ class JoinServer:
 
     def add_health_port(self, address: str) -> int:
         """Serve only ``grpc.health.v1``, in plaintext, on ``address``."""
-        port = self.health_server.add_insecure_port(address)
+        port = self.health_ports.add(address)
         if port == 0:
             raise ConfigError(f"cannot listen for health checks on {address}")
-        self._health_ports += 1
         return port
 
     def start(self) -> None:
         self.atls.start()
-        if self._health_ports:
-            self.health_server.start()
+        self.health_ports.start()
         self.health.serving()
         log.info("joinservice.started")
 

@@ -24,7 +24,7 @@ from concurrent import futures
 import grpc
 import structlog
 
-from constellation.attestation.service.health import Health
+from constellation.attestation.service.health import Health, PlaintextHealthPorts
 from constellation.attestation.service.metrics import ServiceMetrics
 from constellation.attestation.service.status import ErrorStatusInterceptor
 from constellation.keyservice.errors import (
@@ -80,14 +80,12 @@ class KeyServiceServer:
         )
         kms_pb2_grpc.add_APIServicer_to_server(KeyServiceServicer(keys), self.grpc_server)
         self.health.attach(self.grpc_server)
-        self.health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        self.health.attach(self.health_server)
-        self._health_ports = 0
+        self.health_ports = PlaintextHealthPorts(self.health)
 
     @property
     def grpc_servers(self) -> list[grpc.Server]:
         """Every server that was given a port (what shutdown has to stop)."""
-        return [self.grpc_server, *([self.health_server] if self._health_ports else [])]
+        return [self.grpc_server, *self.health_ports.servers]
 
     def add_port(self, address: str) -> int:
         """Serve ``kms.API`` (and health) over mutual TLS on ``address``; the bound port."""
@@ -98,16 +96,14 @@ class KeyServiceServer:
 
     def add_health_port(self, address: str) -> int:
         """Serve only ``grpc.health.v1``, in plaintext, on ``address``; the bound port."""
-        port = self.health_server.add_insecure_port(address)
+        port = self.health_ports.add(address)
         if port == 0:
             raise ConfigError(f"cannot listen for health checks on {address}")
-        self._health_ports += 1
         return port
 
     def start(self) -> None:
         self.grpc_server.start()
-        if self._health_ports:
-            self.health_server.start()
+        self.health_ports.start()
         self.health.serving()
 
     def stop(self, grace: float | None = None) -> None:

@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
@@ -16,21 +14,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from constellation.attestation.identity.ca import PlatformCA
+from constellation.attestation.testing.modules import load_module
 
 _HERE = Path(__file__).resolve().parent
 
 
 def load_forge() -> ModuleType:
-    name = "constellation_identity_tests_forge"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, _HERE / "forge.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module("constellation_identity_tests_forge", _HERE / "forge.py")
 
 
 @pytest.fixture(scope="session")

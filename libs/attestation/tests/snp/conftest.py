@@ -7,12 +7,12 @@ mint) and the real vectors from ``../shared/vectors`` (skipped with a reason whe
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from constellation.attestation.testing.modules import load_module
 
 _HERE = Path(__file__).resolve().parent
 _REPO_ROOT = _HERE.parents[3]
@@ -20,16 +20,7 @@ VECTORS = _REPO_ROOT.parent / "shared" / "vectors"
 
 
 def _load_fakeamd() -> ModuleType:
-    name = "constellation_snp_tests_fakeamd"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, _HERE / "fakeamd.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module("constellation_snp_tests_fakeamd", _HERE / "fakeamd.py")
 
 
 @pytest.fixture(scope="session")

@@ -42,7 +42,7 @@ from constellation.bootstrapper.kubernetes.components import (
 )
 from constellation.bootstrapper.kubernetes.errors import KubernetesError
 from constellation.cli.mini.errors import ClusterStateError, JoinTimeoutError, MiniError
-from constellation.cli.mini.node import MiniNode
+from constellation.cli.mini.node import MiniNode, remove_vtpm_sockets
 from constellation.cli.mini.platform import PLATFORM_CA_DIR
 from constellation.cli.mini.processes import ProcessRecord, is_running, stop
 from constellation.cli.mini.services import VerificationEndpoint
@@ -401,6 +401,8 @@ def down(workspace: Workspace, *, progress: Callable[[str], None] | None = None)
             stopped.append(process.name)
             if progress is not None:
                 progress(f"stopped {process.name} (pid {process.pid})")
+    for node in record.nodes:
+        remove_vtpm_sockets(node)
     removed = []
     for name in record.created_files:
         path = workspace.root / name

@@ -3,9 +3,7 @@
 Layout of a node (``<workspace>/mini/nodes/<name>/``)::
 
     image/               the node's own copy of the node image (measured, then imported)
-    tpm/                 the node's vTPM (0700): swtpm state and its Unix sockets ``sock`` and
-                         ``sock.ctrl`` (0600); no TCP port, so only root and the node's own
-                         user can reach it
+    tpm/                 the node's vTPM state (0700)
     ak-cert.der          the platform's certificate for the vTPM's attestation key (name, role)
     platform-roots.pem   the platform CA the JoinService's attestation key must chain to
     eventlog.bin         the TCG event log the firmware step wrote
@@ -15,6 +13,12 @@ Layout of a node (``<workspace>/mini/nodes/<name>/``)::
     join-measurements.json  what the node expects of the JoinService's node
     bootstrapper.json    the bootstrapper configuration
     state/, root/        the bootstrapper's state directory and install root
+
+The vTPM's Unix sockets ``sock`` and ``sock.ctrl`` (0600; no TCP port, so only root and the
+node's own user can reach them) live in a short private directory of the node,
+``<runtime>/constellation-vtpm-<uid>/<16 hex digits of the tpm/ path's SHA-256>/`` (0700 both;
+``<runtime>`` is ``$XDG_RUNTIME_DIR`` or the temporary directory): a Unix socket path has at
+most 107 bytes, and a workspace may be deeper than that allows. ``mini down`` removes it.
 
 Boot order: start the swtpm (detached), have the platform certify its AK, run the firmware
 step on ``image/``, then start
@@ -27,10 +31,13 @@ and its key management are real.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -64,6 +71,7 @@ from constellation.cli.mini.processes import ProcessRecord, is_running, spawn, s
 
 LOOPBACK = "127.0.0.1"
 DISK_SIZE = 32 * 1024 * 1024
+SOCKET_ROOT_PREFIX = "constellation-vtpm-"
 SWTPM_READY_TIMEOUT_S = 15.0
 BOOT_TIMEOUT_S = 90.0
 POLL_S = 0.05
@@ -176,31 +184,50 @@ class MiniNode:
         )
 
 
-def swtpm_socket(tpm_dir: Path) -> Path:
-    """The node's vTPM data socket in ``tpm_dir``; a typed error if the path is unusable.
+def vtpm_socket_dir(tpm_dir: Path) -> Path:
+    """The short private directory of the vTPM whose state is ``tpm_dir`` (module docstring).
 
-    Called before anything of the node is created, so a workspace too deep for a Unix socket
-    path fails at once with advice rather than half-way through the boot.
+    Derived from the state directory's absolute path, so a reboot finds the same sockets and
+    two workspaces never share one.
+    """
+    runtime = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    key = hashlib.sha256(os.fsencode(tpm_dir.absolute())).hexdigest()[:16]
+    return runtime / f"{SOCKET_ROOT_PREFIX}{os.geteuid()}" / key
+
+
+def swtpm_socket(tpm_dir: Path) -> Path:
+    """The data socket of the vTPM whose state is ``tpm_dir``; a typed error if unusable.
+
+    Called before anything of the node is created, so an unusable runtime directory fails at
+    once with advice rather than half-way through the boot.
     """
     try:
-        return socket_path(tpm_dir)
+        return socket_path(vtpm_socket_dir(tpm_dir))
     except SwtpmError as err:
         raise ProcessStartError(
             f"the vTPM of node {tpm_dir.parent.name} cannot get a Unix socket: {err}",
-            hint="move the workspace to a shorter path",
+            hint="set XDG_RUNTIME_DIR (or TMPDIR) to a short directory of your own",
         ) from None
 
 
-def start_swtpm(name: str, tpm_dir: Path, log_path: Path) -> tuple[ProcessRecord, Path]:
-    """A detached swtpm serving Unix sockets in the node's private ``tpm_dir``.
+def remove_vtpm_sockets(node: MiniNode) -> None:
+    """Remove the node's socket directory (its swtpm must have stopped)."""
+    shutil.rmtree(node.swtpm_socket.parent, ignore_errors=True)
 
-    Returns its record and its data socket. ``tpm_dir`` is made 0700 before swtpm runs and the
-    sockets are created 0600, so no other user's process can open them (see
-    :mod:`constellation.attestation.swtpm`).
+
+def start_swtpm(name: str, tpm_dir: Path, log_path: Path) -> tuple[ProcessRecord, Path]:
+    """A detached swtpm keeping its state in ``tpm_dir``, serving Unix sockets in the node's
+    private socket directory (``vtpm_socket_dir``).
+
+    Returns its record and its data socket. Both directories are made 0700 (and must be ours)
+    before swtpm runs, and the sockets are created 0600, so no other user's process can open
+    them (see :mod:`constellation.attestation.swtpm`).
     """
     data_socket = swtpm_socket(tpm_dir)
     try:
         prepare_socket_dir(tpm_dir)
+        prepare_socket_dir(data_socket.parent.parent)
+        prepare_socket_dir(data_socket.parent)
         refuse_if_served(data_socket)
         command = swtpm_command(swtpm_binary(), tpm_dir.absolute(), data_socket)
     except SwtpmError as err:

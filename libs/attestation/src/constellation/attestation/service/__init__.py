@@ -10,7 +10,7 @@
 - ``handlers``: wrapping gRPC method handlers (what the interceptors above build on).
 """
 
-from constellation.attestation.service.health import Health
+from constellation.attestation.service.health import Health, PlaintextHealthPorts
 from constellation.attestation.service.lifecycle import Shutdown, run_until_shutdown
 from constellation.attestation.service.logging import configure_logging
 from constellation.attestation.service.metrics import MetricsServer, ServiceMetrics
@@ -21,6 +21,7 @@ __all__ = [
     "ErrorStatusInterceptor",
     "Health",
     "MetricsServer",
+    "PlaintextHealthPorts",
     "ServiceMetrics",
     "Shutdown",
     "configure_logging",

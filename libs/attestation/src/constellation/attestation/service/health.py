@@ -8,6 +8,7 @@ while in-flight ones drain.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,3 +32,32 @@ class Health:
 
     def not_serving(self) -> None:
         self.servicer.enter_graceful_shutdown()
+
+
+class PlaintextHealthPorts:
+    """``grpc.health.v1`` alone, in plaintext, for probes that speak neither TLS nor aTLS.
+
+    A server of its own, so that nothing but health checks is reachable without TLS: the
+    service's API stays on its (m)TLS or aTLS server. ``servers`` lists it only once it was
+    given a port, so shutdown code can stop exactly what runs.
+    """
+
+    def __init__(self, health: Health) -> None:
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        health.attach(self.server)
+        self._ports = 0
+
+    def add(self, address: str) -> int:
+        """Listen on ``address``; the bound port, 0 if it could not listen."""
+        port = self.server.add_insecure_port(address)
+        if port:
+            self._ports += 1
+        return port
+
+    @property
+    def servers(self) -> list[grpc.Server]:
+        return [self.server] if self._ports else []
+
+    def start(self) -> None:
+        if self._ports:
+            self.server.start()
