@@ -545,3 +545,19 @@ def test_an_ed25519_root_is_refused(forge: ModuleType) -> None:
     )
     with pytest.raises(PlatformRootError, match="cannot verify"):
         load_platform_roots(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def test_a_second_encoding_of_a_genuine_certificate_is_refused(
+    forge: ModuleType, platform: PlatformCA, ak: ec.EllipticCurvePrivateKey
+) -> None:
+    """One unused bit declared in the signature BIT STRING: the signature still verifies over
+    the unchanged TBS part, but DER allows one encoding per certificate."""
+    cert = forge.ak_certificate(platform, ak)
+    # The certificate ends with the BIT STRING's content: the unused-bits byte, the signature.
+    unused = len(cert) - len(x509.load_der_x509_certificate(cert).signature) - 1
+    assert cert[unused] == 0
+    malleated = cert[:unused] + b"\x01" + cert[unused + 1 :]
+    identity, failures = verify(forge, malleated, ak, platform)
+    assert identity is None
+    assert {f.check for f in failures} == {"ak.certificate"}
+    assert "unused bits" in failures[0].actual

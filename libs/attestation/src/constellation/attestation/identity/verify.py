@@ -155,9 +155,42 @@ def _parse(cert_der: bytes | None) -> tuple[x509.Certificate | None, Failure | N
             return failure(f"X.509 {cert.version.name}", "the profile needs v3 extensions")
         if cert.serial_number <= 0:
             return failure("a serial number that is not positive", "re-issue the AK certificate")
+        if not _signature_bits_whole(cert_der):
+            return failure(
+                "a signature BIT STRING with unused bits",
+                "not canonical DER: the same certificate must have exactly one encoding",
+            )
     except _MALFORMED as exc:
         return failure(f"unparsable ({type(exc).__name__})", "re-issue the AK certificate")
     return cert, None
+
+
+def _der_header(data: bytes, offset: int) -> tuple[int, int, int]:
+    """``(tag, content start, content length)`` of the DER element at ``offset``."""
+    if offset + 2 > len(data):
+        raise ValueError("truncated DER header")
+    tag, first = data[offset], data[offset + 1]
+    if first < 0x80:
+        return tag, offset + 2, first
+    count = first & 0x7F
+    if not 1 <= count <= 4 or offset + 2 + count > len(data):
+        raise ValueError("unsupported DER length")
+    length = int.from_bytes(data[offset + 2 : offset + 2 + count], "big")
+    return tag, offset + 2 + count, length
+
+
+def _signature_bits_whole(cert_der: bytes) -> bool:
+    """Whether the outer signature BIT STRING declares zero unused bits, as DER demands.
+
+    ``cryptography`` accepts a signature BIT STRING whose "unused bits" byte is non-zero (the
+    signature still verifies over the unchanged TBS part), which gives one certificate many
+    encodings. Certificate = SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }.
+    """
+    _, start, _ = _der_header(cert_der, 0)
+    _, tbs_start, tbs_length = _der_header(cert_der, start)
+    _, algorithm_start, algorithm_length = _der_header(cert_der, tbs_start + tbs_length)
+    tag, bits_start, bits_length = _der_header(cert_der, algorithm_start + algorithm_length)
+    return tag == 0x03 and bits_length >= 1 and cert_der[bits_start] == 0
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

@@ -1,6 +1,7 @@
-"""pytest fixtures: real swtpm software TPMs, always stopped (by PID) after the test.
+"""pytest fixtures: real swtpm software TPMs, always stopped (by PID) after the test, and
+the logging configuration restored after every test.
 
-Registered for the whole repository in the root ``conftest.py``. Tests using them should be
+Registered for the whole repository in the root ``conftest.py``. Tests using swtpm should be
 marked ``@pytest.mark.swtpm``; without the swtpm binary they are skipped with the reason.
 """
 
@@ -10,8 +11,22 @@ import shutil
 from collections.abc import Callable, Iterator
 
 import pytest
+import structlog
 
 from constellation.attestation.swtpm import Swtpm, SwtpmManager
+
+
+@pytest.fixture(autouse=True)
+def _isolated_logging() -> Iterator[None]:
+    """Every test starts with the structlog configuration the previous one found.
+
+    Services and the CLI configure structlog with the stream they were given; a test that runs
+    one in-process with a captured stream would otherwise leave later tests (in any order)
+    logging into a closed file.
+    """
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 def _require_swtpm() -> None:
