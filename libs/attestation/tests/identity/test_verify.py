@@ -560,4 +560,9 @@ def test_a_second_encoding_of_a_genuine_certificate_is_refused(
     identity, failures = verify(forge, malleated, ak, platform)
     assert identity is None
     assert {f.check for f in failures} == {"ak.certificate"}
-    assert "unused bits" in failures[0].actual
+    # cryptography itself refuses it when the signature's last bit is set (that bit would have
+    # to be an unused zero); otherwise the profile's own DER check does.
+    assert failures[0].actual in {
+        "a signature BIT STRING with unused bits",
+        "unparsable (ValueError)",
+    }
