@@ -305,3 +305,23 @@ def test_swtpm_that_cannot_start_is_a_typed_error(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(SwtpmError, match="state directory"):
         start_swtpm(blocker / "state")
+
+
+def test_thousands_of_client_connections_do_not_stall_it(swtpm: Swtpm) -> None:
+    """swtpm writes a line per disconnecting client to stderr; a pipe nobody drained made it
+    block after ~2,000 connections (a JoinService quotes once per handshake)."""
+    import threading
+
+    from constellation.attestation.vtpm import open_tpm
+
+    done = threading.Event()
+
+    def connect_often() -> None:
+        for _ in range(3000):
+            with open_tpm(swtpm.tcti) as esapi:
+                esapi.get_random(8)
+        done.set()
+
+    threading.Thread(target=connect_often, daemon=True).start()
+    assert done.wait(120), "swtpm stopped answering"
+    assert (swtpm.state_dir / "swtpm.log").stat().st_size > 0

@@ -43,6 +43,7 @@ module created is removed with it. Mini mode and the test fixtures both use this
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -61,6 +62,8 @@ from constellation.attestation.errors import AttestationError
 
 #: The data socket's file name inside the vTPM's directory; the TCTI appends ``CTRL_SUFFIX``.
 SOCKET_NAME = "sock"
+#: swtpm's stderr, beside its state (see ``start_swtpm``).
+LOG_NAME = "swtpm.log"
 CTRL_SUFFIX = ".ctrl"
 #: ``sizeof(sockaddr_un.sun_path)`` on Linux is 108, one byte of which is the terminating NUL.
 MAX_SOCKET_PATH_BYTES = 107
@@ -309,22 +312,27 @@ def start_swtpm(state_dir: Path | None = None, *, ready_timeout: float = READY_T
             shutil.rmtree(created, ignore_errors=True)
         raise
     last_error = ""
+    # swtpm writes a line to stderr for every client that disconnects: into a pipe nobody
+    # drains it would block after ~2,000 connections, so stderr goes to a file beside its state.
+    log_path = directory / LOG_NAME
     for _ in range(MAX_START_ATTEMPTS):
-        process = subprocess.Popen(
-            swtpm_command(binary, directory, data_socket),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        with log_path.open("ab") as log:
+            start = log.tell()
+            process = subprocess.Popen(
+                swtpm_command(binary, directory, data_socket),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         if _wait_ready(process, data_socket, ready_timeout):
             return Swtpm(data_socket, directory, process, owns_state_dir=owns)
         if process.poll() is None:
             process.kill()
-        try:
-            _, stderr = process.communicate(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            stderr = b""
-        last_error = stderr.decode(errors="replace").strip()[-500:]
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=STOP_GRACE_S)
+        with log_path.open("rb") as log:
+            log.seek(start)
+            last_error = log.read()[-500:].decode(errors="replace").strip()
     if owns:
         shutil.rmtree(directory, ignore_errors=True)
     raise SwtpmError(
