@@ -139,6 +139,9 @@ def test_node_of_this_cluster_is_verified(invoke: Any, node: Node) -> None:
     report = json.loads(result.stdout)
     assert report["verified"] is True
     assert report["failures"] == []
+    assert report["identity"]["name"] == "mini-cp-0"
+    assert report["identity"]["role"] == "control-plane"
+    assert report["identity"]["platformRootSHA256"] == cached_platform_ca().fingerprint
     rows = {row["pcr"]: row for row in report["pcrs"]}
     assert set(rows) == {*MEASURED_PCRS, 15}
     assert rows[15]["expected"] == pcr15_for_cluster_id(node.cluster_id).hex()
@@ -155,6 +158,7 @@ def test_text_output_is_a_table(invoke: Any, node: Node) -> None:
     result = invoke(node.workspace, "verify")
     assert result.code == 0, result.stderr
     assert "VERIFIED" in result.stdout
+    assert "Platform identity: mini-cp-0 (control-plane)" in result.stdout
     assert pcr15_for_cluster_id(node.cluster_id).hex() in result.stdout
     assert "requesting attestation" in result.stderr
 
@@ -165,6 +169,7 @@ def test_other_cluster_id_is_rejected(invoke: Any, node: Node) -> None:
     assert result.code == 1
     report = json.loads(result.stdout)
     assert report["verified"] is False
+    assert report["identity"] is None  # nothing is vouched for by a refused document
     assert _checks(report) == {"pcr[15]"}
     assert "pcr[15]" in result.stderr
     assert "Traceback" not in result.stderr

@@ -33,6 +33,7 @@ from cryptography import x509
 from constellation.attestation.boundedparse import loads_json
 from constellation.attestation.errors import Failure, ValidationError
 from constellation.attestation.evidence import VERIFY_USER_DATA_LABEL, Validator, VerifiedEvidence
+from constellation.attestation.identity import NodeIdentity
 from constellation.attestation.measurements import Measurements
 from constellation.bootstrapper.metadata import Endpoint
 from constellation.cli.errors import ConfigError, VerifyError
@@ -176,13 +177,24 @@ class VerifyReport:
     failures: tuple[Failure, ...] = ()
     warnings: tuple[Failure, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
+    #: The platform identity the evidence proved (AK certificate), if it verified.
+    identity: NodeIdentity | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        identity = self.identity
         return {
             "endpoint": self.endpoint,
             "variant": self.variant,
             "clusterID": base64.b64encode(self.cluster_id).decode(),
             "verified": self.verified,
+            "identity": None
+            if identity is None
+            else {
+                "name": identity.name,
+                "role": identity.role.value,
+                "akSHA256": identity.ak_sha256,
+                "platformRootSHA256": identity.platform,
+            },
             "pcrs": [row.to_dict() for row in self.pcrs],
             "failures": [f.to_dict() for f in self.failures],
             "warnings": [w.to_dict() for w in self.warnings],
@@ -245,4 +257,5 @@ def judge(
         pcrs=tuple(rows),
         failures=tuple(failures),
         warnings=tuple(warnings),
+        identity=evidence.identity if evidence is not None and not failures else None,
     )

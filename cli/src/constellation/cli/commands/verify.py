@@ -223,6 +223,12 @@ def _required(state: ClusterState | None) -> ClusterState:
 def _print_report(ctx: CLIContext, report: VerifyReport) -> None:
     verdict = "VERIFIED" if report.verified else "NOT VERIFIED"
     ctx.reporter.emit_text(f"Node {report.endpoint} ({report.variant}): {verdict}")
+    if report.identity is not None:
+        ctx.reporter.emit_text(
+            f"Platform identity: {report.identity.name} ({report.identity.role.value}), "
+            f"AK SHA-256 {report.identity.ak_sha256[:16]}..., platform root "
+            f"{report.identity.platform[:16]}..."
+        )
     table = Table("PCR", "Expected", "Actual", "Status")
     for row in report.pcrs:
         table.add_row(str(row.index), row.expected, row.actual, row.status)
