@@ -69,6 +69,26 @@ def test_event_log_file_is_mounted_read_only(manifests: list[dict[str, Any]], re
     assert not any(a.startswith("--event-log") for a in without["containers"][0]["args"])
 
 
+def test_the_ak_certificate_file_is_mounted_read_only_when_enabled(
+    manifests: list[dict[str, Any]], render: Any
+) -> None:
+    """qemu-vtpm verifiers refuse evidence without the platform's AK certificate."""
+    assert not any(
+        a.startswith("--ak-certificate-file") for a in pod_spec(manifests)["containers"][0]["args"]
+    )
+    path = "/var/lib/constellation/ak-cert.der"
+    spec = pod_spec(render("verificationservice", values={"akCertificate": {"enabled": True}}))
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["ak-certificate"]["hostPath"] == {"path": path, "type": "File"}
+    mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+    assert mounts["ak-certificate"] == {
+        "name": "ak-certificate",
+        "mountPath": path,
+        "readOnly": True,
+    }
+    assert f"--ak-certificate-file={path}" in spec["containers"][0]["args"]
+
+
 def test_default_is_root_and_privileged_for_the_device(manifests: list[dict[str, Any]]) -> None:
     spec = pod_spec(manifests)
     context = spec["containers"][0]["securityContext"]
