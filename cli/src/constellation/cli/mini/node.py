@@ -39,7 +39,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -107,21 +107,28 @@ def listening(port: int) -> bool:
         return sock.connect_ex((LOOPBACK, port)) == 0
 
 
-def wait_listening(record: ProcessRecord, port: int, timeout: float) -> None:
-    """Wait (bounded) until ``record`` serves on ``port``; fail at once if it exits."""
+def wait_until(
+    record: ProcessRecord, ready: Callable[[], bool], timeout: float, *, waiting_for: str
+) -> None:
+    """Wait (bounded) until ``ready()``; fail at once if ``record``'s process exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not is_running(record):
             raise ProcessStartError(
                 f"{record.name} exited during start-up", hint=f"see its log {record.log}"
             )
-        if listening(port):
+        if ready():
             return
         time.sleep(POLL_S)
     raise ProcessStartError(
-        f"{record.name} did not listen on {LOOPBACK}:{port} within {timeout:.0f}s",
+        f"{record.name} did not {waiting_for} within {timeout:.0f}s",
         hint=f"see its log {record.log}",
     )
+
+
+def wait_listening(record: ProcessRecord, port: int, timeout: float) -> None:
+    """Wait (bounded) until ``record`` serves on ``port``; fail at once if it exits."""
+    wait_until(record, lambda: listening(port), timeout, waiting_for=f"listen on {LOOPBACK}:{port}")
 
 
 @dataclass(frozen=True)
@@ -246,18 +253,11 @@ def start_swtpm(name: str, tpm_dir: Path, log_path: Path) -> tuple[ProcessRecord
 
 def wait_tpm_ready(record: ProcessRecord, path: Path, timeout: float) -> None:
     """Wait (bounded) until the TPM of ``record`` answers on the Unix socket ``path``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not is_running(record):
-            raise ProcessStartError(
-                f"{record.name} exited during start-up", hint=f"see its log {record.log}"
-            )
-        if answers_tpm_command(path):
-            return
-        time.sleep(POLL_S)
-    raise ProcessStartError(
-        f"{record.name} did not answer TPM commands on {path} within {timeout:.0f}s",
-        hint=f"see its log {record.log}",
+    wait_until(
+        record,
+        lambda: answers_tpm_command(path),
+        timeout,
+        waiting_for=f"answer TPM commands on {path}",
     )
 
 
