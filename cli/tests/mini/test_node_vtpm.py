@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,15 @@ pytestmark = pytest.mark.swtpm
 def _require_swtpm() -> None:
     if shutil.which("swtpm") is None:
         pytest.skip("swtpm is not installed (Debian package: swtpm)")
+
+
+@pytest.fixture(autouse=True)
+def _runtime_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A short runtime directory of the test's own, removed afterwards whatever happened."""
+    runtime = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    yield runtime
+    shutil.rmtree(runtime, ignore_errors=True)
 
 
 def _too_deep(tmp_path: Path) -> Path:
