@@ -230,20 +230,26 @@ def _client(node: NodeParts, cluster: Cluster) -> JoinClient:
     )
 
 
+def _worker(tmp_path: Path, swtpm: Swtpm, number: int, cluster: Cluster) -> NodeParts:
+    """Worker ``worker-<number>`` on 127.0.0.<number>, booted with the image's chain, pointed
+    at ``cluster``'s JoinService."""
+    return make_node(
+        tmp_path / "worker",
+        swtpm,
+        name=f"worker-{number}",
+        role=Role.WORKER,
+        ip=f"127.0.0.{number}",
+        endpoints=(cluster.target,),
+        boot=BOOT_CHAIN,
+    )
+
+
 def test_worker_joins_and_rejoins_through_the_real_joinservice(
     cluster: Cluster, swtpm: Swtpm, tmp_path: Path, kube_client: Any
 ) -> None:
     from kubernetes import client as k8s
 
-    node = make_node(
-        tmp_path / "worker",
-        swtpm,
-        name="worker-7",
-        role=Role.WORKER,
-        ip="127.0.0.7",
-        endpoints=(cluster.target,),
-        boot=BOOT_CHAIN,
-    )
+    node = _worker(tmp_path, swtpm, 7, cluster)
     outcome = _client(node, cluster).join(node.initial_key)
     assert outcome is not None
 
@@ -284,15 +290,7 @@ def test_bootstrapper_wiring_joins_then_rejoins_after_restart(
     from constellation.bootstrapper.config import config_from_mapping
     from constellation.bootstrapper.node import CommitPath
 
-    node = make_node(
-        tmp_path / "worker",
-        swtpm,
-        name="worker-8",
-        role=Role.WORKER,
-        ip="127.0.0.8",
-        endpoints=(cluster.target,),
-        boot=BOOT_CHAIN,
-    )
+    node = _worker(tmp_path, swtpm, 8, cluster)
     with node.disk.device.open("r+b") as handle:  # a blank disk, as on first boot
         handle.write(bytes(1 << 20))
     (tmp_path / "eventlog.bin").write_bytes(node.event_log)
@@ -347,15 +345,7 @@ def test_a_joinservice_on_an_unmarked_node_is_refused_and_the_node_never_locks(
     from kubernetes.client.exceptions import ApiException
 
     rogue = make_cluster(host_marked_for=None)
-    node = make_node(
-        tmp_path / "worker",
-        swtpm,
-        name="worker-9",
-        role=Role.WORKER,
-        ip="127.0.0.9",
-        endpoints=(rogue.target,),
-        boot=BOOT_CHAIN,
-    )
+    node = _worker(tmp_path, swtpm, 9, rogue)
     with pytest.raises(JoinTimeoutError, match=r"pcr\[15\]") as info:
         _client(node, rogue).join(node.initial_key)
     assert "never joined a cluster" in str(info.value)
@@ -375,15 +365,7 @@ def test_a_rejoin_against_the_joinservice_of_another_cluster_is_refused(
     initialized control plane, marked for its own cluster): the node refuses it before its disk
     UUID leaves the node, keeps its single mark and its disk key."""
     ours, theirs = make_cluster(), make_cluster()
-    node = make_node(
-        tmp_path / "worker",
-        swtpm,
-        name="worker-10",
-        role=Role.WORKER,
-        ip="127.0.0.10",
-        endpoints=(ours.target,),
-        boot=BOOT_CHAIN,
-    )
+    node = _worker(tmp_path, swtpm, 10, ours)
     assert _client(node, ours).join(node.initial_key) is not None
     state = load_node_state(node.node_state_path)
     marked = _pcr15(swtpm)

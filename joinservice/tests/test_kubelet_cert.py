@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from constellation.attestation.testing.certs import self_signed
 from constellation.joinservice.errors import ConfigError, InvalidRequestError, RefusedError
 from constellation.joinservice.kubelet_cert import (
     MAX_VALIDITY,
@@ -46,18 +47,7 @@ def make_ca(
     not_after: datetime = NOW + timedelta(days=3650),
 ) -> tuple[bytes, bytes]:
     key = key or ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    cert = self_signed(key, "kubernetes", ca=is_ca, not_before=not_before, not_after=not_after)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

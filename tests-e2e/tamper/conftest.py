@@ -32,9 +32,8 @@ from typing import Any
 import grpc
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from constellation.attestation import atls
 from constellation.attestation.atls.certificates import (
@@ -53,6 +52,7 @@ from constellation.attestation.evidence import Issuer, VerifiedEvidence
 from constellation.attestation.identity import Role
 from constellation.attestation.identity.ca import PlatformCA
 from constellation.attestation.swtpm import Swtpm, SwtpmManager
+from constellation.attestation.testing.certs import self_signed
 from constellation.attestation.testing.softtpm import SoftwareTpmIssuer, public_facts
 from constellation.attestation.vtpm import VtpmIssuer
 from constellation.bootstrapper.registration import create_kubelet_identity
@@ -329,28 +329,8 @@ class Attacker:
 
 def self_signed_ca(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """An attacker's own CA, with whatever name it likes (e.g. the platform CA's)."""
-    import datetime
-
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "constellation-platform"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return key, certificate
+    return key, self_signed(key, common_name, organization="constellation-platform")
 
 
 #: Run the suite against a mini cluster that is already up (its workspace directory) instead of

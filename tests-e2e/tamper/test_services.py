@@ -9,7 +9,6 @@ on the same loopback would.
 from __future__ import annotations
 
 import base64
-import datetime
 import os
 import urllib.error
 import urllib.request
@@ -18,12 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from constellation.attestation.atls.certificates import new_client_identity
 from constellation.attestation.evidence import extra_data
+from constellation.attestation.testing.certs import self_signed_pem_pair
 from constellation.proto import (
     atls_pb2,
     atls_pb2_grpc,
@@ -51,28 +48,6 @@ def _ask_for_the_measurement_secret(channel: grpc.Channel) -> Refusal:
     stub = kms_pb2_grpc.APIStub(channel)
     request = kms_pb2.GetDataKeyRequest(data_key_id="measurementSecret", length=32)
     return Refusal.of(lambda: stub.GetDataKey(request, timeout=5))
-
-
-def _self_signed_client() -> tuple[bytes, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "constellation-joinservice")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    pem_key = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return pem_key, certificate.public_bytes(serialization.Encoding.PEM)
 
 
 def _keyservice_tls(attacker: Attacker, client: tuple[bytes, bytes] | None) -> grpc.Channel:
@@ -112,7 +87,7 @@ def test_keyservice_refuses_the_public_atls_client_ca(attacker: Attacker) -> Non
 
 
 def test_keyservice_refuses_a_self_signed_joinservice_lookalike(attacker: Attacker) -> None:
-    with _keyservice_tls(attacker, _self_signed_client()) as channel:
+    with _keyservice_tls(attacker, self_signed_pem_pair("constellation-joinservice")) as channel:
         _ask_for_the_measurement_secret(channel).is_(UNAVAILABLE)
 
 

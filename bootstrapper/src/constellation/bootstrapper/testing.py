@@ -28,7 +28,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from constellation.attestation import atls
 from constellation.attestation.atls import verified_peer
@@ -41,6 +41,7 @@ from constellation.attestation.kdf import derive_cluster_id, derive_key, derive_
 from constellation.attestation.measurements import Measurement, Measurements
 from constellation.attestation.nodelock import NodeLock
 from constellation.attestation.swtpm import Swtpm
+from constellation.attestation.testing.certs import self_signed
 from constellation.attestation.testing.platform import (
     cached_platform_ca,
     measure_boot,
@@ -309,19 +310,7 @@ class ClusterCA:
     @classmethod
     def generate(cls) -> ClusterCA:
         key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubernetes")])
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256())
-        )
+        cert = self_signed(key, "kubernetes")
         return cls(key, cert.public_bytes(serialization.Encoding.PEM))
 
     @classmethod

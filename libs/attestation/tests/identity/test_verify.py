@@ -25,6 +25,7 @@ from constellation.attestation.identity.verify import (
     platform_fingerprint,
     verify_ak_certificate,
 )
+from constellation.attestation.testing.certs import self_signed
 
 
 def verify(
@@ -511,38 +512,18 @@ def test_a_leaf_is_not_a_root(
 
 
 def test_a_ca_without_key_cert_sign_is_not_a_root(forge: ModuleType) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "signs nothing")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(forge.NOW)
-        .not_valid_after(forge.NOW + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(forge.key_usage(), critical=True)
-        .sign(key, hashes.SHA256())
+    cert = self_signed(
+        ec.generate_private_key(ec.SECP256R1()),
+        "signs nothing",
+        not_before=forge.NOW,
+        extensions=[(forge.key_usage(), True)],
     )
     with pytest.raises(PlatformRootError, match="not a CA"):
         load_platform_roots(cert.public_bytes(serialization.Encoding.PEM))
 
 
 def test_an_ed25519_root_is_refused(forge: ModuleType) -> None:
-    key = ed25519.Ed25519PrivateKey.generate()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edwards")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(forge.NOW)
-        .not_valid_after(forge.NOW + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, None)
-    )
+    cert = self_signed(ed25519.Ed25519PrivateKey.generate(), "edwards", not_before=forge.NOW)
     with pytest.raises(PlatformRootError, match="cannot verify"):
         load_platform_roots(cert.public_bytes(serialization.Encoding.PEM))
 
