@@ -3,7 +3,10 @@ configuration ``mini up`` writes, for tests that build their nodes themselves.""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import http.server
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,3 +59,34 @@ def rooted_config(measurements: Measurements, ca: PlatformCA | None = None) -> C
 def mini_config() -> MiniConfig:
     """``mini_config(measurements, ca=None)``: see :func:`rooted_config`."""
     return rooted_config
+
+
+@pytest.fixture
+def http_answering() -> Callable[[Callable[[str], bytes]], AbstractContextManager[int]]:
+    """``http_answering(answer)``: a loopback HTTP server (a context manager yielding its port)
+    answering every ``GET`` with ``answer(path)``."""
+    return _http_answering
+
+
+@contextmanager
+def _http_answering(answer: Callable[[str], bytes]) -> Iterator[int]:
+    """A loopback HTTP server answering every ``GET`` with ``answer(path)``; yields its port."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = answer(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import http.server
 import json
 import os
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -95,30 +94,11 @@ def test_legacy_or_truncated_labels_are_refused(user_data):
 
 
 @pytest.fixture
-def answering() -> Iterator[tuple[Endpoint, list[bytes]]]:
+def answering(http_answering: Any) -> Iterator[tuple[Endpoint, list[bytes]]]:
     """A loopback HTTP server answering ``GET /`` with the next queued body."""
     bodies: list[bytes] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = bodies.pop(0)
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield Endpoint("127.0.0.1", server.server_address[1]), bodies
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with http_answering(lambda _path: bodies.pop(0)) as port:
+        yield Endpoint("127.0.0.1", port), bodies
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import http.server
 import json
 import os
 import socket
@@ -271,34 +270,18 @@ def test_bad_flags_are_usage_errors(invoke: Any, node: Node, args: tuple[str, ..
     assert node.behaviour.requests == []
 
 
-def test_http_protocol(invoke: Any, node: Node) -> None:
+def test_http_protocol(invoke: Any, node: Node, http_answering: Any) -> None:
     issuer = node.issuer
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            nonce = base64.urlsafe_b64decode(parse_qs(urlsplit(self.path).query)["nonce"][0])
-            body = json.dumps(
-                {"data": base64.b64encode(issuer.issue(VERIFY_USER_DATA_LABEL, nonce)).decode()}
-            ).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(path: str) -> bytes:
+        nonce = base64.urlsafe_b64decode(parse_qs(urlsplit(path).query)["nonce"][0])
+        document = issuer.issue(VERIFY_USER_DATA_LABEL, nonce)
+        return json.dumps({"data": base64.b64encode(document).decode()}).encode()
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        endpoint = f"127.0.0.1:{server.server_address[1]}"
+    with http_answering(answer) as port:
+        endpoint = f"127.0.0.1:{port}"
         result = invoke(node.workspace, "verify", "--protocol", "http", "-e", endpoint)
         assert result.code == 0, result.stderr
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def test_flags_replace_the_state_file(invoke: Any, node: Node) -> None:
