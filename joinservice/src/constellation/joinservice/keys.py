@@ -29,17 +29,14 @@ import datetime
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import grpc
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from constellation.attestation.atls.certificates import CLIENT_CA_CERT_PEM
 from constellation.attestation.errors import Failure, render_failures
 from constellation.attestation.secret import SecretBytes
+from constellation.attestation.service.tlsbundle import BundleNames, check_tls_bundle
 from constellation.joinservice.errors import ConfigError, UpstreamError
 from constellation.proto import kms_pb2, kms_pb2_grpc
 
@@ -56,84 +53,26 @@ MAX_PEM_FILE_SIZE: Final = 65536
 _RETRYABLE: Final = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
-def _certificate(pem: bytes) -> x509.Certificate | None:
-    try:
-        return x509.load_pem_x509_certificate(pem)
-    except ValueError:
-        return None
-
-
-def _spki(key: Any) -> bytes:
-    return bytes(
-        key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-
-
 def check_client_tls(
     ca_pem: bytes, cert_pem: bytes, key_pem: bytes, server_name: str, *, now: datetime.datetime
 ) -> list[Failure]:
     """Every reason these files cannot authenticate the JoinService to the KeyService."""
-    failures: list[Failure] = []
-    ca, certificate = _certificate(ca_pem), _certificate(cert_pem)
-    try:
-        key: Any = serialization.load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError):  # malformed, or encrypted (TypeError: password required)
-        key = None
-    if ca is None:
-        failures.append(Failure("keyservice.ca", "a PEM X.509 CA certificate", "unparsable"))
-    if certificate is None:
-        failures.append(Failure("keyservice.cert", "a PEM X.509 certificate", "unparsable"))
-    if key is None:
-        failures.append(Failure("keyservice.key", "an unencrypted PEM private key", "unparsable"))
+    failures = check_tls_bundle(
+        cert_pem,
+        key_pem,
+        ca_pem,
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        names=BundleNames(
+            "keyservice.cert",
+            "keyservice.key",
+            "keyservice.ca",
+            cert_role="the client certificate",
+            ca_role="the CA in the CA file",
+        ),
+        now=now,
+    )
     if not server_name or any(c.isspace() for c in server_name):
         failures.append(Failure("keyservice.server_name", "a DNS name", repr(server_name)))
-    public_ca = _certificate(CLIENT_CA_CERT_PEM)
-    if (
-        ca is not None
-        and public_ca is not None
-        and _spki(ca.public_key()) == _spki(public_ca.public_key())
-    ):
-        failures.append(
-            Failure(
-                "keyservice.ca",
-                "the cluster-internal service CA",
-                "the public aTLS client CA, whose key is published",
-            )
-        )
-    if certificate is None:
-        return failures
-    if key is not None and _spki(key.public_key()) != _spki(certificate.public_key()):
-        failures.append(
-            Failure("keyservice.key", "the private key of the client certificate", "another key")
-        )
-    if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
-        failures.append(
-            Failure(
-                "keyservice.cert.validity",
-                f"valid at {now:%Y-%m-%dT%H:%M:%SZ}",
-                f"{certificate.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} .. "
-                f"{certificate.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}",
-            )
-        )
-    try:
-        usages = tuple(certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
-    except x509.ExtensionNotFound:
-        usages = ()
-    if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
-        failures.append(Failure("keyservice.cert.eku", "clientAuth", "absent"))
-    if ca is not None:
-        try:
-            certificate.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, InvalidSignature):
-            failures.append(
-                Failure(
-                    "keyservice.cert.issuer",
-                    f"issued by the CA in the CA file, {ca.subject.rfc4514_string()!r}",
-                    f"issued by {certificate.issuer.rfc4514_string()!r}",
-                )
-            )
     return failures
 
 

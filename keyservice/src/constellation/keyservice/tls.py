@@ -32,13 +32,16 @@ from typing import Any, Final
 
 import grpc
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from constellation.attestation.atls.certificates import CLIENT_CA_CERT_PEM
 from constellation.attestation.errors import Failure
 from constellation.attestation.service.handlers import Behaviour, BehaviourInterceptor
+from constellation.attestation.service.tlsbundle import (
+    BundleNames,
+    check_tls_bundle,
+    extended_key_usages,
+    load_certificate,
+)
 from constellation.keyservice.errors import TLSConfigError, UnauthorizedCallerError
 
 #: The DNS name the KeyService's certificate carries and the JoinService checks
@@ -70,111 +73,25 @@ class ServerTLS:
         return "ServerTLS(cert=<pem>, key=<redacted>, client_ca=<pem>)"
 
 
-def _load_certificate(pem: bytes) -> x509.Certificate | None:
-    try:
-        return x509.load_pem_x509_certificate(pem)
-    except ValueError:
-        return None
-
-
-def _load_key(pem: bytes) -> Any:
-    try:
-        return serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError):  # malformed, or encrypted (TypeError: password required)
-        return None
-
-
-def _public_der(key: Any) -> bytes:
-    return bytes(
-        key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-
-
-def signed_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
-    """True if ``issuer`` directly issued ``certificate`` (names match, signature verifies)."""
-    try:
-        certificate.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
-def extended_key_usages(certificate: x509.Certificate) -> tuple[x509.ObjectIdentifier, ...]:
-    try:
-        return tuple(certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
-    except x509.ExtensionNotFound:
-        return ()
-
-
 def common_name(certificate: x509.Certificate) -> str:
     names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(names[0].value) if names else "<no CN>"
-
-
-def _is_ca(certificate: x509.Certificate) -> bool:
-    try:
-        return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return False
 
 
 def check_server_tls(
     cert_pem: bytes, key_pem: bytes, client_ca_pem: bytes, *, now: datetime.datetime
 ) -> list[Failure]:
     """Every reason the three files cannot serve the JoinService (empty: they can)."""
-    failures: list[Failure] = []
-    certificate = _load_certificate(cert_pem)
-    key = _load_key(key_pem)
-    ca = _load_certificate(client_ca_pem)
-    if certificate is None:
-        failures.append(Failure("tls.cert", "a PEM X.509 certificate", "unparsable"))
-    if key is None:
-        failures.append(Failure("tls.key", "an unencrypted PEM private key", "unparsable"))
-    if ca is None:
-        failures.append(Failure("client_ca", "a PEM X.509 CA certificate", "unparsable"))
-    if (
-        certificate is not None
-        and key is not None
-        and _public_der(key.public_key()) != _public_der(certificate.public_key())
-    ):
-        failures.append(Failure("tls.key", "the private key of tls.crt", "a different key pair"))
-    if certificate is not None:
-        if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
-            failures.append(
-                Failure(
-                    "tls.cert.validity",
-                    f"valid at {now:%Y-%m-%dT%H:%M:%SZ}",
-                    f"{certificate.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} .. "
-                    f"{certificate.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}",
-                )
-            )
-        if ExtendedKeyUsageOID.SERVER_AUTH not in extended_key_usages(certificate):
-            failures.append(Failure("tls.cert.eku", "serverAuth", "absent"))
-    if ca is not None:
-        public_ca = _load_certificate(CLIENT_CA_CERT_PEM)
-        if public_ca is not None and _public_der(ca.public_key()) == _public_der(
-            public_ca.public_key()
-        ):
-            failures.append(
-                Failure(
-                    "client_ca",
-                    "the cluster-internal service CA",
-                    "the public aTLS client CA, whose key is published",
-                )
-            )
-        elif not _is_ca(ca):
-            failures.append(Failure("client_ca", "a CA certificate", "not a CA (basicConstraints)"))
-        if certificate is not None and not signed_by(certificate, ca):
-            failures.append(
-                Failure(
-                    "tls.cert.issuer",
-                    f"issued by the client CA {ca.subject.rfc4514_string()!r}",
-                    f"issued by {certificate.issuer.rfc4514_string()!r}",
-                )
-            )
-    return failures
+    return check_tls_bundle(
+        cert_pem,
+        key_pem,
+        client_ca_pem,
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        names=BundleNames(
+            "tls.cert", "tls.key", "client_ca", cert_role="tls.crt", ca_role="the client CA"
+        ),
+        now=now,
+    )
 
 
 def load_server_tls(
@@ -193,7 +110,7 @@ def check_caller(peer_cert_pem: bytes | None) -> list[Failure]:
     """Why the handshake-verified peer certificate is not the JoinService's (empty: it is)."""
     if not peer_cert_pem:
         return [Failure("caller.certificate", "a client certificate", "none")]
-    certificate = _load_certificate(peer_cert_pem)
+    certificate = load_certificate(peer_cert_pem)
     if certificate is None:
         return [Failure("caller.certificate", "a PEM X.509 certificate", "unparsable")]
     failures: list[Failure] = []
