@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -37,7 +36,7 @@ from constellation.attestation.snpvtpm import (
     compose_document,
 )
 from constellation.attestation.swtpm import Swtpm
-from constellation.attestation.testing.modules import load_module
+from constellation.attestation.testing import fakeamd
 from constellation.attestation.tpm import TPM_ALG_RSA, parse_tpmt_public
 from constellation.attestation.variants import VariantUnavailableError, get_variant
 from constellation.attestation.vtpm import VtpmIssuer, open_tpm, read_pcrs
@@ -54,14 +53,6 @@ DEBUG_BIT = 1 << 19
 # TPMT_PUBLIC ends with the key: RSA ``TPM2B(n)``; ECC ``TPM2B(x) || TPM2B(y)``.
 RSA_2048_MODULUS_SIZE = 256
 P256_COORDINATE_SIZE = 32
-
-
-def _load_fakeamd() -> ModuleType:
-    """The SNP tests' fake AMD signer (the test tree is not a package; same module name)."""
-    return load_module("constellation_snp_tests_fakeamd", _HERE / "snp" / "fakeamd.py")
-
-
-fakeamd = _load_fakeamd()
 
 
 @pytest.fixture(scope="module")
@@ -467,6 +458,9 @@ def test_compose_document_rejects_non_documents():
         compose_document(b"[]", SnpEvidence(b"report"))
     with pytest.raises(MalformedEvidenceError):
         compose_document(b"\xff", SnpEvidence(b"report"))
+    # 1000-deep JSON used to unwind the stack (RecursionError) in ``json.loads``.
+    with pytest.raises(MalformedEvidenceError, match="nesting deeper"):
+        compose_document(b"[" * 1000 + b"]" * 1000, SnpEvidence(b"report"))
 
 
 # --- the registry ---------------------------------------------------------------------------

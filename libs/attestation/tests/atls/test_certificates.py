@@ -81,3 +81,24 @@ def test_inspection_attestation_is_embedded_under_the_variant_oid(
     # the handshake still demands fresh evidence; the embedded one is for display only
     with atls.connect(running.target, [attester.validator()], timeout=20) as conn:
         assert conn.server.user_data == verified.user_data
+
+
+def _der_with_point_off_curve(cert_der: bytes) -> bytes:
+    """A certificate whose P-256 public point is not on the curve: it loads, its key does not."""
+    cert = x509.load_der_x509_certificate(cert_der)
+    key = cert.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    x = key.public_numbers().x.to_bytes(32, "big")
+    at = cert_der.find(x)
+    return cert_der[:at] + bytes([x[0] ^ 1]) + cert_der[at + 1 :]
+
+
+def test_peer_certificate_with_unusable_key_is_a_certificate_error():
+    """Fuzz finding (atls_messages): ``ValueError: Invalid key`` escaped ``spki_hash_of_der``."""
+    identity = atls.new_server_identity()
+    bad_der = _der_with_point_off_curve(identity.cert_der)
+    with pytest.raises(CertificateError, match="public key cannot be read"):
+        spki_hash_of_der(bad_der)
+    bad_pem = x509.load_der_x509_certificate(bad_der).public_bytes(serialization.Encoding.PEM)
+    with pytest.raises(CertificateError, match="public key cannot be read"):
+        spki_hash_of_pem(bad_pem)

@@ -1,8 +1,8 @@
 """Fixtures of the SEV-SNP tests: fake AMD hierarchies (session-scoped: RSA keys are slow to
 mint) and the real vectors from ``../shared/vectors`` (skipped with a reason when absent).
 
-``fakeamd`` is loaded by path because the test tree is not a package (pytest runs with
-``--import-mode=importlib``); tests reach its classes through the ``fakeamd`` fixture.
+Tests reach the fake AMD signer (``constellation.attestation.testing.fakeamd``) through the
+``fakeamd`` fixture.
 """
 
 from __future__ import annotations
@@ -12,20 +12,16 @@ from types import ModuleType
 
 import pytest
 
-from constellation.attestation.testing.modules import load_module
+from constellation.attestation.testing import fakeamd as _fakeamd
 
 _HERE = Path(__file__).resolve().parent
 _REPO_ROOT = _HERE.parents[3]
 VECTORS = _REPO_ROOT.parent / "shared" / "vectors"
 
 
-def _load_fakeamd() -> ModuleType:
-    return load_module("constellation_snp_tests_fakeamd", _HERE / "fakeamd.py")
-
-
 @pytest.fixture(scope="session")
 def fakeamd() -> ModuleType:
-    return _load_fakeamd()
+    return _fakeamd
 
 
 @pytest.fixture(scope="session")

@@ -139,3 +139,86 @@ def test_extension_values_are_checked(milan):
     assert "snp" not in extensions.spl
     assert extensions.product_name is None
     assert extensions.hwid is None
+
+
+# -- certificates that parse but break a lazy read (fuzz findings, issue 14) ------------------
+# ``cryptography`` decodes most fields only when they are read; each of these certificates
+# loads, and an attacker-chosen field raised an untyped exception from deep inside the verifier.
+
+
+def _der_oid(dotted: str) -> bytes:
+    """The DER encoding of an OBJECT IDENTIFIER (short form only; enough for these arcs)."""
+    first, second, *rest = (int(part) for part in dotted.split("."))
+    body = bytes([40 * first + second])
+    for arc in rest:
+        chunk = [arc & 0x7F]
+        arc >>= 7
+        while arc:
+            chunk.append(0x80 | (arc & 0x7F))
+            arc >>= 7
+        body += bytes(reversed(chunk))
+    return bytes([0x06, len(body)]) + body
+
+
+def _patched(der: bytes, old: bytes, new: bytes, *, last: bool = False) -> bytes:
+    """``der`` with one occurrence of ``old`` (same length as ``new``) replaced."""
+    assert len(old) == len(new)
+    at = der.rfind(old) if last else der.find(old)
+    assert at >= 0
+    return der[:at] + new + der[at + len(old) :]
+
+
+def _first_byte_flipped(der: bytes, text: bytes, *, last: bool) -> bytes:
+    return _patched(der, text, b"\xff" + text[1:], last=last)
+
+
+LAZY_BREAKS = {
+    # what the certificate carries -> the untyped exception it used to raise
+    "version 6 (InvalidVersion)": lambda der: _patched(
+        der, bytes.fromhex("a003020102"), bytes.fromhex("a003020105")
+    ),
+    "duplicate extension (DuplicateExtension)": lambda der: _patched(
+        der, _der_oid(f"{certs.AMD_OID_ARC}.3.2"), _der_oid(f"{certs.AMD_OID_ARC}.3.1")
+    ),
+    "unknown curve (UnsupportedAlgorithm)": lambda der: _patched(
+        der, _der_oid("1.3.132.0.34"), _der_oid("1.3.132.0.99")
+    ),
+    "malformed issuer name (ValueError)": lambda der: _first_byte_flipped(
+        der, b"Advanced Micro Devices", last=False
+    ),
+    "malformed subject name (ValueError)": lambda der: _first_byte_flipped(
+        der, b"Advanced Micro Devices", last=True
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAZY_BREAKS))
+def test_lazily_broken_signer_certificate_is_malformed(milan, name):
+    der = LAZY_BREAKS[name](milan.vcek)
+    with pytest.raises(snp.MalformedCertificateError, match="cannot be read"):
+        snp.load_certificate(der)
+    ev = milan.evidence()
+    with pytest.raises(snp.MalformedCertificateError):
+        snp.verify(ev.report, der, ev.chain, roots=milan.roots(), at=milan_now())
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(LAZY_BREAKS) if "name" in n or "version" in n])
+def test_lazily_broken_chain_certificate_is_malformed(milan, fakeamd, name):
+    broken_ask = LAZY_BREAKS[name](milan.ask)
+    ev = milan.evidence()
+    chain = fakeamd.pem(broken_ask) + fakeamd.pem(milan.ark)
+    with pytest.raises(snp.MalformedCertificateError):
+        snp.verify(ev.report, ev.signer, chain, roots=milan.roots(), at=milan_now())
+
+
+def test_signer_key_not_on_its_curve_is_malformed(milan):
+    x = milan.vcek_key.public_key().public_numbers().x.to_bytes(48, "big")
+    der = _patched(milan.vcek, x, bytes([x[0] ^ 1]) + x[1:])
+    with pytest.raises(snp.MalformedCertificateError, match="cannot be read"):
+        snp.load_certificate(der)
+
+
+def milan_now():
+    from constellation.attestation.testing.fakeamd import NOW
+
+    return NOW

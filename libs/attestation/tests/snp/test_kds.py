@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from constellation.attestation import snp
 from constellation.attestation.snp.kds import KdsClient, chain_path, vcek_path
+from constellation.attestation.snp.verify import Verifier
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -157,3 +160,88 @@ def test_fetched_chain_is_still_checked_against_pins(kds, tmp_path, milan, fakea
             ev.report, ev.signer, None, roots=milan.roots(), at=NOW, fetcher=client(kds, tmp_path)
         )
     assert "snp.chain.pinned" in [f.check for f in info.value.failures]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Thu, 1 Jan 2026666666666666666666666666666666 00:00:05 GMT",  # fuzz finding (kds)
+        "Thu, 1 Jan 99999 00:00:05 GMT",
+        "\u00b9",  # fuzz finding (kds): "¹".isdigit() is true, float() refuses it
+        "-5",
+        "1e400",
+        "",
+    ],
+)
+def test_hostile_retry_after_is_bounded_and_typed(kds, tmp_path, milan, value):
+    """Fuzz findings (kds): an HTTP-date with a huge year raised ``OverflowError``, a
+    superscript digit ``ValueError``; either is now "no usable hint" (plain backoff)."""
+    kds.script.append((429, {"Retry-After": value}))
+    sleeper = Sleeper()
+    with contextlib.suppress(snp.KdsRateLimitedError):
+        assert client(kds, tmp_path, sleep=sleeper, now=lambda: NOW).cert_chain("Milan") == (
+            milan.chain_pem()
+        )
+    assert all(0 <= wait <= 30 for wait in sleeper.waits)
+
+
+# -- AMD KDS unreachable, with a warm and a cold cache (issue 14 fault tests) ------------------
+
+
+def _down_kds_url(fakeamd, milan) -> str:
+    """The URL of a fake KDS that served once and is now shut down (connections refused)."""
+    with fakeamd.FakeKds(milan) as kds:
+        return kds.url
+
+
+def test_warm_cache_verifies_while_kds_is_down(fakeamd, milan, tmp_path):
+    ev = milan.evidence()
+    with fakeamd.FakeKds(milan) as kds:
+        url = kds.url
+        client(kds, tmp_path).cert_chain("Milan")  # an earlier verification warmed the cache
+    sleeper = Sleeper()
+    fetcher = KdsClient(
+        cache_dir=tmp_path / "cache", base_url=url, timeout=1, max_attempts=2, sleep=sleeper
+    )
+    verifier = Verifier(milan.roots())
+    result = verifier.verify_report(ev.report, ev.signer, None, at=NOW, fetcher=fetcher)
+    assert result.product == "Milan"
+    assert sleeper.waits == []  # nothing was even attempted over the network
+
+
+def test_cold_cache_with_kds_down_is_a_bounded_typed_error(fakeamd, milan, tmp_path):
+    ev = milan.evidence()
+    sleeper = Sleeper()
+    fetcher = KdsClient(
+        cache_dir=tmp_path / "cache",
+        base_url=_down_kds_url(fakeamd, milan),
+        timeout=1,
+        max_attempts=3,
+        sleep=sleeper,
+    )
+    started = time.monotonic()
+    with pytest.raises(snp.KdsRateLimitedError, match=r"in 3 attempts.*transport error"):
+        Verifier(milan.roots()).verify_report(ev.report, ev.signer, None, at=NOW, fetcher=fetcher)
+    assert time.monotonic() - started < 5
+    assert sleeper.waits == [1.0, 2.0]  # backoff between the three attempts, then give up
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_kds_answering_500_is_a_bounded_typed_error(kds, tmp_path):
+    kds.script.extend([(500, {})] * 10)
+    sleeper = Sleeper()
+    with pytest.raises(snp.KdsRateLimitedError, match="HTTP 500"):
+        client(kds, tmp_path, sleep=sleeper, max_attempts=3).cert_chain("Milan")
+    assert len(kds.requests) == 3
+    assert len(sleeper.waits) == 2
+
+
+def test_kds_answering_429_beyond_the_deadline_is_a_typed_error(kds, tmp_path):
+    kds.script.extend([(429, {"Retry-After": "20"})] * 10)
+    sleeper = Sleeper()
+    clock = iter(range(0, 1000, 20))
+    with pytest.raises(snp.KdsRateLimitedError, match="beyond the retry budget"):
+        client(
+            kds, tmp_path, sleep=sleeper, deadline=50, monotonic=lambda: float(next(clock))
+        ).cert_chain("Milan")
+    assert sum(sleeper.waits) <= 50

@@ -42,6 +42,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from constellation.attestation.boundedparse import loads_json
 from constellation.attestation.errors import Failure, MalformedEvidenceError
 from constellation.attestation.eventlog import DEFAULT_REPLAY_PCRS
 from constellation.attestation.evidence import VerifiedEvidence, extra_data
@@ -101,12 +102,12 @@ def compose_document(vtpm_document: bytes, evidence: SnpEvidence) -> bytes:
     name and, on Azure, the runtime data as ``instance_info``), reads its report and certificates
     and joins them here. Raises ``MalformedEvidenceError`` if ``vtpm_document`` is not one.
     """
-    if len(vtpm_document) > MAX_DOCUMENT_SIZE:
-        raise MalformedEvidenceError(f"vTPM document larger than {MAX_DOCUMENT_SIZE} bytes")
-    try:
-        doc = json.loads(vtpm_document)
-    except (ValueError, UnicodeDecodeError):
-        raise MalformedEvidenceError("vTPM document is not valid JSON") from None
+    doc = loads_json(
+        vtpm_document,
+        max_size=MAX_DOCUMENT_SIZE,
+        error=MalformedEvidenceError,
+        what="vTPM document",
+    )
     if not isinstance(doc, dict):
         raise MalformedEvidenceError("vTPM document must be a JSON object")
     doc[SNP_MEMBER] = {

@@ -50,6 +50,7 @@ from typing import Any
 
 from cryptography import x509
 
+from constellation.attestation.boundedparse import loads_json
 from constellation.attestation.errors import (
     AttestationError,
     Failure,
@@ -442,8 +443,6 @@ def _field(doc: Mapping[str, Any], name: str) -> bytes:
 
 
 def _parse_document(document: bytes) -> dict[str, Any]:
-    from constellation.attestation.boundedparse import loads_json  # (hoist with the imports)
-
     doc = loads_json(
         document, max_size=MAX_DOCUMENT_SIZE, error=MalformedEvidenceError, what="vTPM document"
     )

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -103,7 +104,7 @@ def spki_hash_of_der(cert_der: bytes) -> bytes:
         certificate = x509.load_der_x509_certificate(cert_der)
     except ValueError as exc:
         raise CertificateError(f"peer certificate is not valid DER X.509: {exc}") from exc
-    return spki_hash(certificate)
+    return _peer_spki_hash(certificate)
 
 
 def spki_hash_of_pem(cert_pem: bytes) -> bytes:
@@ -112,7 +113,19 @@ def spki_hash_of_pem(cert_pem: bytes) -> bytes:
         certificate = x509.load_pem_x509_certificate(cert_pem)
     except ValueError as exc:
         raise CertificateError(f"peer certificate is not valid PEM X.509: {exc}") from exc
-    return spki_hash(certificate)
+    return _peer_spki_hash(certificate)
+
+
+def _peer_spki_hash(certificate: x509.Certificate) -> bytes:
+    """:func:`spki_hash` of a peer's certificate, whose key ``cryptography`` decodes lazily:
+    an unknown curve or a point off its curve surfaces only here, as ``CertificateError``."""
+    try:
+        return spki_hash(certificate)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise CertificateError(
+            f"peer certificate's public key cannot be read ({type(exc).__name__}: {exc}); "
+            "the peer must present a certificate for a P-256 or other supported key"
+        ) from None
 
 
 def _identity(key: ec.EllipticCurvePrivateKey, certificate: x509.Certificate) -> TLSIdentity:

@@ -17,6 +17,12 @@ what AMD signed. The serial number is never read. (``warnings.catch_warnings`` i
 the filter only hides that one deprecation for the duration of a parse, and parsed
 certificates are memoized by the verifier, so this happens once per certificate.)
 
+``cryptography`` decodes most of a certificate only when a field is read, so a certificate that
+loads can still raise from ``.extensions`` (a duplicate extension), ``.public_key()`` (an unknown
+curve, a point off its curve), ``.subject`` (a malformed name) or ``.version``. ``_load_der``
+reads every field the verifier will read once, up front, and turns whatever that raises into a
+``MalformedCertificateError``; an ``AmdCertificate`` therefore never raises later.
+
 Chain checks depend only on the certificates, so ``verify_chain`` returns a time-independent
 ``VerifiedChain`` (cacheable by certificate hashes); validity windows are checked per call
 against the caller's clock with ``VerifiedChain.validity_failures``.
@@ -34,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.utils import CryptographyDeprecationWarning
@@ -196,6 +202,17 @@ def _load_with_positive_serial(der: bytes) -> x509.Certificate:
     return x509.load_der_x509_certificate(patched)
 
 
+# What ``cryptography`` raises when a lazily decoded field of a loaded certificate is bad.
+_LAZY_DECODE_ERRORS = (
+    ValueError,
+    TypeError,
+    UnsupportedAlgorithm,
+    x509.DuplicateExtension,
+    x509.InvalidVersion,
+    x509.UnsupportedGeneralNameType,
+)
+
+
 def _load_der(der: bytes) -> AmdCertificate:
     try:
         tbs, _, _ = _tbs_and_serial(der)
@@ -209,7 +226,36 @@ def _load_der(der: bytes) -> AmdCertificate:
                 cert = _load_with_positive_serial(der)
     except ValueError as err:
         raise MalformedCertificateError(f"not a DER X.509 certificate: {err}") from None
+    except _LAZY_DECODE_ERRORS as err:  # e.g. InvalidVersion, raised while loading
+        raise _unreadable(err) from None
+    _read_every_field(cert)
     return AmdCertificate(cert=cert, der=der, tbs=tbs, fingerprint=hashlib.sha256(der).digest())
+
+
+def _read_every_field(cert: x509.Certificate) -> None:
+    """Decode every field the verifier reads, so that a bad one is refused here, typed.
+
+    The signature hash is read only for RSASSA-PSS (AMD's algorithm): a certificate with another
+    algorithm is a chain failure (``check_pss_signature``), not a malformed certificate.
+    """
+    try:
+        _ = cert.version, cert.signature, cert.not_valid_before_utc, cert.not_valid_after_utc
+        cert.subject.rfc4514_string()
+        cert.issuer.rfc4514_string()
+        for extension in cert.extensions:
+            _ = extension.value
+        cert.public_key()
+        if cert.signature_algorithm_oid == SignatureAlgorithmOID.RSASSA_PSS:
+            _ = cert.signature_hash_algorithm
+    except _LAZY_DECODE_ERRORS as err:
+        raise _unreadable(err) from None
+
+
+def _unreadable(err: Exception) -> MalformedCertificateError:
+    return MalformedCertificateError(
+        f"X.509 certificate cannot be read: {type(err).__name__}: {err}; "
+        "supply the genuine certificate (from the guest or AMD KDS)"
+    )
 
 
 def _pem_blocks(data: bytes) -> list[bytes]:

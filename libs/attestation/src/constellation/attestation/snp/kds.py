@@ -124,11 +124,12 @@ def _retry_after(headers: Mapping[str, str], now: datetime) -> float | None:
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    # isdigit() alone admits "¹" and other digits float() refuses: ASCII decimals only.
+    if value.isascii() and value.isdecimal():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # a server's date is input like any other
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)

@@ -7,6 +7,9 @@ with them. Its ``roots()`` pins the fake certificates the way ``Roots.amd()`` pi
 
 ``FakeKds`` is an HTTP server on 127.0.0.1 with KDS's paths, able to answer 429 with
 ``Retry-After`` on demand; ``KdsClient`` is tested against it unchanged.
+
+It lives in ``testing`` (not beside the SNP tests) because the fuzz targets build their seeds
+and verifiers from it too. Nothing here is used by the product.
 """
 
 from __future__ import annotations
