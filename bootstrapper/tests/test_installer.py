@@ -432,3 +432,39 @@ def test_configured_source_directories_reach_the_installer(tmp_path: Path) -> No
     assert config_from_mapping(base).component_source_dirs is None
     with pytest.raises(ConfigError, match="component_source_dirs"):
         config_from_mapping({**base, "component_source_dirs": str(tmp_path)})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::1/kubeadm",
+        "file://[x/kubeadm",
+        "https://\uff03x/kubeadm",
+        # These parse, but http.client refuses them at fetch time (InvalidURL, a ValueError;
+        # UnicodeEncodeError): refused as a request error before anything is fetched.
+        "http://127.0.0.1:1/kube adm",
+        "http://127.0.0.1:1/kubeadm\x00",
+        "http://127.0.0.1:abc/kubeadm",
+        "http://127.0.0.1:99999/kubeadm",
+        "http://\u0430.example/kubeadm",
+        "http:///kubeadm",
+    ],
+    ids=[
+        "unclosed-ipv6-http",
+        "unclosed-ipv6-file",
+        "nfkc-netloc",
+        "space",
+        "nul",
+        "nonnumeric-port",
+        "port-out-of-range",
+        "non-ascii-host",
+        "no-host",
+    ],
+)
+def test_url_the_parser_refuses_is_an_invalid_component(
+    installer: ComponentInstaller, url: str
+) -> None:
+    # Was ValueError from urllib.parse.urlparse (fuzz target init_request): INTERNAL, not
+    # INVALID_ARGUMENT, for the caller.
+    with pytest.raises(InvalidComponentError, match="kubeadm"):
+        installer.install([_component("kubeadm", url, b"", "/usr/bin/kubeadm")])

@@ -203,3 +203,15 @@ def test_a_failing_control_plane_restart_is_reported_and_allows_a_retry(
         _recover(target, secrets.master_secret, secrets.master_salt)
     assert servicer.recovered.is_set()
     assert len(calls) == 2
+
+
+def test_undecodable_request_is_invalid_argument(rebooted: RebootedNode) -> None:
+    # Was INTERNAL ("Exception deserializing request!"), grpcio's own answer.
+    with (
+        serve(rebooted.node, rebooted.server()) as target,
+        atls.connect(target, [_any_pcr15()], timeout=30) as channel,
+        pytest.raises(grpc.RpcError) as info,
+    ):
+        channel.channel.unary_unary("/recoverproto.API/Recover")(b"\x0a\x10truncated", timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    rebooted.assert_untouched()

@@ -122,3 +122,54 @@ def test_unexpected_exception_is_one_line_without_its_text(
     assert debug.code == 1
     assert "Traceback" in debug.stderr
     assert "0123456789abcdef" in debug.stderr
+
+
+# -- -o json: every failure is one JSON object {"error": {...}} on stdout, exit code unchanged.
+
+
+def test_project_error_under_json_is_one_error_object(invoke: Any, tmp_path: Path) -> None:
+    import json
+
+    result = invoke(tmp_path, "verify", "-o", "json")
+    assert result.code == 1
+    error = json.loads(result.stdout)["error"]
+    assert error["exit_code"] == 1
+    assert error["kind"] == "failed"
+    assert "constellation config generate" in error["hint"]
+    assert "Error: " in result.stderr  # people still read stderr
+
+
+def test_usage_error_under_json_is_one_error_object(invoke: Any, tmp_path: Path) -> None:
+    import json
+
+    result = invoke(tmp_path, "version", "--output=json", "--no-such-flag")
+    assert result.code == 2
+    error = json.loads(result.stdout)["error"]
+    assert (error["kind"], error["exit_code"]) == ("usage", 2)
+    assert "no-such-flag" in error["message"]
+
+
+def test_unexpected_exception_under_json_hides_its_text(
+    invoke: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from constellation.cli.commands import version
+
+    def broken(package: str) -> str:
+        raise RuntimeError("internal detail 0123456789abcdef")
+
+    monkeypatch.setattr(version, "_version", broken)
+    result = invoke(tmp_path, "version", "-o", "json")
+    assert result.code == 1
+    error = json.loads(result.stdout)["error"]
+    assert error["kind"] == "internal"
+    assert error["type"] == "RuntimeError"
+    assert "0123456789abcdef" not in result.stdout
+
+
+def test_text_output_keeps_stdout_empty_on_failure(invoke: Any, tmp_path: Path) -> None:
+    assert invoke(tmp_path, "verify", "-o", "text").stdout == ""
+    # "json" as the value of another option is not a request for JSON output.
+    result = invoke(tmp_path, "config", "generate", "--", "-o", "json")
+    assert result.stdout == ""

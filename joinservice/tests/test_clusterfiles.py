@@ -74,3 +74,25 @@ def test_control_plane_files_require_ca_key(tmp_path: Path) -> None:
         files.control_plane_files()
     with pytest.raises(ConfigError, match=r"components\.json"):
         files.components()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"[" * 100_000,  # was RecursionError from json.loads
+        b'{"components": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",  # was RecursionError
+        b"\xff\xfe{}",
+    ],
+    ids=["deep-array", "deep-components", "not-utf8"],
+)
+def test_parse_components_refuses_hostile_json(data: bytes) -> None:
+    with pytest.raises(ConfigError, match="components file"):
+        parse_components(data)
+
+
+def test_parse_components_does_not_echo_a_huge_value() -> None:
+    version = "v" + "9" * 100_000
+    data = json.dumps({"kubernetesVersion": version, "components": []}).encode()
+    with pytest.raises(ConfigError) as refused:
+        parse_components(data)
+    assert len(str(refused.value)) < 300

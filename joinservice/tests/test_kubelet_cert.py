@@ -6,6 +6,7 @@ lives in ``test_kubelet_cert_kube.py``; these tests pin the rules themselves.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 from datetime import UTC, datetime, timedelta
 
@@ -352,3 +353,87 @@ def test_validity_is_bounded(ca: SigningCA, validity: timedelta) -> None:
 def test_naive_clock_is_refused(ca: SigningCA) -> None:
     with pytest.raises(SigningCAError, match="timezone"):
         sign_kubelet_csr(make_csr(), ca, node_name=NODE, now=NOW.replace(tzinfo=None))
+
+
+# -- fuzz findings: cryptography parses a CSR lazily, so a part that does not parse raises
+# -- only when it is read. Each case patches one part of a real CSR's DER (fuzz target
+# -- ``kubelet_csr``); each was an untyped exception before it became a typed refusal.
+
+
+def patched_csr(old: str, new: str) -> bytes:
+    """A CSR from :func:`make_csr` (fixed key) with the DER bytes ``old`` replaced by ``new``."""
+    csr = x509.load_pem_x509_csr(make_csr(key=ec.derive_private_key(0xC5, ec.SECP256R1())))
+    der = csr.public_bytes(serialization.Encoding.DER)
+    assert der.count(bytes.fromhex(old)) == 1
+    return _pem(der.replace(bytes.fromhex(old), bytes.fromhex(new)))
+
+
+def _pem(der: bytes) -> bytes:
+    body = base64.encodebytes(der).decode().replace("\n", "")
+    lines = "\n".join(body[i : i + 64] for i in range(0, len(body), 64))
+    armored = f"-----BEGIN CERTIFICATE REQUEST-----\n{lines}\n-----END CERTIFICATE REQUEST-----\n"
+    return armored.encode()
+
+
+def test_csr_with_unknown_version_is_malformed(ca: SigningCA) -> None:
+    # Was cryptography.x509.InvalidVersion from load_pem_x509_csr.
+    with pytest.raises(MalformedCSRError, match="version"):
+        sign_kubelet_csr(patched_csr("020100", "020105"), ca, node_name=NODE, now=NOW)
+
+
+def test_csr_whose_subject_does_not_parse_is_malformed(ca: SigningCA) -> None:
+    # Was ValueError ("error parsing asn1 value") from reading ``csr.subject``.
+    organization = "0c0c" + b"system:nodes".hex()
+    with pytest.raises(MalformedCSRError, match="subject"):
+        sign_kubelet_csr(
+            patched_csr(organization, "010c" + b"system:nodes".hex()), ca, node_name=NODE, now=NOW
+        )
+
+
+def test_csr_with_off_curve_public_key_is_refused(ca: SigningCA) -> None:
+    # Was ValueError ("Invalid key") from ``csr.is_signature_valid``.
+    with pytest.raises(CSRRejectedError) as refused:
+        sign_kubelet_csr(patched_csr("0482eb86d2", "0482eb86d3"), ca, node_name=NODE, now=NOW)
+    assert {"csr.public_key", "csr.signature"} <= checks_of(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("2a8648ce3d0201", "2a8648ce3d0209"),  # unknown key algorithm
+        ("2a8648ce3d030107", "2a8648ce3d030109"),  # unknown curve
+    ],
+)
+def test_csr_with_unsupported_key_algorithm_is_refused(ca: SigningCA, old: str, new: str) -> None:
+    # Was cryptography.exceptions.UnsupportedAlgorithm from ``csr.is_signature_valid``.
+    with pytest.raises(CSRRejectedError) as refused:
+        sign_kubelet_csr(patched_csr(old, new), ca, node_name=NODE, now=NOW)
+    assert "csr.public_key" in checks_of(refused.value)
+
+
+def _patched_ca(old: str, new: str) -> tuple[bytes, bytes]:
+    """A CA from :func:`make_ca` with the certificate's DER bytes ``old`` replaced by ``new``."""
+    cert_pem, key_pem = make_ca(ec.derive_private_key(0xCA, ec.SECP256R1()))
+    der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
+    assert der.count(bytes.fromhex(old)) == 1
+    patched = der.replace(bytes.fromhex(old), bytes.fromhex(new))
+    body = base64.encodebytes(patched).decode()
+    return f"-----BEGIN CERTIFICATE-----\n{body}-----END CERTIFICATE-----\n".encode(), key_pem
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "what"),
+    [
+        # Was UnsupportedAlgorithm from ``certificate.public_key()``.
+        ("2a8648ce3d0201", "2a8648ce3d0209", "public key"),
+        # Was ValueError ("error parsing asn1 value") from ``certificate.extensions``: the
+        # basicConstraints OID now names subjectAltName, whose value does not parse as one.
+        ("551d13", "551d11", "extensions"),
+    ],
+    ids=["unknown-key-algorithm", "extension-does-not-parse"],
+)
+def test_ca_certificate_parts_that_do_not_parse_are_a_ca_error(
+    old: str, new: str, what: str
+) -> None:
+    with pytest.raises(SigningCAError, match=what):
+        SigningCA.from_pem(*_patched_ca(old, new))

@@ -934,3 +934,20 @@ def test_command_serves_and_drains_on_sigterm(
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
+
+
+@pytest.mark.parametrize("method", ["IssueJoinTicket", "IssueRejoinTicket"])
+def test_undecodable_request_is_invalid_argument(
+    start_service: Callable[..., Service], make_nodes: Callable[..., list[Node]], method: str
+) -> None:
+    # Was INTERNAL ("Exception deserializing request!"), grpcio's own answer.
+    service = start_service()
+    (node,) = make_nodes(1)
+    issuer = certified(node, "garbage-sender")
+    with (
+        connect(service.target, [service.server_validator()], issuer=issuer) as channel,
+        pytest.raises(grpc.RpcError) as info,
+    ):
+        channel.channel.unary_unary(f"/join.API/{method}")(b"\x0a\x10truncated", timeout=60)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert service.metrics.requests(f"/join.API/{method}", "INVALID_ARGUMENT") == 1

@@ -255,3 +255,29 @@ def test_health_goes_not_serving_on_stop(service_pki: ServicePKI) -> None:
     assert service.health.servicer.Check(health_pb2.HealthCheckRequest(), None).status == (
         health_pb2.HealthCheckResponse.NOT_SERVING
     )
+
+
+#: Field 1 announcing 16 bytes of which 9 follow: not a GetDataKeyRequest (nor any message).
+UNDECODABLE = b"\x0a\x10truncated"
+
+
+def test_undecodable_request_is_invalid_argument(
+    running: Running, service_pki: ServicePKI, tls_channel
+) -> None:
+    # Was INTERNAL ("Exception deserializing request!"), grpcio's own answer.
+    with (
+        tls_channel(running.port, service_pki.joinservice_client) as channel,
+        pytest.raises(grpc.RpcError) as info,
+    ):
+        channel.unary_unary(METHOD)(UNDECODABLE, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert running.service.metrics.requests(METHOD, "INVALID_ARGUMENT") == 1
+
+
+def test_undecodable_health_probe_is_invalid_argument(running: Running) -> None:
+    with (
+        grpc.insecure_channel(f"127.0.0.1:{running.health_port}") as channel,
+        pytest.raises(grpc.RpcError) as info,
+    ):
+        channel.unary_unary("/grpc.health.v1.Health/Check")(UNDECODABLE, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

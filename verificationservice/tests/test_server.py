@@ -178,3 +178,12 @@ def test_event_log_is_attached_and_replays(swtpm, tmp_path):
     finally:
         http_server.close()
         grpc_server.grpc_server.stop(None).wait(5)
+
+
+def test_grpc_undecodable_request_is_invalid_argument(service):
+    # Was INTERNAL ("Exception deserializing request!"), grpcio's own answer.
+    method = "/verify.API/GetAttestation"
+    with grpc.insecure_channel(service.grpc_target) as channel, pytest.raises(grpc.RpcError) as bad:
+        channel.unary_unary(method)(b"\x0a\x10truncated", timeout=30)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert service.metrics.requests(method, "INVALID_ARGUMENT") == 1

@@ -127,3 +127,81 @@ def test_bad_options_exit_2(
     invoke: Any, tmp_path: Path, azure: Path, extra: tuple[str, ...]
 ) -> None:
     assert invoke(tmp_path, "attestation", "verify", *_flags(azure, None, *extra)).code == 2
+
+
+# -- every failure under -o json is one JSON object with an "error" member on stdout, and the
+# -- exit code is the one of the contract (1 rejected, 2 unusable input).
+
+
+def _one_json_error(stdout: str, code: int) -> dict[str, Any]:
+    document = json.loads(stdout)  # exactly one JSON document, nothing else on stdout
+    assert isinstance(document, dict)
+    error = document["error"]
+    assert error["exit_code"] == code
+    assert error["message"]
+    return error
+
+
+@pytest.mark.parametrize("style", [("-o", "json"), ("--json",)])
+def test_unusable_input_prints_a_json_error(
+    invoke: Any, tmp_path: Path, azure: Path, style: tuple[str, ...]
+) -> None:
+    short = tmp_path / "short.bin"
+    short.write_bytes(b"not a report")
+    result = invoke(tmp_path, "attestation", "verify", *_flags(azure, short, *style))
+    assert result.code == 2
+    error = _one_json_error(result.stdout, 2)
+    assert error["kind"] == "unusable-input"
+    assert "1184" in error["message"]
+
+
+def test_rejection_prints_one_json_object_with_an_error(
+    invoke: Any, tmp_path: Path, azure: Path
+) -> None:
+    flags = _flags(azure, None, "--at", "2031-01-01T00:00:00Z", "-o", "json")
+    result = invoke(tmp_path, "attestation", "verify", *flags)
+    assert result.code == 1
+    assert _one_json_error(result.stdout, 1)["kind"] == "rejected"
+    assert json.loads(result.stdout)["verified"] is False
+
+
+@pytest.mark.parametrize(
+    "extra", [("--at", "yesterday"), ("--product", "Naples"), ("--report", "/absent")]
+)
+def test_bad_options_print_a_json_error(
+    invoke: Any, tmp_path: Path, azure: Path, extra: tuple[str, ...]
+) -> None:
+    # -o json before the bad option: the error document must not depend on the order.
+    flags = ["-o", "json", *_flags(azure, None, *extra)]
+    result = invoke(tmp_path, "attestation", "verify", *flags)
+    assert result.code == 2
+    assert _one_json_error(result.stdout, 2)["kind"] == "usage"
+
+
+def _certificate_text(azure: Path) -> bytes:
+    return (azure / "certchain.pem").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        lambda azure: bytes(1184),
+        lambda azure: b"\xff" * 1184,
+        lambda azure: bytes(range(256)) * 8,
+        lambda azure: b"A" * 1184,  # base64 of fewer than 1184 bytes: used as raw bytes
+        lambda azure: _certificate_text(azure),
+        lambda azure: base64.b64encode(b"\x00" * 1300),
+    ],
+    ids=["zeros", "ones", "counting", "short-base64", "pem-text", "long-base64"],
+)
+def test_non_report_input_of_report_size_is_never_an_internal_error(
+    invoke: Any, tmp_path: Path, azure: Path, content: Any
+) -> None:
+    # Was: exit 1 "unexpected internal error" for some >= 1184-byte inputs that are no report.
+    path = tmp_path / "input.bin"
+    path.write_bytes(content(azure))
+    result = invoke(tmp_path, "attestation", "verify", *_flags(azure, path, "-o", "json"))
+    assert "unexpected internal error" not in result.stderr
+    assert result.code == _library(*_flags(azure, path))
+    assert result.code in (1, 2)
+    _one_json_error(result.stdout, result.code)

@@ -184,6 +184,7 @@ def parse_components(components: Sequence[ComponentMessage]) -> list[ComponentSp
             raise InvalidComponentError(name[:80], "name must be 1-128 of [A-Za-z0-9._-]")
         if not message.url:
             raise InvalidComponentError(name, "has no source URL")
+        parse_source_url(name, message.url)
         install_path = parse_install_path(name, message.install_path)
         if install_path in seen_paths:
             raise InvalidComponentError(name, f"install path {install_path} is used twice")
@@ -200,13 +201,31 @@ def parse_components(components: Sequence[ComponentMessage]) -> list[ComponentSp
     return specs
 
 
-def _source_kind(spec: ComponentSpec, source_dirs: Sequence[Path]) -> tuple[str, str]:
+def parse_source_url(name: str, source: str) -> urllib.parse.ParseResult:
+    """``urlparse(source)``, refusing as :class:`InvalidComponentError` what the parser refuses
+    (an unclosed IPv6 bracket, a host that changes under NFKC normalization) and, for http(s),
+    what ``http.client`` would refuse only when fetching (spaces and control characters, text
+    that is not ASCII, no host, a port that is not a number in 0..65535)."""
+    try:
+        parsed = urllib.parse.urlparse(source)
+        if parsed.scheme in ("http", "https"):
+            if not source.isascii() or any(c <= " " or c == "\x7f" for c in source):
+                raise ValueError("an http(s) URL must be printable ASCII (percent-encode the rest)")
+            if not parsed.hostname:
+                raise ValueError("an http(s) URL must name a host")
+            _ = parsed.port  # raises ValueError unless the port is a number in 0..65535
+    except ValueError as err:
+        raise InvalidComponentError(name, f"source URL does not parse: {err}") from None
+    return parsed
+
+
+def source_kind(spec: ComponentSpec, source_dirs: Sequence[Path]) -> tuple[str, str]:
     """Classify a source as ("file", resolved path) or ("http", url); refuse everything else.
 
     Reads no file: a local path is checked (segments, then its fully resolved form) against
     ``source_dirs`` using only the file system's names and links.
     """
-    parsed = urllib.parse.urlparse(spec.source)
+    parsed = parse_source_url(spec.name, spec.source)
     if parsed.scheme in ("http", "https"):
         return "http", spec.source
     if parsed.scheme == "file":
@@ -356,7 +375,7 @@ class ComponentInstaller:
         """Fetch and verify every component; raise (with nothing installed) on the first error."""
         specs = parse_components(components)
         for spec in specs:
-            _source_kind(spec, self.source_dirs)  # refuse every bad source before reading any
+            source_kind(spec, self.source_dirs)  # refuse every bad source before reading any
             self.target(spec)
         self.install_root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".components-", dir=self.install_root))
@@ -379,7 +398,7 @@ class ComponentInstaller:
     # -- fetching --------------------------------------------------------------------------
 
     def _fetch_verified(self, spec: ComponentSpec, destination: Path) -> None:
-        kind, location = _source_kind(spec, self.source_dirs)
+        kind, location = source_kind(spec, self.source_dirs)
         deadline = _Deadline(spec.name, self.total_timeout_s)
         digest = hashlib.sha256()
         with destination.open("xb") as out:
@@ -415,6 +434,8 @@ class ComponentInstaller:
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ComponentFetchError(spec.name, f"cannot fetch {url}: {reason}") from None
+        except ValueError as exc:  # http.client.InvalidURL; parse_source_url refuses these first
+            raise InvalidComponentError(spec.name, f"source URL is not fetchable: {exc}") from None
 
     def _copy(
         self,

@@ -26,6 +26,8 @@ A ``Recover`` is handled in a fixed order; nothing changes on the node before st
    and its PKI and etcd data (``on_recovered``), then ``RecoverResponse{disk_uuid}`` answers.
 
 Recovery happens once: a second ``Recover`` after a successful one gets FAILED_PRECONDITION.
+Request bytes that are not a ``RecoverMessage`` never reach the servicer: every
+``AttestedServer`` answers them with INVALID_ARGUMENT (``attestation.service.status``).
 Errors are mapped to status codes in one place (:func:`status_for`); messages never contain
 the secret or the keys derived from it.
 """

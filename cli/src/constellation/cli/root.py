@@ -9,6 +9,10 @@ Contract with the operator:
 
 An unexpected exception is also exit 1 with a one-line message (and the traceback only with
 ``--debug``), so a user never sees a raw stack trace.
+
+With ``-o json`` (or ``--json``) on the command line, every failure also prints one JSON object
+``{"error": {...}}`` on stdout (``output.error_document``; an unexpected exception's text stays
+out of it as it stays out of the message), and the exit code is the same as without.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from constellation.attestation.measurements import MeasurementsError, Measuremen
 from constellation.cli.context import CLIContext
 from constellation.cli.errors import CLIError
 from constellation.cli.logconfig import configure_cli_logging
-from constellation.cli.output import Reporter
+from constellation.cli.output import Reporter, error_document, json_requested
 from constellation.cli.workspace import Workspace
 
 EXIT_OK = 0
@@ -56,9 +60,9 @@ Examples:
 def root(ctx: click.Context, workspace: Path, debug: bool) -> None:
     # Library logs (structlog and stdlib) go to stderr, never into the data on stdout.
     configure_cli_logging(debug=debug, stream=sys.stderr)
-    ctx.obj = CLIContext(
-        workspace=Workspace(workspace), reporter=Reporter(debug=debug), debug=debug
-    )
+    # ``run`` passes its reporter in, so that it can tell afterwards what reached stdout.
+    reporter = ctx.obj if isinstance(ctx.obj, Reporter) else Reporter(debug=debug)
+    ctx.obj = CLIContext(workspace=Workspace(workspace), reporter=reporter, debug=debug)
 
 
 def _register_commands() -> None:
@@ -124,28 +128,45 @@ def run(args: Sequence[str] | None = None) -> int:
     """Run the CLI with ``args`` (default: ``sys.argv[1:]``) and return the exit code."""
     argv = list(sys.argv[1:] if args is None else args)
     debug = _debug_requested(argv)
+    reporter = Reporter(debug=debug)
+
+    def failed(kind: str, message: str, code: int, *, hint: str = "", error: object = None) -> int:
+        if json_requested(argv):
+            type_name = type(error).__name__ if error is not None else ""
+            reporter.emit_error(
+                error_document(kind, message, exit_code=code, hint=hint, type_name=type_name)
+            )
+        return code
+
     try:
         # Without standalone mode click returns ctx.exit(code) as the value instead of raising.
-        result = root.main(args=argv, prog_name="constellation", standalone_mode=False)
+        result = root.main(
+            args=argv, prog_name="constellation", standalone_mode=False, obj=reporter
+        )
     except click.exceptions.Exit as err:
-        return err.exit_code
+        if err.exit_code == EXIT_OK:
+            return EXIT_OK
+        return failed("failed", "the command failed; stderr says why", err.exit_code)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
-        return EXIT_FAILURE
+        return failed("aborted", "aborted", EXIT_FAILURE)
     except click.UsageError as err:
         err.show()
-        return EXIT_USAGE
+        return failed("usage", err.format_message(), EXIT_USAGE, error=err)
     except click.ClickException as err:
         err.show()
-        return err.exit_code
+        return failed("usage", err.format_message(), err.exit_code, error=err)
     except ConstellationError as err:
         if debug:
             traceback.print_exc()
         click.echo(render_error(err), err=True)
-        return EXIT_FAILURE
+        hint = render_error(err).partition("\nNext: ")[2]
+        # A command may document its own codes for kinds of failure (``apply``: 3).
+        code = int(getattr(err, "exit_code", EXIT_FAILURE))
+        return failed("failed", str(err), code, hint=hint, error=err)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
-        return 130
+        return failed("interrupted", "interrupted", 130)
     except Exception as err:  # the last line of defence: never a raw traceback for users
         if debug:
             traceback.print_exc()
@@ -155,5 +176,14 @@ def run(args: Sequence[str] | None = None) -> int:
             "--debug and report the traceback",
             err=True,
         )
-        return EXIT_FAILURE
-    return result if isinstance(result, int) else EXIT_OK
+        return failed(
+            "internal",
+            f"unexpected internal error ({type(err).__name__})",
+            EXIT_FAILURE,
+            hint="rerun with --debug and report the traceback",
+            error=err,
+        )
+    code = result if isinstance(result, int) else EXIT_OK
+    if code != EXIT_OK:
+        return failed("failed", "the command failed; stderr says why", code)
+    return code

@@ -13,12 +13,12 @@ Files are re-read on every request: they are small, and an upgrade replaces them
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from constellation.attestation.boundedparse import loads_json
 from constellation.attestation.secret import SecretBytes
 from constellation.joinservice.errors import ConfigError
 
@@ -56,16 +56,19 @@ class Components:
 
 def parse_components(data: bytes) -> Components:
     """Parse the components file; raise ``ConfigError`` naming the first bad entry."""
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"components file is not valid JSON: {exc}") from None
+    # Bounded (size, nesting): a deep document is refused instead of raising RecursionError.
+    doc = loads_json(
+        data,
+        max_size=MAX_COMPONENTS_FILE,
+        what="components file",
+        error=lambda message: ConfigError(f"{message}; the CLI writes it as a small JSON object"),
+    )
     if not isinstance(doc, dict):
         raise ConfigError("components file must be a JSON object")
     version = doc.get("kubernetesVersion")
     if not isinstance(version, str) or not _VERSION.fullmatch(version):
         raise ConfigError(
-            f"components file: kubernetesVersion must look like v1.31.1, got {version!r}"
+            f"components file: kubernetesVersion must look like v1.31.1, got {_shown(version)}"
         )
     items = doc.get("components")
     if not isinstance(items, list):
@@ -81,7 +84,7 @@ def parse_components(data: bytes) -> Components:
         if not isinstance(digest, str) or not _HASH.fullmatch(digest):
             raise ConfigError(
                 f"components file: components[{position}].hash must be sha256:<64 hex>, "
-                f"got {digest!r}"
+                f"got {_shown(digest)}"
             )
         if not isinstance(name, str) or not isinstance(install_path, str):
             raise ConfigError(
@@ -91,6 +94,12 @@ def parse_components(data: bytes) -> Components:
             raise ConfigError(f"components file: components[{position}].extract must be a bool")
         parsed.append(Component(name, url, digest, install_path, extract))
     return Components(version, tuple(parsed))
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, shortened: a refusal names what it found without echoing a megabyte."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _read(path: Path, limit: int) -> bytes:

@@ -20,6 +20,13 @@ authorizer and NodeRestriction then confine the node to its own objects). The ru
   backdate to ``now + validity`` but never beyond the CA's own ``not_after``; the validity is
   bounded by ``MAX_VALIDITY``.
 
+cryptography parses a CSR lazily: loading checks the outer structure, and the subject, the
+public key, the extensions and the signature are decoded only when read, each able to raise its
+own exception (``ValueError``, ``UnsupportedAlgorithm``, ...). Every such read of the untrusted
+CSR goes through :data:`CSR_PARSE_ERRORS`, so a part that does not parse is a typed refusal:
+:class:`MalformedCSRError` for an unreadable subject, a failure (``csr.public_key``,
+``csr.signature``, ``csr.extensions``) otherwise.
+
 Every failed CSR check is reported at once in :class:`CSRRejectedError` (``failures``), so a
 refused node's log names all the problems. The core, :func:`sign_kubelet_csr`, does no I/O:
 bytes, the CA, the node's name and a clock in; a certificate or a typed error out.
@@ -53,6 +60,15 @@ BACKDATE: Final = timedelta(minutes=5)
 MIN_RSA_BITS: Final = 2048
 ALLOWED_CURVES: Final = frozenset({"secp256r1", "secp384r1"})
 _MAX_NODE_NAME = 253
+#: What reading a lazily parsed part of a malformed CSR (or certificate) raises (module docs).
+CSR_PARSE_ERRORS: Final = (
+    ValueError,
+    TypeError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
 
 
 class KubeletCSRError(InvalidRequestError):
@@ -95,7 +111,7 @@ class SigningCA:
         """Load the CA (e.g. kubeadm's ``pki/ca.crt`` + ``ca.key``) and check it can sign."""
         try:
             certificate = x509.load_pem_x509_certificate(cert_pem)
-        except ValueError as err:
+        except CSR_PARSE_ERRORS as err:
             raise SigningCAError(f"cluster CA certificate is not PEM X.509: {err}") from None
         try:
             key = serialization.load_pem_private_key(key_pem, password=None)
@@ -108,7 +124,13 @@ class SigningCA:
                 f"cluster CA key is {type(key).__name__}, expected ECDSA; configure the "
                 "cluster PKI with encryptionAlgorithm ECDSA-P256"
             )
-        public = certificate.public_key()
+        # The certificate parses lazily too (module docs): each part is read under a guard.
+        try:
+            public = certificate.public_key()
+        except CSR_PARSE_ERRORS as err:
+            raise SigningCAError(
+                f"cluster CA certificate's public key does not parse ({type(err).__name__})"
+            ) from None
         if not isinstance(public, ec.EllipticCurvePublicKey) or public.public_numbers() != (
             key.public_key().public_numbers()
         ):
@@ -117,6 +139,10 @@ class SigningCA:
             constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
         except x509.ExtensionNotFound:
             raise SigningCAError("cluster CA certificate has no basicConstraints") from None
+        except CSR_PARSE_ERRORS as err:
+            raise SigningCAError(
+                f"cluster CA certificate's extensions do not parse ({type(err).__name__}: {err})"
+            ) from None
         if not constraints.value.ca:
             raise SigningCAError("cluster CA certificate is not a CA (basicConstraints CA=false)")
         return cls(certificate=certificate, key=key)
@@ -131,14 +157,23 @@ def _load_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
         )
     try:
         return x509.load_pem_x509_csr(csr_pem)
-    except ValueError as err:
-        raise MalformedCSRError(f"kubelet CSR is not a PEM PKCS#10 request: {err}") from None
+    except CSR_PARSE_ERRORS as err:
+        raise MalformedCSRError(
+            f"kubelet CSR is not a PEM PKCS#10 request ({type(err).__name__}: {err}); send the "
+            "kubelet's unmodified PEM CSR"
+        ) from None
 
 
 def _subject_failures(csr: x509.CertificateSigningRequest) -> tuple[list[Failure], str | None]:
     """Check the subject; return the failures and the node name if the CN had the right form."""
     failures: list[Failure] = []
-    subject = csr.subject
+    try:
+        subject = csr.subject
+    except CSR_PARSE_ERRORS as err:
+        raise MalformedCSRError(
+            f"kubelet CSR subject does not parse ({type(err).__name__}); send the kubelet's "
+            "unmodified PEM CSR"
+        ) from None
     if any(len(rdn) != 1 for rdn in subject.rdns):
         failures.append(Failure("csr.subject.rdn", "one attribute per RDN", "a multi-valued RDN"))
     orgs = [a.value for a in subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
@@ -182,8 +217,14 @@ def _subject_failures(csr: x509.CertificateSigningRequest) -> tuple[list[Failure
 def _key_failures(csr: x509.CertificateSigningRequest) -> list[Failure]:
     try:
         key = csr.public_key()
-    except (ValueError, UnsupportedAlgorithm):
-        return [Failure("csr.public_key", "ECDSA P-256/P-384 or RSA >= 2048", "unsupported")]
+    except CSR_PARSE_ERRORS as err:
+        return [
+            Failure(
+                "csr.public_key",
+                "ECDSA P-256/P-384 or RSA >= 2048",
+                f"a key that does not parse ({type(err).__name__})",
+            )
+        ]
     if isinstance(key, ec.EllipticCurvePublicKey):
         if key.curve.name not in ALLOWED_CURVES:
             return [Failure("csr.public_key", "ECDSA P-256 or P-384", f"ECDSA {key.curve.name}")]
@@ -203,8 +244,9 @@ def _san_failures(csr: x509.CertificateSigningRequest) -> tuple[list[Failure], l
         san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return [], []
-    except ValueError as err:
-        return [Failure("csr.extensions", "parseable extensions", str(err)[:200])], []
+    except CSR_PARSE_ERRORS as err:
+        reason = f"{type(err).__name__}: {err}"[:200]
+        return [Failure("csr.extensions", "parseable extensions", reason)], []
     failures: list[Failure] = []
     ips: list[NodeIP] = []
     for name in san:
@@ -221,6 +263,14 @@ def _san_failures(csr: x509.CertificateSigningRequest) -> tuple[list[Failure], l
     return failures, ips
 
 
+def _signature_valid(csr: x509.CertificateSigningRequest) -> bool:
+    """The self-signature verifies; a key or signature that does not parse does not verify."""
+    try:
+        return csr.is_signature_valid
+    except CSR_PARSE_ERRORS:
+        return False
+
+
 def check_kubelet_csr(
     csr_pem: bytes,
 ) -> tuple[
@@ -232,14 +282,15 @@ def check_kubelet_csr(
     failed check.
     """
     csr = _load_csr(csr_pem)
+    subject_failures, node_name = _subject_failures(csr)
+    key_failures = _key_failures(csr)
     failures: list[Failure] = []
-    if not csr.is_signature_valid:
+    if not _signature_valid(csr):
         failures.append(
             Failure("csr.signature", "a valid self-signature", "signature does not verify")
         )
-    subject_failures, node_name = _subject_failures(csr)
     failures += subject_failures
-    failures += _key_failures(csr)
+    failures += key_failures
     san_failures, ips = _san_failures(csr)
     failures += san_failures
     if failures or node_name is None:

@@ -25,6 +25,8 @@ Layers of a call, outside in (the shared plumbing of ``constellation.attestation
    ``UpstreamError``            UNAVAILABLE          (KeyService or Kubernetes API failed)
    ``NotReadyError``            UNAVAILABLE          (no valid join-config yet)
    ``ConfigError``              FAILED_PRECONDITION
+   ``UndecodableRequestError``  INVALID_ARGUMENT     (the bytes are not the request message;
+                                                     shared table, ``attestation.service``)
    any other error              INTERNAL             (fixed text; details only in the log)
    ===========================  ===================  ==========================================
 

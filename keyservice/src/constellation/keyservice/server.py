@@ -5,7 +5,9 @@ Layers of a call on the TLS port, outside in:
 1. the TLS handshake (:class:`~constellation.keyservice.tls.ServerTLS`): no client certificate
    from the cluster-internal service CA, no connection (the caller sees UNAVAILABLE);
 2. request metrics (every call counted by method and outcome);
-3. the one table :data:`STATUS_CODES` that maps typed errors to status codes;
+3. the one table :data:`STATUS_CODES` that maps typed errors to status codes (with the shared
+   defaults: request bytes that are not a ``GetDataKeyRequest`` get INVALID_ARGUMENT before
+   the caller check);
 4. :class:`~constellation.keyservice.tls.CallerInterceptor`: the certificate must name the
    JoinService, or UnauthorizedCallerError (PERMISSION_DENIED);
 5. the servicer, which converts messages and derives the key (``keys.DataKeys``).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 
 from cryptography import x509
@@ -68,3 +69,26 @@ def test_the_public_atls_client_ca_is_never_a_service_ca() -> None:
     public_ca = x509.load_pem_x509_certificate(CLIENT_CA_CERT_PEM)
     cert, key = _issue(public_key, public_ca, ExtendedKeyUsageOID.SERVER_AUTH)
     assert _checks(cert, key, CLIENT_CA_CERT_PEM) == {"tls.ca"}
+
+
+def _patched(pem: bytes, old: str, new: str) -> bytes:
+    """``pem`` with the DER bytes ``old`` replaced by ``new`` (a part that no longer parses)."""
+    der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+    assert der.count(bytes.fromhex(old)) == 1
+    body = base64.encodebytes(der.replace(bytes.fromhex(old), bytes.fromhex(new))).decode()
+    return f"-----BEGIN CERTIFICATE-----\n{body}-----END CERTIFICATE-----\n".encode()
+
+
+def test_certificate_parts_that_do_not_parse_make_it_unparsable() -> None:
+    # cryptography decodes keys and extensions only when read. Were UnsupportedAlgorithm
+    # (an unknown key algorithm) and ValueError (an EKU whose value does not parse) from
+    # the checks that read them.
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = self_signed(ca_key, "service CA")
+    ca_pem = ca.public_bytes(PEM)
+    cert, key = _issue(ca_key, ca, ExtendedKeyUsageOID.SERVER_AUTH)
+    unknown_key = _patched(cert, "2a8648ce3d0201", "2a8648ce3d0209")
+    assert "tls.cert" in _checks(unknown_key, key, ca_pem)
+    bad_eku = _patched(cert, "551d25", "551d13")  # the EKU's value read as basicConstraints
+    assert "tls.cert" in _checks(bad_eku, key, ca_pem)
+    assert "tls.ca" in _checks(cert, key, _patched(ca_pem, "2a8648ce3d0201", "2a8648ce3d0209"))

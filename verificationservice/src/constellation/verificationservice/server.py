@@ -4,7 +4,8 @@ Both are plain (no TLS): the evidence protects itself (signed quote bound to the
 nonce) and reveals only public facts. HTTP: ``GET /?nonce=<base64url>`` answers
 ``{"data": "<base64 document>"}``; a bad nonce gets 400, the rate bound 429 (with
 ``Retry-After`` in whole seconds, the message in milliseconds), an issuing failure 503, all
-with ``{"error": "..."}``. gRPC: INVALID_ARGUMENT, RESOURCE_EXHAUSTED and UNAVAILABLE.
+with ``{"error": "..."}``. gRPC: INVALID_ARGUMENT (a bad nonce, or bytes that are not a
+``GetAttestationRequest``), RESOURCE_EXHAUSTED and UNAVAILABLE.
 """
 
 from __future__ import annotations

@@ -7,7 +7,11 @@ the same flags and the same exit codes, calling the same library function
 - 0: the report verified (fields printed);
 - 1: the report was rejected (every failed check printed);
 - 2: the input is unusable (unreadable file, a report or certificate that does not parse, a
-  bad option or trust directory).
+  bad option or trust directory): every typed error other than a rejection.
+
+With ``-o json`` (or ``--json``) stdout carries one JSON object whatever the outcome: the
+verified report, the rejection with its failures and an ``error`` member, or ``{"error": ...}``
+(``output.error_document``).
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ from typing import Any
 import click
 
 from constellation.attestation import snp
-from constellation.attestation.errors import MalformedEvidenceError
+from constellation.attestation.errors import ConstellationError, MalformedEvidenceError
 from constellation.cli.context import CLIContext, current
-from constellation.cli.output import OutputFormat, output_option
+from constellation.cli.output import OutputFormat, error_document, output_option
 
 EXIT_REJECTED = 1
 EXIT_UNUSABLE = 2
@@ -97,10 +101,22 @@ def verify_command(
     except snp.VerificationError as err:
         _print_rejection(ctx, err, as_json)
         click_ctx.exit(EXIT_REJECTED)
-    except (MalformedEvidenceError, snp.TrustStoreError, OSError) as err:
+    except (ConstellationError, OSError) as err:
+        # Anything typed that is not a verdict means the inputs could not be evaluated.
         reason = f"{err.strerror}: {err.filename}" if isinstance(err, OSError) else str(err)
+        hint = "check that the files are an SEV-SNP report and AMD certificates"
         ctx.reporter.info(f"Error: unusable input: {reason}")
-        ctx.reporter.info("Next: check that the files are an SEV-SNP report and AMD certificates")
+        ctx.reporter.info(f"Next: {hint}")
+        if as_json:
+            ctx.reporter.emit_error(
+                error_document(
+                    "unusable-input",
+                    f"unusable input: {reason}",
+                    exit_code=EXIT_UNUSABLE,
+                    hint=hint,
+                    type_name=type(err).__name__,
+                )
+            )
         click_ctx.exit(EXIT_UNUSABLE)
     _print_verified(ctx, result, as_json)
 
@@ -125,7 +141,14 @@ def _clock(value: str | None) -> datetime | None:
 
 def _print_rejection(ctx: CLIContext, err: snp.VerificationError, as_json: bool) -> None:
     if as_json:
-        ctx.reporter.emit_json({"verified": False, **err.to_dict()})
+        error = error_document(
+            "rejected",
+            f"the SEV-SNP report is not trusted: {len(err.failures)} failed check(s)",
+            exit_code=EXIT_REJECTED,
+            hint="compare the failed checks with the policy",
+            type_name=type(err).__name__,
+        )
+        ctx.reporter.emit_json({"verified": False, **err.to_dict(), "error": error})
     else:
         ctx.reporter.emit_text(f"SEV-SNP report REJECTED, {len(err.failures)} failed check(s):")
         for failure in err.failures:

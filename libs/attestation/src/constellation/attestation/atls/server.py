@@ -59,6 +59,7 @@ from constellation.attestation.errors import (
     ValidationError,
 )
 from constellation.attestation.evidence import Issuer, Validator, VerifiedEvidence
+from constellation.attestation.service.status import ErrorStatusInterceptor
 from constellation.attestation.variants import get_variant
 from constellation.proto import atls_pb2, atls_pb2_grpc
 
@@ -369,6 +370,10 @@ class AttestedServer:
         self._nonces = (nonces if nonces is not None else NonceStore()) if self.mutual else None
         self.rate_limit = rate_limit if rate_limit is not None else TokenBucket()
         chain = list(interceptors)
+        if not any(isinstance(i, ErrorStatusInterceptor) for i in chain):
+            # Every attested server answers undecodable requests with INVALID_ARGUMENT and
+            # hides unexpected errors (``service.status``), even without an error table.
+            chain.append(ErrorStatusInterceptor())
         self.client_gate: ClientAttestationInterceptor | None = None
         if client_validators is not None and self._nonces is not None:
             self.client_gate = ClientAttestationInterceptor(

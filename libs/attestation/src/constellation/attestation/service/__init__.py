@@ -5,9 +5,12 @@
 - ``metrics``: Prometheus counters (requests by outcome) and an attestation latency histogram,
   with their own registry and HTTP endpoint.
 - ``status``: the one place that maps exceptions to gRPC status codes; unexpected exceptions
-  become INTERNAL without their text, so no traceback or secret reaches a caller.
+  become INTERNAL without their text, so no traceback or secret reaches a caller, and request
+  bytes that do not decode become INVALID_ARGUMENT (``errors.UndecodableRequestError``).
 - ``lifecycle``: run until SIGTERM/SIGINT, then drain gracefully.
-- ``handlers``: wrapping gRPC method handlers (what the interceptors above build on).
+- ``handlers``: wrapping gRPC method handlers (what the interceptors above build on), and the
+  one decoding path for request bytes (``decode_request``, also used by the fuzz targets).
+- ``errors``: the typed errors of this plumbing.
 """
 
 from constellation.attestation.service.health import Health, PlaintextHealthPorts

@@ -3,28 +3,82 @@
 grpcio's server interceptors see only the method name, not the servicer context; anything
 that needs the context (status codes, peer identity) has to wrap the handler's behaviour
 instead. This module does that once for all four kinds of handler.
+
+It also holds the one decoding path for request bytes. grpcio deserializes a request before any
+interceptor's behaviour runs and answers a failure itself, with INTERNAL; a
+:func:`tolerant_deserializer` instead hands an :class:`UndecodableRequest` on to the behaviour,
+where ``status.ErrorStatusInterceptor`` refuses it as a typed
+:class:`~constellation.attestation.service.errors.UndecodableRequestError` (INVALID_ARGUMENT).
+:func:`decode_request` is the same path for callers outside a server (fuzz targets, tests).
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from constellation.attestation.service.errors import UndecodableRequestError
+
 Behaviour = Callable[..., Any]
 Around = Callable[[Behaviour], Behaviour]
+Deserializer = Callable[[bytes], Any]
+
+#: The longest decoder message an ``UndecodableRequest`` keeps (it names a type, never bytes).
+_MAX_REASON = 200
 
 
-def wrap_rpc_handler(handler: grpc.RpcMethodHandler[Any, Any], around: Around) -> Any:
+@dataclass(frozen=True)
+class UndecodableRequest:
+    """Stands in for a request whose bytes did not decode; ``reason`` is the decoder's error."""
+
+    reason: str
+
+
+def tolerant_deserializer(deserializer: Deserializer | None) -> Deserializer | None:
+    """``deserializer`` that returns an :class:`UndecodableRequest` instead of raising.
+
+    Any exception counts: whatever the decoder trips over, the bytes came from the caller.
+    """
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # the caller's bytes, whatever the decoder raised
+            return UndecodableRequest(f"{type(exc).__name__}: {exc}"[:_MAX_REASON])
+
+    return decode
+
+
+def decode_request(deserializer: Deserializer, data: bytes, method: str = "") -> Any:
+    """The request a handler would get for ``data``; raises ``UndecodableRequestError``."""
+    decode = tolerant_deserializer(deserializer)
+    assert decode is not None
+    request = decode(data)
+    if isinstance(request, UndecodableRequest):
+        raise UndecodableRequestError(method, request.reason)
+    return request
+
+
+def wrap_rpc_handler(
+    handler: grpc.RpcMethodHandler[Any, Any],
+    around: Around,
+    *,
+    request_deserializer: Deserializer | None = None,
+) -> Any:
     """A copy of ``handler`` whose behaviour is ``around(behaviour)``.
 
     For streaming responses ``around`` wraps the call that *creates* the response iterator;
     errors raised while iterating later pass it by. All Constellation services are unary.
+    ``request_deserializer`` replaces the handler's own when given.
     """
     kinds = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": request_deserializer or handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:

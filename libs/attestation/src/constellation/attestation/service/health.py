@@ -13,6 +13,8 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from constellation.attestation.service.status import ErrorStatusInterceptor
+
 
 class Health:
     """The health servicer of one gRPC server."""
@@ -43,7 +45,10 @@ class PlaintextHealthPorts:
     """
 
     def __init__(self, health: Health) -> None:
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        # The error table maps undecodable probes to INVALID_ARGUMENT, like every server here.
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=2), interceptors=[ErrorStatusInterceptor()]
+        )
         health.attach(self.server)
         self._ports = 0
 

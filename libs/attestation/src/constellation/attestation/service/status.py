@@ -4,11 +4,18 @@ Handlers raise typed errors; ``ErrorStatusInterceptor`` maps them by class (most
 first, via the MRO) to a status code with the error's message, which by project rule names
 what was expected and found but never a secret. Anything else is a bug: it is logged with
 its traceback on the server and the caller gets INTERNAL with a fixed text.
+
+Request bytes that do not decode as the method's request message are the caller's error, not
+the server's: the interceptor installs a tolerant deserializer on every unary-request method
+(``handlers.tolerant_deserializer``) and refuses the undecodable request with
+``UndecodableRequestError`` (INVALID_ARGUMENT) before any inner layer or handler runs. Such a
+refusal comes before authorization (the aTLS client gate, the KeyService's caller check): it
+reveals nothing about the service and costs less than checking the caller.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -19,10 +26,14 @@ from constellation.attestation.errors import (
     MalformedEvidenceError,
     ValidationError,
 )
+from constellation.attestation.service.errors import UndecodableRequestError
 from constellation.attestation.service.handlers import (
     Behaviour,
     BehaviourInterceptor,
+    UndecodableRequest,
     is_abort,
+    tolerant_deserializer,
+    wrap_rpc_handler,
 )
 
 _log = structlog.get_logger("constellation.service")
@@ -30,6 +41,7 @@ _log = structlog.get_logger("constellation.service")
 DEFAULT_STATUS_CODES: Mapping[type[BaseException], grpc.StatusCode] = {
     ValidationError: grpc.StatusCode.PERMISSION_DENIED,
     MalformedEvidenceError: grpc.StatusCode.INVALID_ARGUMENT,
+    UndecodableRequestError: grpc.StatusCode.INVALID_ARGUMENT,
     ConstellationError: grpc.StatusCode.INTERNAL,
 }
 
@@ -52,9 +64,31 @@ class ErrorStatusInterceptor(BehaviourInterceptor):
     def __init__(self, codes: Mapping[type[BaseException], grpc.StatusCode] | None = None) -> None:
         self._codes = {**DEFAULT_STATUS_CODES, **(codes or {})}
 
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        # Streaming requests decode message by message inside the servicer's iterator; only
+        # unary requests (every Constellation method) are decoded before the behaviour runs.
+        unary_request = handler.unary_unary is not None or handler.unary_stream is not None
+        return wrap_rpc_handler(
+            handler,
+            lambda behaviour: self.around(method, behaviour),
+            request_deserializer=tolerant_deserializer(handler.request_deserializer)
+            if unary_request
+            else None,
+        )
+
     def around(self, method: str, behaviour: Behaviour) -> Behaviour:
         def run(request: Any, context: grpc.ServicerContext) -> Any:
             try:
+                if isinstance(request, UndecodableRequest):
+                    raise UndecodableRequestError(method, request.reason)
                 return behaviour(request, context)
             except Exception as exc:
                 if is_abort(exc):

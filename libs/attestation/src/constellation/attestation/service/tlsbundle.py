@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from constellation.attestation.atls.certificates import CLIENT_CA_CERT_PEM
@@ -33,18 +33,41 @@ class BundleNames:
     ca_role: str = "the CA"
 
 
+#: What cryptography raises for a malformed part of a certificate or key, when it is read.
+PARSE_ERRORS = (
+    ValueError,
+    TypeError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
+
+
 def load_certificate(pem: bytes) -> x509.Certificate | None:
+    """The certificate, or None if it or any part the checks here read does not parse.
+
+    cryptography decodes the key, the names and the extensions only when they are read; reading
+    them once here makes a malformed part "unparsable" instead of an exception in a later check.
+    """
     try:
-        return x509.load_pem_x509_certificate(pem)
-    except ValueError:
+        certificate = x509.load_pem_x509_certificate(pem)
+        certificate.public_key()
+        certificate.subject.rfc4514_string()
+        certificate.issuer.rfc4514_string()
+        for _extension in certificate.extensions:
+            pass
+    except PARSE_ERRORS:
         return None
+    return certificate
 
 
 def load_private_key(pem: bytes) -> Any:
-    """The key, or None if malformed or encrypted (TypeError: a password is required)."""
+    """The key, or None if malformed, of an unsupported type or encrypted (TypeError: a password
+    is required)."""
     try:
         return serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError):
+    except PARSE_ERRORS:
         return None
 
 
