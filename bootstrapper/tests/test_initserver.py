@@ -312,3 +312,15 @@ def test_second_concurrent_init_is_aborted(node: NodeParts, tmp_path: Path) -> N
         release.set()
         server.shutdown()
         server.server_close()
+
+
+def test_undecodable_request_is_invalid_argument(node: NodeParts) -> None:
+    # Was INTERNAL ("Exception deserializing request!"), grpcio's own answer; the shared
+    # ErrorStatusInterceptor every AttestedServer carries refuses it (issue 14).
+    validator = node_validator(Measurements({15: Measurement(bytes(32), warn_only=True)}))
+    with serve_init(node, _not_called) as target, atls.connect(target, [validator]) as channel:
+        responses = channel.channel.unary_stream("/init.API/Init")(b"\x0a\x10truncated", timeout=30)
+        with pytest.raises(grpc.RpcError) as info:
+            list(responses)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    _assert_untouched(node)

@@ -26,6 +26,7 @@ from constellation.attestation.vtpm import open_tpm, read_pcrs
 from constellation.bootstrapper.config import RetryPolicy
 from constellation.bootstrapper.initserver import InitCallbacks, InitServer, LocalControlPlane
 from constellation.bootstrapper.joinclient import JoinClient
+from constellation.bootstrapper.journal import JournalPath, JournalRecord, Step, journal_for
 from constellation.bootstrapper.node import CommitPath, Node, NodeError
 from constellation.bootstrapper.nodestate import NodeState, save_node_state
 from constellation.bootstrapper.registration import KubeletFiles, RegistrationError
@@ -367,3 +368,68 @@ def test_supervisor_stops_on_shutdown(make_cluster: Callable[..., Cluster], tmp_
     racing.supervisor.shutdown.set()
     assert racing.finish() is None
     assert _pcr15(cluster.node.tpm.tcti) == ZERO_PCR
+
+
+def test_a_join_interrupted_after_its_lock_stops_the_node_saying_reboot(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """The bootstrapper died mid-join, the vTPM kept the lock: only a reboot gets it out."""
+    cluster = make_cluster()
+    node = cluster.node
+    cluster_id = cluster.authority.cluster.cluster_id
+    journal = journal_for(node.node_state_path)
+    record = JournalRecord(Step.REKEY, node.disk.uuid(), JournalPath.JOIN, cluster_id)
+    journal.record(record)
+    assert node.lock.try_lock(cluster_id)
+    with pytest.raises(NodeError, match="reboot the node") as stopped:
+        _node(cluster, []).run()
+    assert "join into cluster" in str(stopped.value)
+    assert journal.read() == record  # kept for the next boot
+
+
+def test_a_lock_of_another_cluster_than_journaled_stops_the_node(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = make_cluster()
+    node = cluster.node
+    journal_for(node.node_state_path).record(
+        JournalRecord(Step.REKEY, node.disk.uuid(), JournalPath.INIT, b"a" * 32)
+    )
+    assert node.lock.try_lock(b"b" * 32)
+    supervisor = _node(cluster, [])
+    supervisor._read_pcr15 = lambda: _pcr15(node.tpm.tcti)
+    with pytest.raises(NodeError, match="does not carry the mark"):
+        supervisor.run()
+
+
+def test_after_a_reboot_an_interrupted_join_reformats_the_disk_and_joins_again(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    """PCR 15 zero, the journal names a join: the disk (its passphrase lost) is re-formatted
+    under the same UUID and the node joins again."""
+    cluster = make_cluster()  # the ticket's API server is unreachable: registration fails
+    node = cluster.node
+    uuid = node.disk.uuid()
+    journal_for(node.node_state_path).record(
+        JournalRecord(Step.REKEY, uuid, JournalPath.JOIN, cluster.authority.cluster.cluster_id)
+    )
+    racing = RacingNode(cluster, tmp_path)
+    racing.thread.start()  # no wipe: the header of the interrupted join is still there
+    outcome = racing.finish()
+    assert isinstance(outcome, NodeError)
+    assert "join failed after the node lock was taken" in str(outcome)  # it got that far
+    assert node.disk.uuid() == uuid
+    assert node.disk.key_matches(DiskKey(cluster.authority.cluster.disk_key(uuid)))
+    assert node.disk.keyslots() == [1]
+    assert cluster.authority.calls == ["IssueJoinTicket"]
+
+
+def test_a_foreign_luks_disk_with_a_journal_of_another_uuid_is_refused(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = make_cluster()
+    journal_for(cluster.node.node_state_path).record(
+        JournalRecord(Step.FORMAT, "0b0e0c0d-1111-4222-8333-444455556666")
+    )
+    with pytest.raises(NodeError, match="not this node's disk"):
+        _node(cluster, []).run()

@@ -64,6 +64,9 @@ class RecordingControlPlane:
         self.restarts += 1
         return b"kubeconfig"
 
+    def forget(self) -> None:
+        self.installed = False
+
 
 class Restarted:
     """A node of ``secrets``' cluster after a reboot (PCR 15 reset), and a JoinService.

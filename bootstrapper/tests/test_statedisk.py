@@ -130,7 +130,63 @@ def test_keys_never_appear_in_the_command_line(
     for secret in (initial.reveal(), key.reveal()):
         assert secret not in command_lines
         assert secret.hex().encode() not in command_lines
-    assert any("luksChangeKey" in argv for argv in argvs)
+    assert any("luksAddKey" in argv for argv in argvs)
+    assert any("luksKillSlot" in argv for argv in argvs)
+
+
+def test_rekey_adds_the_new_key_before_it_wipes_the_old_slot(disk: StateDisk) -> None:
+    """At each crash point of the rekey at least one of the two keys opens the disk."""
+    initial = disk.format()
+    key = _disk_key()
+    seen: dict[str, tuple[bool, bool, list[int]]] = {}
+
+    def at(point: str) -> None:
+        seen[point] = (disk.key_matches(initial), disk.key_matches(key), disk.keyslots())
+
+    disk.rekey(initial, key, on_step=at)
+    assert seen["rekey.add"] == (True, True, [0, 1])
+    assert seen["rekey.kill"] == (False, True, [1])
+
+
+def test_an_interrupted_rekey_is_completed_with_the_new_key_alone(disk: StateDisk) -> None:
+    initial = disk.format()
+    key = _disk_key()
+
+    class Crash(Exception):
+        pass
+
+    def crash(point: str) -> None:
+        raise Crash(point)
+
+    with pytest.raises(Crash):
+        disk.rekey(initial, key, on_step=crash)  # dies after the add, before the wipe
+    assert disk.keyslots() == [0, 1]
+    disk.finish_rekey(key)
+    assert disk.keyslots() == [1]
+    assert not disk.key_matches(initial)
+    assert disk.key_matches(key)
+
+
+def test_finishing_a_rekey_with_a_key_the_disk_never_got_is_refused(disk: StateDisk) -> None:
+    initial = disk.format()
+    with pytest.raises(StateDiskKeyError, match="does not open any keyslot"):
+        disk.finish_rekey(_disk_key())
+    assert disk.keyslots() == [0]  # nothing was wiped
+    assert disk.key_matches(initial)
+
+
+def test_format_takes_the_uuid_it_is_given_and_replaces_only_when_told(disk: StateDisk) -> None:
+    uuid = "0b0e0c0d-1111-4222-8333-444455556666"
+    disk.format(uuid=uuid)
+    assert disk.uuid() == uuid
+    with pytest.raises(StateDiskError, match="refusing to reformat"):
+        disk.format(uuid=uuid)
+    fresh = disk.format(uuid=uuid, replace=True)
+    assert disk.uuid() == uuid
+    assert disk.keyslots() == [0]
+    assert disk.key_matches(fresh)
+    with pytest.raises(StateDiskError, match="lower-case UUID"):
+        disk.format(uuid="not-a-uuid", replace=True)
 
 
 def test_errors_do_not_contain_keys(disk: StateDisk) -> None:

@@ -130,3 +130,26 @@ def test_a_node_certified_by_another_platform_is_refused(
     issuer = node_issuer(swtpm.tcti, NODE, Role.CONTROL_PLANE, ca=other, event_log=log)
     with _node(issuer) as target:
         assert _checks(target, built) == {"ak.certificate.chain"}
+
+
+def _resuming_checks(target: str, built: Path, cluster_id: bytes) -> set[str] | None:
+    measurements = image.measurements_for(image.read_image(built))
+    validator = init_validator("qemu-vtpm", measurements, platform_roots(), resuming=cluster_id)
+    try:
+        atls.connect(target, [validator], timeout=30).close()
+    except ValidationError as refused:
+        return {failure.check for failure in refused.failures}
+    return None
+
+
+def test_a_repeated_init_accepts_the_mark_of_its_own_cluster_only(
+    built: Path, swtpm: Swtpm, tmp_path: Path
+) -> None:
+    """The node took its lock for this workspace's Init and died: `apply` may repeat it."""
+    log = _booted(swtpm, built, tmp_path)
+    ours = b"\x01" * 32
+    assert NodeLock(swtpm.tcti).try_lock(ours)
+    with _node(node_issuer(swtpm.tcti, NODE, Role.CONTROL_PLANE, event_log=log)) as target:
+        assert _resuming_checks(target, built, ours) is None
+        # Another cluster's mark is refused, named as a fresh node's PCR 15 check.
+        assert _resuming_checks(target, built, b"\x02" * 32) == {"pcr[15]"}

@@ -5,6 +5,9 @@ instance metadata, installer, control plane) and hands them to :class:`Node`, wh
 init server and the join client under the node lock. After a path committed, the process stays
 up (on the first node it is the parent of the control-plane processes) until SIGTERM/SIGINT.
 Exit codes: 0 after a clean shutdown, 1 on a refused configuration or a node error, 2 on usage.
+
+``CONSTELLATION_BOOTSTRAPPER_FAILPOINT`` (tests only) is read once here and arms the journal's
+crash point of that name (:mod:`.journal`): the process SIGKILLs itself when it gets there.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ from constellation.bootstrapper.initserver import InitCallbacks, InitServer, Loc
 from constellation.bootstrapper.installer import ComponentInstaller
 from constellation.bootstrapper.joinclient import JoinClient, joinservice_measurements
 from constellation.bootstrapper.joinservicetrust import JoinServiceValidator
+from constellation.bootstrapper.journal import failpoint_from_environment, journal_for
 from constellation.bootstrapper.metadata import FileMetadata
-from constellation.bootstrapper.node import Node
+from constellation.bootstrapper.node import Node, pcr15_reader
 from constellation.bootstrapper.recoveryserver import RecoveryServer
 from constellation.bootstrapper.registration import KubeletFiles
 from constellation.bootstrapper.statedisk import ARGON2ID, FAST_PBKDF2, DiskKey, StateDisk
@@ -97,8 +101,26 @@ def _ak_certificate(config: BootstrapperConfig) -> bytes | None:
     return _read_small(config.ak_certificate_path, "AK certificate")
 
 
-def build_node(config: BootstrapperConfig) -> tuple[Node, LocalControlPlane]:
-    """Wire the node from its configuration (no I/O beyond reading files and the TPM)."""
+ControlPlaneFactory = Callable[[BootstrapperConfig, KubeletFiles], LocalControlPlane]
+
+
+def local_control_plane(
+    config: BootstrapperConfig, kubelet_files: KubeletFiles
+) -> LocalControlPlane:
+    """The real loopback control plane in the node's control-plane directory."""
+    return LocalControlPlane(config.control_plane_root, kubelet_files=kubelet_files)
+
+
+def build_node(
+    config: BootstrapperConfig,
+    *,
+    make_control_plane: ControlPlaneFactory = local_control_plane,
+    failpoint: str | None = None,
+) -> tuple[Node, LocalControlPlane]:
+    """Wire the node from its configuration (no I/O beyond reading files and the TPM).
+
+    ``make_control_plane`` lets a test run the whole process with a stand-in control plane.
+    """
     metadata = FileMetadata(config.metadata_path)
     issuer = VtpmIssuer(
         config.tpm_tcti,
@@ -117,11 +139,12 @@ def build_node(config: BootstrapperConfig) -> tuple[Node, LocalControlPlane]:
         total_timeout_s=config.component_total_timeout_s,
     )
     kubelet_files = KubeletFiles(config.kubelet_dir)
-    control_plane = LocalControlPlane(config.control_plane_root, kubelet_files=kubelet_files)
+    control_plane = make_control_plane(config, kubelet_files)
     join_validator = _join_validator(config)
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    journal = journal_for(config.node_state_path, failpoint=failpoint)
 
-    def make_init_server(initial_key: DiskKey, callbacks: InitCallbacks) -> InitServer:
+    def make_init_server(initial_key: DiskKey | None, callbacks: InitCallbacks) -> InitServer:
         return InitServer(
             metadata=metadata,
             node_lock=node_lock,
@@ -131,6 +154,7 @@ def build_node(config: BootstrapperConfig) -> tuple[Node, LocalControlPlane]:
             control_plane=control_plane,
             node_state_path=config.node_state_path,
             callbacks=callbacks,
+            journal=journal,
         )
 
     def serve_on_init_port(
@@ -179,6 +203,7 @@ def build_node(config: BootstrapperConfig) -> tuple[Node, LocalControlPlane]:
             node_state_path=config.node_state_path,
             retry=retry,
             stop=stop,
+            journal=journal,
         )
 
     node = Node(
@@ -191,11 +216,17 @@ def build_node(config: BootstrapperConfig) -> tuple[Node, LocalControlPlane]:
         control_plane=control_plane,
         make_rejoin_client=functools.partial(make_client, config.rejoin_retry),
         serve_recovery=serve_recovery,
+        journal=journal,
+        read_pcr15=pcr15_reader(config.tpm_tcti),
     )
     return node, control_plane
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    make_control_plane: ControlPlaneFactory = local_control_plane,
+) -> int:
     parser = argparse.ArgumentParser(
         prog="constellation-bootstrapper",
         description="First service on a node: initialize the cluster (init server) or join it "
@@ -210,8 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     shutdown.install_signal_handlers()
     control_plane: LocalControlPlane | None = None
     try:
+        failpoint = failpoint_from_environment()
         config = load_config(args.config)
-        node, control_plane = build_node(config)
+        node, control_plane = build_node(
+            config, make_control_plane=make_control_plane, failpoint=failpoint
+        )
 
         def forward_shutdown() -> None:
             shutdown.wait()

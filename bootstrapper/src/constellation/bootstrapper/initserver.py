@@ -23,9 +23,18 @@ argument:
    install the verified components, bring up the control plane, persist the node state
    atomically, and answer ``InitSuccess{kubeconfig, owner_id, cluster_id}``.
 
+Each irreversible step (lock, rekey, control plane, state) is journaled before it runs
+(:mod:`.journal`). A server built without an initial disk key *resumes* the Init the journal
+names: the bootstrapper died after the lock, the vTPM kept it. It then accepts only an Init
+whose secrets derive the journaled cluster ID (the CLI repeats ``apply`` with what its workspace
+saved; anything else is FAILED_PRECONDITION, :class:`InterruptedInitError`, saying what to do),
+skips the lock, completes the rekey (or, if the cluster key never reached the disk, re-formats
+it under the same UUID first: it never held data) and runs the remaining steps again.
+
 Every step after the secret check streams a ``Progress`` message (phase names are stable, the
 messages never contain secrets). Errors before the point of no return are mapped to gRPC status
-codes in one place, :func:`status_for`.
+codes in one place, :func:`status_for`; each such status carries the trailing metadata
+``constellation-init-refusal`` so the CLI can tell a refusal from a node that died mid-stream.
 """
 
 from __future__ import annotations
@@ -67,6 +76,13 @@ from constellation.bootstrapper.installer import (
     StagedComponents,
     parse_components,
 )
+from constellation.bootstrapper.journal import (
+    Journal,
+    JournalPath,
+    JournalRecord,
+    Step,
+    journal_for,
+)
 from constellation.bootstrapper.kubernetes.controlplane import ControlPlane, ControlPlaneBinaries
 from constellation.bootstrapper.metadata import MetadataProvider
 from constellation.bootstrapper.nodestate import NodeState, save_node_state
@@ -93,6 +109,9 @@ OWNER_ID_LENGTH = 32
 _VERSION = re.compile(r"^v?\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
 _CLUSTER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _MAX_SANS = 64
+# Trailing metadata of every status the init server sends on purpose (a refusal); a status
+# without it comes from the transport (the node died, the connection broke).
+REFUSAL_METADATA_KEY = "constellation-init-refusal"
 
 
 class InitError(BootstrapperError):
@@ -113,6 +132,10 @@ class InitSecretHashUnavailableError(InitSecretError):
 
 class InitInProgressError(InitError):
     """Another ``Init`` is running on this node right now."""
+
+
+class InterruptedInitError(InitError):
+    """The node resumes an interrupted Init of another cluster than the request derives."""
 
 
 @dataclass(frozen=True)
@@ -168,7 +191,9 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.FAILED_PRECONDITION, "this node cannot check init secrets"
     if isinstance(error, InitRequestError | InvalidComponentError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(error)
-    if isinstance(error, NodeAlreadyInitializedError | ComponentHashMismatchError):
+    if isinstance(
+        error, NodeAlreadyInitializedError | ComponentHashMismatchError | InterruptedInitError
+    ):
         return grpc.StatusCode.FAILED_PRECONDITION, str(error)
     if isinstance(error, InitInProgressError):
         return grpc.StatusCode.ABORTED, str(error)
@@ -254,11 +279,12 @@ class InitServer(init_pb2_grpc.APIServicer):
         metadata: MetadataProvider,
         node_lock: NodeLatch,
         state_disk: StateDisk,
-        initial_disk_key: DiskKey,
+        initial_disk_key: DiskKey | None,
         installer: ComponentInstaller,
         control_plane: ControlPlaneStarter,
         node_state_path: Path,
         callbacks: InitCallbacks | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self._metadata = metadata
         self._lock = node_lock
@@ -269,6 +295,16 @@ class InitServer(init_pb2_grpc.APIServicer):
         self._node_state_path = node_state_path
         self._callbacks = callbacks or InitCallbacks()
         self._busy = threading.Lock()
+        self._journal = journal or journal_for(node_state_path)
+        self._resume: JournalRecord | None = None
+        if initial_disk_key is None:
+            record = self._journal.read()
+            if record is None or record.path is not JournalPath.INIT or record.cluster_id is None:
+                raise InitError(
+                    "an init server without an initial disk key can only resume an interrupted "
+                    "Init, and the journal names none"
+                )
+            self._resume = record
 
     def Init(
         self, request: init_pb2.InitRequest, context: grpc.ServicerContext
@@ -278,6 +314,8 @@ class InitServer(init_pb2_grpc.APIServicer):
         except ConstellationError as error:
             code, message = status_for(error)
             _log.warning("init.refused", code=code.name, error=message)
+            # Tells the CLI this status is the node's decision, not a transport failure.
+            context.set_trailing_metadata(((REFUSAL_METADATA_KEY, code.name),))
             context.abort(code, message)
         except Exception:
             # A bug, not a refusal: details go to the node's log only, never to the caller.
@@ -324,7 +362,8 @@ class InitServer(init_pb2_grpc.APIServicer):
             yield item
 
     def _init_authorized(self, request: init_pb2.InitRequest) -> Iterator[init_pb2.InitResponse]:
-        if self._lock.is_initialized():
+        resume = self._resume
+        if resume is None and self._lock.is_initialized():
             raise NodeAlreadyInitializedError(
                 "this node is already part of a cluster (its node lock is taken)"
             )
@@ -334,6 +373,16 @@ class InitServer(init_pb2_grpc.APIServicer):
         measurement_secret = derive_measurement_secret(request.master_secret, request.master_salt)
         cluster_id = derive_cluster_id(measurement_secret, request.measurement_salt)
         owner_id = derive_owner_id(request.master_secret, request.master_salt)
+        if resume is not None and cluster_id != resume.cluster_id:
+            assert resume.cluster_id is not None
+            raise InterruptedInitError(
+                f"this node is locked to cluster {resume.cluster_id.hex()} by an Init that was "
+                f"interrupted at step '{resume.step.value}'; this request derives cluster "
+                f"{cluster_id.hex()}. Run `constellation apply` again from the workspace that "
+                "started that Init (same master secret and measurement salt) to complete it, "
+                "or reboot the node to reset its node lock: it then re-initializes its state "
+                "disk by itself and accepts a new Init"
+            )
         yield _progress("derive", f"cluster ID {cluster_id.hex()}")
 
         count = len(request.kubernetes_components)
@@ -341,15 +390,30 @@ class InitServer(init_pb2_grpc.APIServicer):
         with self._installer.stage(request.kubernetes_components) as staged:
             yield _progress("components.verify", f"all {count} component hashes match")
 
-            if not self._lock.try_lock(cluster_id):
+            disk_uuid = self._disk.uuid()
+            if resume is not None:
+                _log.warning("init.resumed", cluster_id=cluster_id.hex(), step=resume.step.value)
+                yield _progress(
+                    "node-lock",
+                    f"resuming the Init interrupted at step '{resume.step.value}' (PCR 15 "
+                    "already carries this cluster's mark)",
+                )
+            elif not self._journal.take_lock(
+                self._lock.try_lock,
+                path=JournalPath.INIT,
+                disk_uuid=disk_uuid,
+                cluster_id=cluster_id,
+            ):
                 raise NodeAlreadyInitializedError(
                     "the node lock was taken by the join client: this node joined a cluster "
                     "and cannot be initialized"
                 )
-            _log.info("init.locked", cluster_id=cluster_id.hex())
-            yield _progress("node-lock", "node lock taken (PCR 15 marked with the cluster ID)")
+            else:
+                _log.info("init.locked", cluster_id=cluster_id.hex())
+                yield _progress("node-lock", "node lock taken (PCR 15 marked with the cluster ID)")
+            record = JournalRecord(Step.LOCK, disk_uuid, JournalPath.INIT, cluster_id)
             try:
-                yield from self._after_lock(request, staged, cluster_id, owner_id)
+                yield from self._after_lock(request, staged, record, owner_id)
             except Exception as error:
                 if isinstance(error, ConstellationError):
                     reason = str(error)
@@ -368,14 +432,15 @@ class InitServer(init_pb2_grpc.APIServicer):
         self,
         request: init_pb2.InitRequest,
         staged: StagedComponents,
-        cluster_id: bytes,
+        record: JournalRecord,
         owner_id: bytes,
     ) -> Iterator[init_pb2.InitResponse]:
-        disk_uuid = self._disk.uuid()
-        self._disk.rekey(
-            self._initial_disk_key,
-            state_disk_key(request.master_secret, request.master_salt, disk_uuid),
-        )
+        cluster_id = record.cluster_id
+        assert cluster_id is not None
+        disk_uuid = record.disk_uuid
+        self._journal.record(record.advance(Step.REKEY))
+        key = state_disk_key(request.master_secret, request.master_salt, disk_uuid)
+        self._rekey(key)
         yield _progress("state-disk", f"state disk {disk_uuid} rekeyed to the cluster key")
 
         installed = staged.install()
@@ -395,7 +460,9 @@ class InitServer(init_pb2_grpc.APIServicer):
             binaries=binaries,
         )
         yield _progress("control-plane", "starting etcd, kube-apiserver, controller-manager")
+        self._journal.record(record.advance(Step.CONTROL_PLANE))
         kubeconfig = self._control_plane(parameters)
+        self._journal.crash_point("control-plane")
         yield _progress("control-plane", "control plane is up")
 
         state = NodeState(
@@ -404,7 +471,10 @@ class InitServer(init_pb2_grpc.APIServicer):
             role=Role.CONTROL_PLANE,
             disk_uuid=disk_uuid,
         )
+        self._journal.record(record.advance(Step.STATE))
         save_node_state(self._node_state_path, state)
+        self._journal.crash_point("state")
+        self._journal.clear()
         _log.info("init.done", cluster_id=cluster_id.hex(), node=node.name)
         self._callbacks.on_initialized(InitOutcome(cluster_id, owner_id, state))
         yield init_pb2.InitResponse(
@@ -412,6 +482,38 @@ class InitServer(init_pb2_grpc.APIServicer):
                 kubeconfig=kubeconfig, owner_id=owner_id, cluster_id=cluster_id
             )
         )
+
+    def _rekey(self, key: DiskKey) -> None:
+        """Rekey from the initial passphrase, or complete the rekey of a resumed Init.
+
+        Resuming, the initial passphrase is gone with the process that made it. If the cluster
+        key opens a keyslot, only the old slot is left to wipe. If it opens none, the crash came
+        before the new key was added: nothing but the lost passphrase opens the disk and the
+        disk never held data (everything that writes comes after the rekey), so it is
+        re-formatted under the same UUID and rekeyed from the fresh passphrase.
+        """
+        resume = self._resume
+        if resume is None:
+            assert self._initial_disk_key is not None
+            self._disk.rekey(self._initial_disk_key, key, on_step=self._journal.crash_point)
+            return
+        if self._disk.key_matches(key):
+            self._disk.finish_rekey(key)
+            return
+        if resume.step.rank > Step.REKEY.rank:
+            raise InitError(
+                f"the journal says the rekey of {resume.disk_uuid} finished, but the cluster key "
+                "opens no keyslot; the disk is not the one this Init rekeyed. Reboot the node "
+                "to re-initialize it"
+            )
+        _log.warning(
+            "init.disk_reinitialized",
+            disk_uuid=resume.disk_uuid,
+            reason="the cluster key never reached the disk and its initial passphrase died "
+            "with the interrupted bootstrapper; the disk never held data",
+        )
+        initial = self._disk.format(uuid=resume.disk_uuid, replace=True)
+        self._disk.rekey(initial, key, on_step=self._journal.crash_point)
 
 
 class LocalControlPlane:
@@ -450,6 +552,18 @@ class LocalControlPlane:
     def is_installed(self) -> bool:
         """True if this node brought up a control plane here (a restart record exists)."""
         return self.restart_record_path.is_file()
+
+    def forget(self) -> None:
+        """Drop the restart record of an init that never committed (no node state).
+
+        Without it a later reboot would restart a control plane of a cluster that never
+        existed; the PKI and etcd files stay (a new init's warm start replaces what it needs).
+        """
+        try:
+            self.restart_record_path.unlink()
+        except FileNotFoundError:
+            return
+        _log.warning("control_plane.forgotten", directory=str(self._directory))
 
     def __call__(self, parameters: ControlPlaneParameters) -> bytes:
         missing = sorted(

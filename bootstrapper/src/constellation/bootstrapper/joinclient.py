@@ -15,7 +15,9 @@ Join (first boot), in order:
 5. Derive the cluster ID from the ticket's measurement secret and salt and take the node lock.
    If the init server took it first, the join stops here: this node was initialized instead.
 6. Rekey the state disk with the ticket's key, install the components, register the Node
-   object with the kubelet certificate, persist the node state atomically.
+   object with the kubelet certificate, persist the node state atomically. The lock, the rekey,
+   the registration and the state are journaled before each runs (:mod:`.journal`); a join
+   interrupted after its lock is recovered by a reboot (the node supervisor explains it).
 
 Rejoin (the node state exists): ``IssueRejoinTicket{disk_uuid}``, check that the returned key
 opens the state disk's header, check that the measurement secret reproduces the cluster ID on
@@ -52,6 +54,13 @@ from constellation.bootstrapper.config import RetryPolicy
 from constellation.bootstrapper.errors import BootstrapperError
 from constellation.bootstrapper.initserver import NodeLatch
 from constellation.bootstrapper.installer import ComponentInstaller
+from constellation.bootstrapper.journal import (
+    Journal,
+    JournalPath,
+    JournalRecord,
+    Step,
+    journal_for,
+)
 from constellation.bootstrapper.metadata import MetadataProvider
 from constellation.bootstrapper.nodestate import NodeState, save_node_state
 from constellation.bootstrapper.registration import (
@@ -139,6 +148,7 @@ class JoinClient:
         stop: threading.Event | None = None,
         register: NodeRegistrar = register_node,
         rng: random.Random | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self._metadata = metadata
         self._connect = connect
@@ -152,6 +162,7 @@ class JoinClient:
         self._register = register
         self._rng = rng or random.SystemRandom()
         self.took_lock = False
+        self._journal = journal or journal_for(node_state_path)
 
     # -- first join ------------------------------------------------------------------------
 
@@ -182,14 +193,26 @@ class JoinClient:
         check_join_ticket(ticket, identity)
         cluster_id = derive_cluster_id(ticket.measurement_secret, ticket.measurement_salt)
         check_joinservice_cluster(server, cluster_id)
+        record = JournalRecord(Step.LOCK, disk_uuid, JournalPath.JOIN, cluster_id)
         with self._installer.stage(ticket.kubernetes_components) as staged:
-            if self._stop.is_set() or not self._lock.try_lock(cluster_id):
+            if self._stop.is_set() or not self._journal.take_lock(
+                self._lock.try_lock,
+                path=JournalPath.JOIN,
+                disk_uuid=disk_uuid,
+                cluster_id=cluster_id,
+            ):
                 _log.info("join.lost_race", reason="the node lock is taken (init committed)")
                 return None
             self.took_lock = True
             _log.info("join.locked", cluster_id=cluster_id.hex(), node=node.name)
-            self._disk.rekey(initial_disk_key, DiskKey(ticket.state_disk_key))
+            self._journal.record(record.advance(Step.REKEY))
+            self._disk.rekey(
+                initial_disk_key,
+                DiskKey(ticket.state_disk_key),
+                on_step=self._journal.crash_point,
+            )
             staged.install()
+        self._journal.record(record.advance(Step.REGISTER))
         self._kubelet_files.write(identity, ticket.kubelet_cert, ticket.ca_cert)
         self._register(
             api_server_endpoint=ticket.api_server_endpoint,
@@ -203,7 +226,11 @@ class JoinClient:
             role=node.role,
             disk_uuid=disk_uuid,
         )
+        self._journal.crash_point("register")
+        self._journal.record(record.advance(Step.STATE))
         save_node_state(self._node_state_path, state)
+        self._journal.crash_point("state")
+        self._journal.clear()
         _log.info("join.done", cluster_id=cluster_id.hex(), node=node.name)
         return JoinOutcome(cluster_id, state, ticket.api_server_endpoint)
 

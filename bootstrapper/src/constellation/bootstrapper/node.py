@@ -2,7 +2,8 @@
 
 State machine of one bootstrapper run::
 
-    node state on disk? ── yes ──► REJOIN: PCR 15 re-marked with the recorded cluster ID only
+    node state on disk? ── yes ──► (journal: Init died before answering → RESUME, below)
+         │                         REJOIN: PCR 15 re-marked with the recorded cluster ID only
          │                          if a reboot reset it (never a second lock otherwise), then
          │                          rejoin ticket, disk key and cluster ID checked
          │                          │ the node runs the control plane (it initialized the
@@ -14,10 +15,16 @@ State machine of one bootstrapper run::
          │                          ``constellation recover`` sent the master secret
          │                          (:mod:`.recoveryserver`), which restarts the control plane
          no
-         │ (the node lock must be free too; a taken lock without node state is an
-         │  inconsistent node and is refused)
+         │ an unfinished init/join in the journal (:mod:`.journal`)?
+         │  - PCR 15 marked for its cluster by an interrupted Init → RESUME: serve Init only
+         │    for that cluster (the CLI repeats ``apply``), completing the remaining steps
+         │  - PCR 15 marked by an interrupted join, or by nobody journaled → stop, telling
+         │    the admin to reboot the node (a reboot resets PCR 15)
+         │  - PCR 15 zero → the disk never held cluster data: re-format it (same UUID), log
+         │    ``node.disk_reinitialized``, and go on as on a first boot
          ▼
-    format the state disk (LUKS2, random initial passphrase kept in memory only)
+    format the state disk (LUKS2, UUID journaled first, random initial passphrase kept in
+    memory only)
          ▼
     RACE: init server (serves init.API over aTLS) ║ join client (bounded retries)
          │  whichever takes the node lock first commits; the node lock is a one-way latch
@@ -37,6 +44,7 @@ the failure is logged.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -47,6 +55,9 @@ import structlog
 
 from constellation.attestation.errors import ConstellationError
 from constellation.attestation.identity import Role
+from constellation.attestation.measurements import pcr15_for_cluster_id
+from constellation.attestation.nodelock import PCR_NODE_LOCK
+from constellation.attestation.vtpm import open_tpm, read_pcrs
 from constellation.bootstrapper.errors import BootstrapperError
 from constellation.bootstrapper.initserver import (
     InitCallbacks,
@@ -59,6 +70,13 @@ from constellation.bootstrapper.joinclient import (
     JoinOutcome,
     JoinStoppedError,
     JoinTimeoutError,
+)
+from constellation.bootstrapper.journal import (
+    Journal,
+    JournalPath,
+    JournalRecord,
+    Step,
+    journal_for,
 )
 from constellation.bootstrapper.nodestate import NodeState, load_node_state
 from constellation.bootstrapper.recoveryserver import RecoveryServer
@@ -101,6 +119,10 @@ class RestartableControlPlane(Protocol):
         """Start it again from the installed binaries, PKI and etcd data."""
         ...
 
+    def forget(self) -> None:
+        """Drop the record of a control plane an interrupted init left (it never committed)."""
+        ...
+
 
 @dataclass
 class _Race:
@@ -115,7 +137,8 @@ class Node:
     """Wires the init server and the join client of one node; see the module docstring.
 
     ``serve_init(servicer)`` starts the (aTLS) gRPC server for the init servicer and returns a
-    function that stops it; ``make_init_server(initial_key, on_initialized)`` and
+    function that stops it; ``make_init_server(initial_key, on_initialized)`` (``initial_key``
+    is ``None`` when an interrupted Init is resumed: the server then reads the journal) and
     ``make_join_client(stop)`` build the two paths, so tests and ``__main__`` pass real
     collaborators. A node that initialized the cluster passes its ``control_plane`` (restarted
     on rejoin), ``make_rejoin_client`` (shorter retry bounds: on a full-cluster shutdown nobody
@@ -128,13 +151,15 @@ class Node:
         node_lock: NodeLatch,
         state_disk: StateDisk,
         node_state_path: Path,
-        make_init_server: Callable[[DiskKey, InitCallbacks], InitServer],
+        make_init_server: Callable[[DiskKey | None, InitCallbacks], InitServer],
         serve_init: Callable[[InitServer], Callable[[float], None]],
         make_join_client: Callable[[threading.Event], JoinClient],
         stop_grace_s: float = DEFAULT_STOP_GRACE_S,
         control_plane: RestartableControlPlane | None = None,
         make_rejoin_client: Callable[[threading.Event], JoinClient] | None = None,
         serve_recovery: Callable[[RecoveryServer], Callable[[float], None]] | None = None,
+        journal: Journal | None = None,
+        read_pcr15: Callable[[], bytes] | None = None,
     ) -> None:
         self._lock = node_lock
         self._disk = state_disk
@@ -146,19 +171,67 @@ class Node:
         self._control_plane = control_plane
         self._make_rejoin_client = make_rejoin_client
         self._serve_recovery = serve_recovery
+        self._journal = journal or journal_for(node_state_path)
+        self._read_pcr15 = read_pcr15
         self.shutdown = threading.Event()
 
     def run(self) -> NodeOutcome | None:
         """Run until one path committed (returns its outcome) or ``shutdown`` is set (None)."""
         if self._node_state_path.exists():
-            return self._rejoin(load_node_state(self._node_state_path))
+            state = load_node_state(self._node_state_path)
+            pending = self._journal.read()
+            if (
+                pending is not None
+                and pending.path is JournalPath.INIT
+                and pending.step is Step.STATE
+                and pending.cluster_id == state.cluster_id
+            ):
+                # The init wrote its state but died before its answer reached the CLI, which
+                # has no kubeconfig yet: serve that Init again (it completes idempotently).
+                self._remark(state)
+                return self._resume(pending)
+            self._journal.clear()
+            return self._rejoin(state)
+        record = self._journal.read()
         if self._lock.is_initialized():
-            raise NodeError(
-                "the node lock is taken but no node state was persisted: the node crashed "
-                "between its point of no return and the end of init/join; recreate the node"
-            )
-        initial_key = self._prepare_disk()
+            return self._resume(record)
+        initial_key = self._prepare_disk(record)
         return self._race(initial_key)
+
+    def _resume(self, record: JournalRecord | None) -> NodeOutcome | None:
+        """PCR 15 is marked and there is no node state: the bootstrapper died mid-commit."""
+        reboot = (
+            "reboot the node (that resets PCR 15); the bootstrapper then re-initializes its "
+            "state disk by itself, which never held cluster data, and serves Init or joins again"
+        )
+        if record is None or record.cluster_id is None or record.path is None:
+            raise NodeError(
+                "the node lock (PCR 15) is taken but this node journaled no init or join and "
+                f"has no node state, so another process took it; {reboot}"
+            )
+        marked = self._pcr15()
+        if marked is not None and marked != pcr15_for_cluster_id(record.cluster_id):
+            raise NodeError(
+                "PCR 15 does not carry the mark of the cluster this node journaled "
+                f"({record.cluster_id.hex()}); another process extended it; {reboot}"
+            )
+        if record.path is JournalPath.JOIN:
+            raise NodeError(
+                f"a join into cluster {record.cluster_id.hex()} was interrupted at step "
+                f"'{record.step.value}' after the node lock was taken; the JoinService gives a "
+                f"locked node no second join ticket, so {reboot}"
+            )
+        _log.warning(
+            "node.init_resumable",
+            cluster_id=record.cluster_id.hex(),
+            interrupted_step=record.step.value,
+            next="serving Init for this cluster only; run `constellation apply` again",
+        )
+        return self._race(None)
+
+    def _pcr15(self) -> bytes | None:
+        """PCR 15's value if the wiring can read it (``read_pcr15``), else ``None``."""
+        return None if self._read_pcr15 is None else self._read_pcr15()
 
     def _runs_control_plane(self, state: NodeState) -> bool:
         return (
@@ -239,15 +312,49 @@ class Node:
         _log.info("node.recovered", cluster_id=state.cluster_id.hex())
         return NodeOutcome(CommitPath.RECOVERED, state.cluster_id)
 
-    def _prepare_disk(self) -> DiskKey:
-        if self._disk.is_luks():
-            raise NodeError(
-                f"the state disk {self._disk.device} already carries a LUKS header but the "
-                "node has no state: its initial passphrase is lost; wipe the disk and restart"
-            )
-        return self._disk.format()
+    def _prepare_disk(self, record: JournalRecord | None) -> DiskKey:
+        """Format the state disk; re-format it if the journal proves it never held data.
 
-    def _race(self, initial_key: DiskKey) -> NodeOutcome | None:
+        No node state and PCR 15 zero: whatever the journal says was interrupted, the node
+        never committed in this boot and never wrote its state, so the disk holds nothing of a
+        cluster. A LUKS disk without a journal record (or with another UUID) was not formatted
+        by this node and is refused.
+        """
+        is_luks = self._disk.is_luks()
+        if record is not None:
+            if is_luks and self._disk.uuid() != record.disk_uuid:
+                raise NodeError(
+                    f"the state disk {self._disk.device} has the LUKS UUID {self._disk.uuid()}, "
+                    f"but this node formatted {record.disk_uuid}: it is not this node's disk; "
+                    "attach the node's own disk, or a blank one"
+                )
+            _log.warning(
+                "node.disk_reinitialized",
+                disk_uuid=record.disk_uuid,
+                interrupted_step=record.step.value,
+                interrupted_path=None if record.path is None else record.path.value,
+                reason="an init or join was interrupted before the node state was written; "
+                "the disk never held cluster data",
+            )
+            if record.path is not None and self._control_plane is not None:
+                self._control_plane.forget()
+            disk_uuid = record.disk_uuid
+        elif is_luks:
+            raise NodeError(
+                f"the state disk {self._disk.device} carries a LUKS header this node did not "
+                "format (no node state, no journal): it may hold another node's data; attach "
+                "a blank disk or this node's own, or wipe this one if its data is not needed"
+            )
+        else:
+            disk_uuid = str(uuid.uuid4())
+        self._journal.record(JournalRecord(Step.FORMAT, disk_uuid))
+        key = self._disk.format(uuid=disk_uuid, replace=record is not None)
+        self._journal.crash_point("format")
+        return key
+
+    def _race(self, initial_key: DiskKey | None) -> NodeOutcome | None:
+        """Serve Init and run the join client; ``initial_key=None`` resumes an interrupted
+        Init (the node lock is already taken for its cluster: no join client runs)."""
         race = _Race(committed=threading.Event())
         stop_join = threading.Event()
 
@@ -267,6 +374,8 @@ class Node:
         client = self._make_join_client(stop_join)
 
         def join() -> None:
+            if initial_key is None:
+                return
             try:
                 result: JoinOutcome | None = client.join(initial_key)
             except Exception as exc:
@@ -299,3 +408,14 @@ class Node:
             raise NodeError(race.error or "the node committed without an outcome")
         _log.info("node.committed", path=str(race.outcome.path))
         return race.outcome
+
+
+def pcr15_reader(tcti: str) -> Callable[[], bytes]:
+    """Read PCR 15 of the TPM at ``tcti`` (to check a mark against the journal)."""
+
+    def read() -> bytes:
+        with open_tpm(tcti) as esapi:
+            _, values = read_pcrs(esapi, (PCR_NODE_LOCK,))
+        return values[PCR_NODE_LOCK]
+
+    return read

@@ -6,9 +6,12 @@ Life cycle (DESIGN.md §2, §3):
    process knows (:meth:`StateDisk.format`).
 2. The node reads the LUKS UUID ``u`` (:meth:`StateDisk.uuid`) and obtains, after attestation,
    the disk key ``GetDataKey(lowercase(u), 32)`` from the cluster.
-3. The node replaces the initial passphrase with that 32-byte key (:meth:`StateDisk.rekey`);
-   from then on only the cluster can unlock the disk. On reboot the key comes back in a rejoin
-   ticket and :meth:`StateDisk.check_key` confirms it before use.
+3. The node replaces the initial passphrase with that 32-byte key (:meth:`StateDisk.rekey`):
+   the key is added in a new keyslot first and the old slot wiped after, so at every instant
+   one of the two keys opens the disk (a crash in between is completed by
+   :meth:`StateDisk.finish_rekey`); from then on only the cluster can unlock the disk. On
+   reboot the key comes back in a rejoin ticket and :meth:`StateDisk.check_key` confirms it
+   before use.
 
 All operations drive the real ``cryptsetup`` binary. Keys are passed as raw bytes through
 ``--key-file -`` (stdin) or an anonymous pipe (``/dev/fd/N``) — never on the command line, in
@@ -24,11 +27,13 @@ volume with ``cryptsetup open`` and mount it; that step is outside this module.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +48,8 @@ DISK_KEY_LENGTH = 32
 INITIAL_PASSPHRASE_LENGTH = 32
 # cryptsetup's documented exit code for "no key available with this passphrase".
 _EXIT_NO_PERMISSION = 2
+# ... and for "no usable keyslot" (e.g. ``--key-slot`` names an empty slot).
+_EXIT_NO_SLOT = 1
 _UUID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 # Upper bound for one cryptsetup call; argon2id with default cost takes a few seconds.
 DEFAULT_TIMEOUT_SECONDS = 120.0
@@ -108,14 +115,17 @@ class StateDisk:
         """True if the device carries a LUKS header (``cryptsetup isLuks``)."""
         return self._run(["isLuks", str(self.device)], check=False).returncode == 0
 
-    def format(self) -> DiskKey:
+    def format(self, *, uuid: str | None = None, replace: bool = False) -> DiskKey:
         """Format the device as LUKS2 with a fresh random passphrase and return it.
 
         The passphrase is only needed once, for the later :meth:`rekey` to the disk key.
-        Refuses to format a device that already carries a LUKS header: that would destroy the
-        node's state.
+        ``uuid`` fixes the LUKS UUID (the node journals it before formatting). Refuses to
+        format a device that already carries a LUKS header unless ``replace`` is set: only the
+        node supervisor sets it, for a disk its journal proves never held cluster data.
         """
-        if self.is_luks():
+        if uuid is not None and not _UUID_PATTERN.fullmatch(uuid):
+            raise StateDiskError(f"a LUKS UUID must be a lower-case UUID, got {uuid!r}")
+        if not replace and self.is_luks():
             raise StateDiskError(
                 f"{self.device} already carries a LUKS header; refusing to reformat it "
                 "(a rebooting node must rejoin instead)"
@@ -128,6 +138,7 @@ class StateDisk:
                 "luks2",
                 "--batch-mode",
                 *self.pbkdf.arguments(),
+                *(["--uuid", uuid] if uuid is not None else []),
                 "--key-file",
                 "-",
                 str(self.device),
@@ -176,17 +187,89 @@ class StateDisk:
             return False
         return True
 
-    def rekey(self, old: DiskKey, new: DiskKey) -> None:
-        """Replace the keyslot opened by ``old`` with ``new`` (``luksChangeKey``).
+    def keyslots(self) -> list[int]:
+        """The numbers of the header's active keyslots (from the public JSON metadata)."""
+        text = self._run(
+            ["luksDump", "--dump-json-metadata", str(self.device)], what="read the keyslots"
+        ).stdout
+        try:
+            document = json.loads(text)
+            return sorted(int(slot) for slot in document["keyslots"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise StateDiskError(
+                f"cryptsetup returned unreadable keyslot metadata for {self.device}: {err}"
+            ) from None
 
-        The old key goes through stdin, the new one through an anonymous pipe. If ``old`` is
-        wrong, cryptsetup changes nothing and ``StateDiskKeyError`` is raised; the header stays
-        usable with the old key.
+    def slot_of(self, key: DiskKey) -> int | None:
+        """The keyslot ``key`` opens, or ``None``."""
+        for slot in self.keyslots():
+            result = self._run(
+                [
+                    "open",
+                    "--test-passphrase",
+                    "--key-slot",
+                    str(slot),
+                    "--key-file",
+                    "-",
+                    str(self.device),
+                ],
+                stdin=key.reveal(),
+                check=False,
+            )
+            if result.returncode == 0:
+                return slot
+            if result.returncode not in (_EXIT_NO_PERMISSION, _EXIT_NO_SLOT):
+                raise self._failure("test a keyslot", result)
+        return None
+
+    def rekey(
+        self, old: DiskKey, new: DiskKey, *, on_step: Callable[[str], None] | None = None
+    ) -> None:
+        """Replace the keyslot(s) opened by ``old`` with one for ``new``, crash-safely.
+
+        LUKS2 keyslots make each instant safe: first ``luksAddKey`` puts ``new`` into a free
+        slot (authorized by ``old``; both keys open the disk now), then ``luksKillSlot`` wipes
+        every other slot, authorized by ``new``. A crash between the two leaves a disk both keys
+        open; :meth:`finish_rekey` completes it with ``new`` alone. ``on_step`` is called with
+        ``"rekey.add"`` and ``"rekey.kill"`` after each half (the journal's crash points). If
+        ``old`` is wrong, nothing changes and ``StateDiskKeyError`` is raised.
         """
+        self._check_length(new)
+        if self.slot_of(new) is None:
+            self._add_key(old, new)
+        if on_step is not None:
+            on_step("rekey.add")
+        self.finish_rekey(new)
+        if on_step is not None:
+            on_step("rekey.kill")
+
+    def finish_rekey(self, new: DiskKey) -> None:
+        """Wipe every keyslot but the one ``new`` opens (the second half of :meth:`rekey`)."""
+        kept = self.slot_of(new)
+        if kept is None:
+            raise StateDiskKeyError(
+                f"the key does not open any keyslot of {self.device}; the rekey cannot be "
+                "completed with it"
+            )
+        for slot in self.keyslots():
+            if slot == kept:
+                continue
+            result = self._run(
+                ["luksKillSlot", "--batch-mode", "--key-file", "-", str(self.device), str(slot)],
+                stdin=new.reveal(),
+                check=False,
+            )
+            if result.returncode != 0:
+                raise self._failure(f"wipe keyslot {slot}", result)
+
+    def _check_length(self, new: DiskKey) -> None:
         if len(new) != DISK_KEY_LENGTH:
             raise StateDiskError(
                 f"a state disk key must be {DISK_KEY_LENGTH} bytes, got {len(new)}"
             )
+
+    def _add_key(self, old: DiskKey, new: DiskKey) -> None:
+        """``luksAddKey``: ``old`` through stdin, ``new`` through an anonymous pipe."""
         read_fd, write_fd = os.pipe()
         try:
             # 32 bytes fit into any pipe buffer: write and close before cryptsetup reads.
@@ -195,7 +278,7 @@ class StateDisk:
             write_fd = -1
             result = self._run(
                 [
-                    "luksChangeKey",
+                    "luksAddKey",
                     "--batch-mode",
                     *self.pbkdf.arguments(),
                     "--key-file",

@@ -55,11 +55,14 @@ from constellation.attestation.vtpm import (
     open_tpm,
     read_pcrs,
 )
+from constellation.bootstrapper.config import BootstrapperConfig
 from constellation.bootstrapper.initsecret import InitSecret, hash_init_secret
 from constellation.bootstrapper.initserver import (
+    ControlPlaneParameters,
     ControlPlaneStarter,
     InitCallbacks,
     InitServer,
+    LocalControlPlane,
 )
 from constellation.bootstrapper.installer import ComponentInstaller, default_source_dirs
 from constellation.bootstrapper.joinclient import (
@@ -75,6 +78,7 @@ from constellation.bootstrapper.metadata import (
     InstanceMetadata,
     write_metadata_file,
 )
+from constellation.bootstrapper.registration import KubeletFiles
 from constellation.bootstrapper.statedisk import FAST_PBKDF2, DiskKey, StateDisk
 from constellation.proto import components_pb2, init_pb2, init_pb2_grpc, join_pb2, join_pb2_grpc
 
@@ -452,3 +456,39 @@ def join_channel_factory(
         return atls.connect(target, [checked], issuer=issuer, timeout=timeout)
 
     return connect
+
+
+# -- a bootstrapper process with a stand-in control plane -------------------------------------
+
+STAND_IN_KUBECONFIG = b"apiVersion: v1\nkind: Config\n# stand-in control plane\n"
+
+
+class StandInControlPlane(LocalControlPlane):
+    """A control plane that starts nothing: it records the start (its restart record, so the
+    node counts as running one) and returns a fixed kubeconfig.
+
+    For process tests of the steps around the control plane (the journal, crash recovery),
+    which would otherwise spend most of their time bringing up etcd and kube-apiserver; the
+    real control plane's start is tested in ``test_controlplane_node.py`` and ``test_main.py``.
+    """
+
+    def __call__(self, parameters: ControlPlaneParameters) -> bytes:
+        self.restart_record_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.restart_record_path.write_text(parameters.node_name + "\n")
+        return STAND_IN_KUBECONFIG
+
+    def restart(self) -> bytes:
+        return STAND_IN_KUBECONFIG
+
+    def stop(self) -> None:
+        return None
+
+
+def main_with_stand_in_control_plane(argv: Sequence[str] | None = None) -> int:
+    """``constellation-bootstrapper`` with :class:`StandInControlPlane` (process tests)."""
+    from constellation.bootstrapper.__main__ import main
+
+    def make(config: BootstrapperConfig, kubelet_files: KubeletFiles) -> LocalControlPlane:
+        return StandInControlPlane(config.control_plane_root, kubelet_files=kubelet_files)
+
+    return main(argv, make_control_plane=make)

@@ -10,6 +10,16 @@ Order (DESIGN.md §2 steps 2-4), and why:
    version and the components (file URL + SHA-256 from the components lock).
 3. The node's answer is checked: its cluster ID must be the one derived from what we sent.
    The admin kubeconfig (0600) and the cluster ID (state file) are saved atomically.
+
+A node that stops answering mid-Init (crashed or rebooted) is not a refusal: the node
+journals each irreversible step (``constellation.bootstrapper.journal``). The measurement salt
+is therefore saved in the state file *before* Init is sent, and ``apply`` run again repeats the
+same Init (same master secret and salts, so the same cluster ID and disk key); it then also
+accepts the node with PCR 15 already marked for exactly that cluster ID (the node took its lock
+for this Init before it died) and the node completes the remaining steps. A status the node
+sent on purpose (it carries the trailing metadata ``constellation-init-refusal``) is a
+refusal (exit 1); a broken stream, UNAVAILABLE or a deadline is :class:`NodeStoppedError`
+(exit 3: run ``apply`` again).
 4. ``join-config`` (variant, measurements with PCR 15 zero, the measurement salt), the master
    secret, the control-plane PKI and the components list are written into the cluster through
    the API, together with the KeyService's mutual TLS: a fresh cluster-internal service CA
@@ -22,18 +32,20 @@ Order (DESIGN.md §2 steps 2-4), and why:
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
+import grpc
 import yaml
 from cryptography import x509
 
 from constellation.attestation import atls
-from constellation.attestation.errors import ConstellationError
-from constellation.attestation.evidence import Validator
+from constellation.attestation.errors import ValidationError
+from constellation.attestation.evidence import Validator, VerifiedEvidence
 from constellation.attestation.identity import Role
 from constellation.attestation.identity.policy import RequireRole
 from constellation.attestation.kdf import derive_cluster_id, derive_measurement_secret
@@ -64,21 +76,146 @@ from constellation.proto import components_pb2, init_pb2, init_pb2_grpc
 MEASUREMENT_SALT_LENGTH = 32
 ATTEST_TIMEOUT_S = 60.0
 INIT_TIMEOUT_S = 900.0
+# Exit codes of `apply` (documented in its help): 1 refused or failed, 3 the node stopped
+# answering during init (run apply again to resume).
+EXIT_NODE_STOPPED = 3
+# Must match constellation.bootstrapper.initserver.REFUSAL_METADATA_KEY.
+REFUSAL_METADATA_KEY = "constellation-init-refusal"
+# Codes a broken connection produces by itself; any other code is the node's decision.
+_TRANSPORT_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+)
+
+
+class InitRefusedError(ApplyError):
+    """The node answered the Init with a status it chose (exit 1)."""
+
+
+class NodeStoppedError(ApplyError):
+    """The node stopped answering during Init: it crashed or rebooted (exit 3)."""
+
+    exit_code = EXIT_NODE_STOPPED
 
 
 def init_validator(
     variant: str,
     measurements: Measurements,
     platform_roots: Sequence[x509.Certificate] = (),
+    *,
+    resuming: bytes | None = None,
 ) -> Validator:
     """What the first node must prove before Init: the image, PCR 15 still zero, a replaying
     event log, and a platform identity as a control-plane node (the master secret goes to no
-    other)."""
-    expected = measurements.with_pcr15(None)
-    return RequireRole(
-        build_validator(variant, expected, platform_roots),
+    other).
+
+    ``resuming`` is the cluster ID an earlier, interrupted Init of this workspace derives: PCR
+    15 may then also carry exactly its mark (that node took its lock for this Init and died).
+    """
+    why = "Init (and the master secret) only go to a control-plane node"
+    fresh = RequireRole(
+        build_validator(variant, measurements.with_pcr15(None), platform_roots),
         Role.CONTROL_PLANE,
-        why="Init (and the master secret) only go to a control-plane node",
+        why=why,
+    )
+    if resuming is None:
+        return fresh
+    marked = RequireRole(
+        build_validator(variant, measurements.with_pcr15(resuming), platform_roots),
+        Role.CONTROL_PLANE,
+        why=why,
+    )
+    return FreshOrResuming(fresh, marked)
+
+
+class FreshOrResuming:
+    """A validator accepting what ``fresh`` or ``marked`` accepts; refusals name ``fresh``'s
+    failures (a node that is neither is judged as a fresh node)."""
+
+    def __init__(self, fresh: Validator, marked: Validator) -> None:
+        self._fresh = fresh
+        self._marked = marked
+
+    @property
+    def variant(self) -> str:
+        return self._fresh.variant
+
+    def verify(self, document: bytes, nonce: bytes) -> VerifiedEvidence:
+        try:
+            return self._fresh.verify(document, nonce)
+        except ValidationError as fresh_error:
+            try:
+                return self._marked.verify(document, nonce)
+            except ValidationError:
+                raise fresh_error from None
+
+    def validate(self, document: bytes, nonce: bytes) -> bytes:
+        return self.verify(document, nonce).user_data
+
+
+def send_init(
+    endpoint: Endpoint,
+    validator: Validator,
+    request: init_pb2.InitRequest,
+    *,
+    progress: Callable[[str], None],
+    timeout: float = INIT_TIMEOUT_S,
+    attest_timeout: float = ATTEST_TIMEOUT_S,
+) -> init_pb2.InitSuccess:
+    """Attest the node, stream Init, and tell a refusal from a node that stopped answering."""
+    progress(f"attesting the first control-plane node at {endpoint}")
+    success = None
+    with atls.connect(str(endpoint), [validator], timeout=attest_timeout) as channel:
+        progress("the node is attested; sending Init")
+        stream = init_pb2_grpc.APIStub(channel.channel).Init(request, timeout=timeout)
+        try:
+            for response in stream:
+                kind = response.WhichOneof("kind")
+                if kind == "progress":
+                    progress(f"node: {response.progress.phase}: {response.progress.message}")
+                elif kind == "init_failure":
+                    raise ApplyError(
+                        f"the node failed the init: {response.init_failure.error}",
+                        hint="see the node's bootstrapper log; then reboot the node and run "
+                        "`constellation apply` again, or recreate the cluster",
+                    )
+                elif kind == "init_success":
+                    success = response.init_success
+        except grpc.RpcError as err:
+            raise init_error(err, endpoint) from None
+    if success is None:
+        raise NodeStoppedError(
+            f"the node at {endpoint} closed the init stream without an answer",
+            hint="run `constellation apply` again to resume; the node keeps its journal",
+        )
+    return success
+
+
+def init_error(err: grpc.RpcError, endpoint: Endpoint) -> ApplyError:
+    """A refusal (the node's own status) or a node that stopped answering (anything else)."""
+    code = err.code() if isinstance(err, grpc.Call) else None
+    details = (err.details() if isinstance(err, grpc.Call) else "") or ""
+    trailing: Sequence[tuple[str, str | bytes]] = (
+        err.trailing_metadata() if isinstance(err, grpc.Call) else None
+    ) or ()
+    deliberate = any(key == REFUSAL_METADATA_KEY for key, _ in trailing)
+    name = code.name if code is not None else "no status"
+    if deliberate or (code is not None and code not in _TRANSPORT_CODES):
+        return InitRefusedError(
+            f"the node refused the init: {name}: {details}",
+            hint="check the init secret and the node's state; nothing was initialized"
+            if name in ("PERMISSION_DENIED", "INVALID_ARGUMENT")
+            else "follow the node's message above; see the node's bootstrapper log",
+        )
+    return NodeStoppedError(
+        f"the node at {endpoint} stopped answering during init (crashed or rebooted): "
+        f"{name}: {details}",
+        hint="run `constellation apply` again to resume; the node keeps its journal",
     )
 
 
@@ -97,6 +234,23 @@ def _master_secret(workspace: Workspace) -> MasterSecret:
     return secret
 
 
+def _measurement_salt(workspace: Workspace, endpoint: Endpoint) -> tuple[bytes, bool]:
+    """The salt of an Init this workspace sent before (``True``: repeat it), or a fresh one,
+    saved before it is sent so that a repeated ``apply`` derives the same cluster ID."""
+    state = ClusterState(name="constellation")
+    if workspace.state_path.exists():
+        state = workspace.load_state()
+        if state.cluster_id is None and state.measurement_salt is not None:
+            return state.measurement_salt, True
+    salt = secrets.token_bytes(MEASUREMENT_SALT_LENGTH)
+    workspace.save_state(
+        dataclasses.replace(
+            state, name=state.name or "constellation", measurement_salt=salt, init_endpoint=endpoint
+        )
+    )
+    return salt, False
+
+
 def initialize(
     workspace: Workspace,
     config: Config,
@@ -108,7 +262,7 @@ def initialize(
 ) -> InitResult:
     """Steps 1-3: attest the first node, send Init, save what the admin must keep."""
     master = _master_secret(workspace)
-    measurement_salt = secrets.token_bytes(MEASUREMENT_SALT_LENGTH)
+    measurement_salt, resuming = _measurement_salt(workspace, endpoint)
     lock, installed = kubernetes_binaries(INIT_COMPONENTS)
     hashes = component_hashes(installed)
     request = init_pb2.InitRequest(
@@ -128,45 +282,18 @@ def initialize(
         ],
         cluster_name="constellation",
     )
+    expected_id = derive_cluster_id(
+        derive_measurement_secret(master.key, master.salt), measurement_salt
+    )
     validator = init_validator(
         config.attestation.variant,
         config.attestation.parsed_measurements(),
         config.attestation.parsed_platform_roots(),
+        resuming=expected_id if resuming else None,
     )
-    progress(f"attesting the first control-plane node at {endpoint}")
-    success = None
-    with atls.connect(str(endpoint), [validator], timeout=ATTEST_TIMEOUT_S) as channel:
-        progress("the node is attested; sending Init")
-        stream = init_pb2_grpc.APIStub(channel.channel).Init(request, timeout=timeout)
-        try:
-            for response in stream:
-                kind = response.WhichOneof("kind")
-                if kind == "progress":
-                    progress(f"node: {response.progress.phase}: {response.progress.message}")
-                elif kind == "init_failure":
-                    raise ApplyError(
-                        f"the node failed the init: {response.init_failure.error}",
-                        hint="see the node's bootstrapper log; recreate the cluster",
-                    )
-                elif kind == "init_success":
-                    success = response.init_success
-        except ConstellationError:
-            raise
-        except Exception as err:  # grpc.RpcError carries the status the node chose
-            code = getattr(err, "code", lambda: None)()
-            details = getattr(err, "details", lambda: "")()
-            raise ApplyError(
-                f"the node refused the init: {code.name if code else type(err).__name__}: "
-                f"{details}",
-                hint="check the init secret and the node's state; nothing was initialized"
-                if code is not None and code.name in ("PERMISSION_DENIED", "INVALID_ARGUMENT")
-                else "see the node's bootstrapper log",
-            ) from None
-    if success is None:
-        raise ApplyError("the node closed the init stream without an answer")
-    expected_id = derive_cluster_id(
-        derive_measurement_secret(master.key, master.salt), measurement_salt
-    )
+    if resuming:
+        progress("repeating the interrupted Init (same secrets, same cluster ID)")
+    success = send_init(endpoint, validator, request, progress=progress, timeout=timeout)
     if success.cluster_id != expected_id:
         raise ApplyError(
             "the node answered with a cluster ID that does not derive from the secrets sent",
@@ -328,7 +455,16 @@ def run_apply(ctx: CLIContext) -> InitResult:
 secret, then install the KeyService, JoinService and VerificationServices.
 
 The node must prove the configured measurements with PCR 15 still zero before anything secret
-is sent. The master secret is saved (0600) before it leaves this machine.
+is sent. The master secret and the measurement salt are saved (0600) before they leave this
+machine, so that `apply` run again after the node stopped answering repeats the same Init
+(then PCR 15 may also carry exactly this cluster's mark) and the node completes it.
+
+\b
+Exit codes:
+  0  the cluster is initialized and its services run
+  1  the node refused or failed the init, or another step failed (the message says which)
+  2  usage error
+  3  the node stopped answering during init (crashed or rebooted): run `apply` again
 
 \b
 Examples:
