@@ -62,20 +62,25 @@ def mini_config() -> MiniConfig:
 
 
 @pytest.fixture
-def http_answering() -> Callable[[Callable[[str], bytes]], AbstractContextManager[int]]:
+def http_answering() -> Callable[
+    [Callable[[str], bytes | tuple[int, bytes]]], AbstractContextManager[int]
+]:
     """``http_answering(answer)``: a loopback HTTP server (a context manager yielding its port)
-    answering every ``GET`` with ``answer(path)``."""
+    answering every ``GET`` with ``answer(path)``: a body (status 200), or (status, body)."""
     return _http_answering
 
 
 @contextmanager
-def _http_answering(answer: Callable[[str], bytes]) -> Iterator[int]:
-    """A loopback HTTP server answering every ``GET`` with ``answer(path)``; yields its port."""
+def _http_answering(answer: Callable[[str], bytes | tuple[int, bytes]]) -> Iterator[int]:
+    """A loopback HTTP server answering every ``GET`` with ``answer(path)`` (a body, or a
+    status and a body); yields its port."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = answer(self.path)
-            self.send_response(200)
+            answered = answer(self.path)
+            status, body = answered if isinstance(answered, tuple) else (200, answered)
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

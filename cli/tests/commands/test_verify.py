@@ -16,11 +16,12 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import socket
 import threading
 from collections.abc import Iterator
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -37,6 +38,8 @@ from constellation.attestation.testing.softtpm import SoftwareTpmIssuer, public_
 from constellation.attestation.vtpm import VtpmIssuer, firmware_measure, open_tpm, read_pcrs
 from constellation.bootstrapper.metadata import Endpoint
 from constellation.cli.config import Provider, default_config
+from constellation.cli.loopbackapi import closed_port, node_list, write_kubeconfig
+from constellation.cli.mini.cluster import kubeconfig_path
 from constellation.cli.workspace import ClusterState, NodeRecord, Workspace
 from constellation.proto import verify_pb2, verify_pb2_grpc
 
@@ -397,45 +400,200 @@ def test_real_verification_service_on_a_tampered_node_is_refused(
     assert _checks(json.loads(result.stdout)) == {"pcr[4]", "eventlog.replay[pcr4]"}
 
 
+def _issuer_named(node: Node, tcti: str, name: str, role: Role = Role.WORKER) -> VtpmIssuer:
+    """A genuine issuer on the node's vTPM whose AK the platform CA certified as ``name``
+    (the AK is the same; only the certificate names another node)."""
+    certificate = provision_node(tcti, cached_platform_ca(), name, role)
+    return VtpmIssuer(tcti, event_log=node.event_log, ak_certificate=certificate)
+
+
+def _add_to_state(node: Node, *records: NodeRecord) -> None:
+    workspace = Workspace(node.workspace)
+    state = workspace.load_state()
+    workspace.save_state(replace(state, nodes=(*state.nodes, *records)))
+
+
 @contextlib.contextmanager
-def _second_node(node: Node, behaviour: NodeBehaviour) -> Iterator[Endpoint]:
-    """Another verification endpoint on the same vTPM, listed in the state file as a worker."""
-    with _serve(node.issuer, behaviour) as endpoint:
-        workspace = Workspace(node.workspace)
-        state = workspace.load_state()
-        workspace.save_state(
-            ClusterState(
-                name=state.name,
-                cluster_id=state.cluster_id,
-                verify_endpoint=state.verify_endpoint,
-                nodes=(*state.nodes, NodeRecord("mini-worker-0", "worker", endpoint)),
-            )
-        )
-        yield endpoint
+def _registered(node: Node, http_answering: Any, *names: str) -> Iterator[None]:
+    """The workspace's admin kubeconfig points at an API server listing exactly ``names``."""
+    with http_answering(lambda path: node_list(names)) as port:
+        write_kubeconfig(kubeconfig_path(Workspace(node.workspace)), f"http://127.0.0.1:{port}")
+        yield
 
 
-def test_all_verifies_every_node_with_its_own_nonce(invoke: Any, node: Node) -> None:
+def _rows(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {row["name"]: row for row in report["nodes"]}
+
+
+def test_all_verifies_every_node_with_its_own_nonce(
+    invoke: Any, node: Node, swtpm: Any, http_answering: Any
+) -> None:
     worker = NodeBehaviour()
-    with _second_node(node, worker) as endpoint:
+    with (
+        _serve(_issuer_named(node, swtpm.tcti, "mini-worker-0"), worker) as endpoint,
+        _registered(node, http_answering, "mini-cp-0", "mini-worker-0"),
+    ):
+        _add_to_state(node, NodeRecord("mini-worker-0", "worker", endpoint))
         result = invoke(node.workspace, "verify", "--all", "-o", "json")
+        text = invoke(node.workspace, "verify", "--all")
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["verified"] is True
     assert report["clusterID"] == base64.b64encode(node.cluster_id).decode()
+    assert report["summary"] == {"verified": 2, "refused": 0, "notChecked": 0, "total": 2}
+    assert report["registeredNodes"] == {"known": True, "reason": None}
     assert [n["endpoint"] for n in report["nodes"]] == [node.endpoint, str(endpoint)]
-    assert all(n["verified"] for n in report["nodes"])
+    assert [n["identity"]["name"] for n in report["nodes"]] == ["mini-cp-0", "mini-worker-0"]
+    assert all(n["status"] == "verified" and n["registered"] for n in report["nodes"])
     assert node.behaviour.requests[0] != worker.requests[0]
+    assert text.code == 0, text.stderr
+    assert "Verified 2 of 2 nodes." in text.stdout
 
 
-def test_all_fails_when_one_node_is_not_trusted(invoke: Any, node: Node) -> None:
-    with _second_node(node, NodeBehaviour(user_data=b"not the verify service")) as endpoint:
+def test_all_fails_when_one_node_is_not_trusted(
+    invoke: Any, node: Node, swtpm: Any, http_answering: Any
+) -> None:
+    issuer = _issuer_named(node, swtpm.tcti, "mini-worker-0")
+    with (
+        _serve(issuer, NodeBehaviour(user_data=b"not the verify service")) as endpoint,
+        _registered(node, http_answering, "mini-cp-0", "mini-worker-0"),
+    ):
+        _add_to_state(node, NodeRecord("mini-worker-0", "worker", endpoint))
         result = invoke(node.workspace, "verify", "--all", "-o", "json")
     assert result.code == 1
     report = json.loads(result.stdout)
     assert report["verified"] is False
-    verdicts = {n["endpoint"]: n["verified"] for n in report["nodes"]}
-    assert verdicts == {node.endpoint: True, str(endpoint): False}
+    verdicts = {n["endpoint"]: n["status"] for n in report["nodes"]}
+    assert verdicts == {node.endpoint: "verified", str(endpoint): "refused"}
     assert str(endpoint) in result.stderr
+
+
+def test_all_refuses_an_endpoint_answering_with_another_nodes_evidence(
+    invoke: Any, node: Node, http_answering: Any
+) -> None:
+    # The worker's recorded endpoint answers with the control plane's genuine evidence.
+    with (
+        _serve(node.issuer, NodeBehaviour()) as endpoint,
+        _registered(node, http_answering, "mini-cp-0", "mini-worker-0"),
+    ):
+        _add_to_state(node, NodeRecord("mini-worker-0", "worker", endpoint))
+        result = invoke(node.workspace, "verify", "--all", "-o", "json")
+    assert result.code == 1
+    row = _rows(json.loads(result.stdout))["mini-worker-0"]
+    assert row["status"] == "refused"
+    assert row["identity"] is None
+    assert row["failures"] == [
+        {
+            "check": "identity.name",
+            "expected": "mini-worker-0",
+            "actual": "mini-cp-0",
+            "enforced": True,
+            "detail": "the endpoint answered with evidence of another node",
+        }
+    ]
+    assert "identity.name" in result.stderr
+
+
+def test_all_names_the_reason_each_node_could_not_be_checked(
+    invoke: Any, node: Node, http_answering: Any
+) -> None:
+    unreachable = Endpoint("127.0.0.1", closed_port())
+    _add_to_state(
+        node,
+        NodeRecord("unreachable", "worker", unreachable),
+        NodeRecord("no-endpoint", "worker", None),
+        # Not registered: not asked, although an endpoint (the control plane's) is recorded.
+        NodeRecord("unregistered", "worker", Endpoint.parse(node.endpoint)),
+    )
+    registered = ("mini-cp-0", "unreachable", "no-endpoint", "late")
+    with _registered(node, http_answering, *registered):
+        result = invoke(node.workspace, "verify", "--all", "-o", "json", "--timeout", "2")
+        text = invoke(node.workspace, "verify", "--all", "--timeout", "2")
+    assert result.code == 3, result.stderr
+    report = json.loads(result.stdout)
+    assert report["verified"] is False
+    assert report["summary"] == {"verified": 1, "refused": 0, "notChecked": 4, "total": 5}
+    rows = _rows(report)
+    assert list(rows) == ["mini-cp-0", "unreachable", "no-endpoint", "unregistered", "late"]
+    assert rows["mini-cp-0"]["status"] == "verified"
+    assert {name: row["status"] for name, row in rows.items() if name != "mini-cp-0"} == {
+        name: "not-checked" for name in ("unreachable", "no-endpoint", "unregistered", "late")
+    }
+    assert rows["unreachable"]["reason"].startswith(
+        f"endpoint unreachable: the verification service at {unreachable}"
+    )
+    assert rows["no-endpoint"]["reason"] == "no verification endpoint known for this node"
+    assert rows["unregistered"]["registered"] is False
+    assert rows["unregistered"]["reason"].startswith("not registered in Kubernetes")
+    assert rows["late"]["registered"] is True
+    assert "the workspace does not know" in rows["late"]["reason"]
+    assert len(node.behaviour.requests) == 2  # once per run, for mini-cp-0 only
+    assert text.code == 3
+    assert "Verified 1 of 5 nodes." in text.stdout
+    assert "not every node could be checked" in text.stderr
+    assert "Traceback" not in result.stderr + text.stderr
+
+
+@pytest.mark.parametrize("api", ["closed-port", "no-kubeconfig"])
+def test_all_without_the_registered_nodes_says_they_are_unknown(
+    invoke: Any, node: Node, api: str
+) -> None:
+    if api == "closed-port":
+        kubeconfig = kubeconfig_path(Workspace(node.workspace))
+        write_kubeconfig(kubeconfig, f"http://127.0.0.1:{closed_port()}")
+    result = invoke(node.workspace, "verify", "--all", "-o", "json")
+    assert result.code == 3, result.stderr
+    report = json.loads(result.stdout)
+    assert report["verified"] is False
+    assert report["registeredNodes"]["known"] is False
+    reason = report["registeredNodes"]["reason"]
+    assert ("unreachable" if api == "closed-port" else "no admin kubeconfig") in reason
+    (row,) = report["nodes"]
+    assert (row["name"], row["status"], row["registered"]) == ("mini-cp-0", "verified", None)
+    assert "registered Nodes" in result.stderr
+    assert "Retrying" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.kube
+def test_all_enumerates_registered_and_workspace_nodes_of_a_real_api_server(
+    invoke: Any, node: Node, swtpm: Any, control_plane: Any
+) -> None:
+    from kubernetes import client as k8s
+
+    from constellation.cli.mini import clusterobjects
+
+    # Unique names: the session's API server is shared with other tests.
+    suffix = os.urandom(4).hex()
+    member, stranger, absent = f"member-{suffix}", f"stranger-{suffix}", f"absent-{suffix}"
+    workspace = Workspace(node.workspace)
+    shutil.copyfile(control_plane.admin_kubeconfig, kubeconfig_path(workspace))
+    core = clusterobjects.core_api(control_plane.admin_kubeconfig)
+    for name in (member, stranger):
+        core.create_node(k8s.V1Node(metadata=k8s.V1ObjectMeta(name=name)))
+    try:
+        with _serve(_issuer_named(node, swtpm.tcti, member), NodeBehaviour()) as endpoint:
+            state = workspace.load_state()
+            workspace.save_state(
+                replace(
+                    state,
+                    nodes=(
+                        NodeRecord(member, "worker", endpoint),
+                        NodeRecord(absent, "worker", None),
+                    ),
+                )
+            )
+            result = invoke(node.workspace, "verify", "--all", "-o", "json")
+    finally:
+        for name in (member, stranger):
+            core.delete_node(name)
+    assert result.code == 3, result.stderr
+    rows = _rows(json.loads(result.stdout))
+    assert (rows[member]["status"], rows[member]["registered"]) == ("verified", True)
+    assert rows[member]["identity"]["name"] == member
+    assert (rows[absent]["status"], rows[absent]["registered"]) == ("not-checked", False)
+    assert (rows[stranger]["status"], rows[stranger]["registered"]) == ("not-checked", True)
+    assert "the workspace does not know" in rows[stranger]["reason"]
 
 
 def test_all_with_an_endpoint_is_a_usage_error(invoke: Any, node: Node) -> None:

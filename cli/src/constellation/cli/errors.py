@@ -37,3 +37,13 @@ class FetchError(CLIError):
 
 class VerifyError(CLIError):
     """A node could not be reached or asked for its attestation."""
+
+
+class KubernetesAPIError(CLIError):
+    """The Kubernetes API server gave a definitive answer that the CLI cannot use (403, 404,
+    a kubeconfig that does not load): asking again does not help."""
+
+
+class APIServerUnavailableError(KubernetesAPIError):
+    """The Kubernetes API server did not answer (refused, timed out) or answered 429/5xx: it
+    may be restarting, so a bounded wait may retry."""

@@ -11,6 +11,13 @@ Protocol (DESIGN.md §2 step 7, §3):
    ``VERIFY_USER_DATA_LABEL`` (``b"constellation/verify/v1\\0"``) as user data: aTLS evidence
    (labelled ``constellation/atls/v1``, naming a TLS key) is refused even from a genuine node.
 4. Every failed check is reported (expected vs actual); the verdict is never partial.
+5. When the CLI asked a *named* node (``verify --all``), the platform identity the evidence
+   proves must carry that name (``identity.name``): an endpoint answering with another node's
+   genuine evidence does not verify the node it was listed for (:func:`bind_to_node`).
+
+``verify --all`` gives every node of the inventory (registered Nodes and the workspace's nodes,
+:mod:`constellation.cli.inventory`) one :class:`NodeCheck`: verified, refused, or not checked
+with the reason, so the summary "verified N of M nodes" counts every node there is.
 
 Transport is plain gRPC/HTTP on purpose: the nonce makes the evidence fresh and the quote
 signature makes it authentic, so the channel itself does not need to be trusted.
@@ -25,7 +32,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
 from cryptography import x509
@@ -259,3 +267,64 @@ def judge(
         warnings=tuple(warnings),
         identity=evidence.identity if evidence is not None and not failures else None,
     )
+
+
+def bind_to_node(report: VerifyReport, name: str) -> VerifyReport:
+    """``report`` refused with ``identity.name`` if it verified an identity other than ``name``.
+
+    Without this an endpoint recorded for one node could answer with another node's genuine
+    evidence, and the row of the node asked for would read "verified".
+    """
+    identity = report.identity
+    if not report.verified or identity is None or identity.name == name:
+        return report
+    failure = Failure(
+        "identity.name",
+        name,
+        identity.name,
+        detail="the endpoint answered with evidence of another node",
+    )
+    return replace(report, verified=False, failures=(*report.failures, failure), identity=None)
+
+
+class CheckOutcome(StrEnum):
+    VERIFIED = "verified"
+    REFUSED = "refused"
+    NOT_CHECKED = "not-checked"
+
+
+@dataclass(frozen=True)
+class NodeCheck:
+    """One row of ``verify --all``: a node and what could be established about it.
+
+    ``reason`` says why a node was not checked (no endpoint known, endpoint unreachable, not
+    registered); ``report`` is the verdict when the node answered.
+    """
+
+    name: str
+    registered: bool | None
+    endpoint: str | None
+    outcome: CheckOutcome
+    reason: str = ""
+    report: VerifyReport | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        verdict: dict[str, Any] = (
+            self.report.to_dict()
+            if self.report is not None
+            else {
+                "endpoint": self.endpoint,
+                "verified": False,
+                "identity": None,
+                "pcrs": [],
+                "failures": [],
+                "warnings": [],
+            }
+        )
+        return {
+            "name": self.name,
+            "registered": self.registered,
+            "status": self.outcome.value,
+            "reason": self.reason or None,
+            **verdict,
+        }
