@@ -88,8 +88,7 @@ def test_the_node_record_keeps_the_socket_path(tmp_path: Path) -> None:
         swtpm_socket=tmp_path / "tpm" / "sock",
         init_port=9000,
         image_version="v",
-        swtpm=process,
-        bootstrapper=process,
+        supervisor=process,
     )
     assert node.tcti == f"swtpm:path={tmp_path / 'tpm' / 'sock'}"
     assert "swtpmPort" not in node.to_dict()

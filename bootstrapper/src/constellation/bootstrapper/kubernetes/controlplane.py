@@ -25,7 +25,18 @@ mock. Bring-up, in order (each step logs to ``<directory>/logs/``):
 5. ``kubeadm:cluster-admins`` is bound to ``cluster-admin`` (``kubeadm init`` does this in a
    later phase we do not run), so ``admin.conf`` works as it does on a kubeadm cluster.
 
-Teardown sends SIGTERM to each child by PID (reverse start order), waits a bounded time, then
+6. Watching: after a successful start a watcher thread polls every child (``poll`` also reaps
+   it, so a dead child never lingers as a zombie). A child that exited is started again with
+   the same command line, ports and files after an exponential backoff (0.5 s doubling to at
+   most 30 s; back to 0.5 s once a child had run for a minute); it never gives up, since the
+   node is useless without its control plane. Each restart is logged
+   (``event="supervisor.restart"`` with the component, its exit status and the restart count)
+   and counted in :attr:`ControlPlane.restarts` and ``<directory>/restarts.json``. etcd and
+   kube-apiserver reconnect to each other by themselves, so a restart touches only the dead
+   child.
+
+Teardown first stops the watcher (nothing is restarted once teardown began), then sends
+SIGTERM to each child by PID (reverse start order), waits a bounded time, then
 SIGKILL. It runs on every exit path of the context manager, including a failed start. The PIDs
 are also kept in ``<directory>/pids.json``: if the owning process itself was killed, the next
 start in that directory ends the orphans first (only processes whose command line names the
@@ -44,6 +55,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -53,6 +65,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+import structlog
 import yaml
 
 from constellation.bootstrapper.atomicfile import PUBLIC_MODE, SECRET_MODE, write_atomic
@@ -77,6 +90,23 @@ PORT_ATTEMPTS = 3
 _PORT_TAKEN = "address already in use"
 _LOG_TAIL_LINES = 25
 _PORT_NAMES = ("etcd_client", "etcd_peer", "etcd_metrics", "apiserver", "controller_manager")
+RESTARTS_FILE = "restarts.json"
+WATCH_INTERVAL = 0.25
+RESTART_INITIAL_DELAY = 0.5
+RESTART_MAX_DELAY = 30.0
+RESTART_RESET_AFTER = 60.0
+
+_log = structlog.get_logger()
+
+
+def exit_status(returncode: int) -> str:
+    """A child's exit for people and logs: ``exit 3`` or ``signal SIGKILL``."""
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit {returncode}"
 
 
 @dataclass(frozen=True)
@@ -212,8 +242,14 @@ class ControlPlane:
         self._allocate_ports = allocate_ports
         self._ports: Ports | None = None
         self._children: list[tuple[str, subprocess.Popen[bytes]]] = []
-        self._log_handles: list[IO[bytes]] = []
+        self._log_handles: dict[str, IO[bytes]] = {}
         self._dir_lock: IO[bytes] | None = None
+        # The watcher and stop() both touch the children: one lock, held briefly.
+        self._children_lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+        self._watch_stop = threading.Event()
+        self._started_at: dict[str, float] = {}
+        self.restarts: dict[str, int] = {}
 
     # -- public paths -------------------------------------------------------------------
 
@@ -315,12 +351,14 @@ class ControlPlane:
                 self._forget_root_ca_configmap()
                 self._start_controller_manager()
                 self._wait_controller_manager()
+            self._start_watcher()
         except BaseException:
             self.stop()
             raise
 
     def stop(self) -> None:
         """End every child by PID: SIGTERM, bounded wait, SIGKILL. Safe to call twice."""
+        self._stop_watcher()
         errors: list[str] = []
         for name, proc in reversed(self._children):
             if proc.poll() is None:
@@ -338,7 +376,7 @@ class ControlPlane:
         self._children.clear()
         if self._dir_lock is not None:  # only the owner may forget the PIDs
             (self.directory / PIDS_FILE).unlink(missing_ok=True)
-        for handle in self._log_handles:
+        for handle in self._log_handles.values():
             handle.close()
         self._log_handles.clear()
         if self._dir_lock is not None:
@@ -456,8 +494,12 @@ class ControlPlane:
         return self.kubeconfig_dir / "probe.key"
 
     def _spawn(self, name: str, argv: Sequence[str]) -> None:
+        """Start child ``name`` (replacing a dead one of that name) and record its PID."""
         log = (self.log_dir / f"{name}.log").open("ab")
-        self._log_handles.append(log)
+        previous = self._log_handles.pop(name, None)
+        if previous is not None:
+            previous.close()
+        self._log_handles[name] = log
         log.write(f"--- start {time.strftime('%Y-%m-%dT%H:%M:%S')} ---\n".encode())
         log.flush()
         proc = subprocess.Popen(
@@ -467,9 +509,99 @@ class ControlPlane:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self._children.append((name, proc))
+        self._started_at[name] = time.monotonic()
+        for index, (child, _) in enumerate(self._children):
+            if child == name:
+                self._children[index] = (name, proc)
+                break
+        else:
+            self._children.append((name, proc))
         pids = {child: p.pid for child, p in self._children}
         write_atomic(self.directory / PIDS_FILE, json.dumps(pids).encode(), mode=PUBLIC_MODE)
+
+    # -- watching after start-up ------------------------------------------------------------
+
+    def _start_watcher(self) -> None:
+        self._watch_stop.clear()
+        self._watcher = threading.Thread(
+            target=self._watch, name="controlplane-watcher", daemon=True
+        )
+        self._watcher.start()
+
+    def _stop_watcher(self) -> None:
+        self._watch_stop.set()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None and watcher is not threading.current_thread():
+            watcher.join(timeout=STOP_TIMEOUT)
+
+    def _watch(self) -> None:
+        """Reap dead children and start them again after a backoff (module docstring, step 6).
+
+        Runs until :meth:`stop`; an error in one restart is logged and retried after the next
+        backoff, never allowed to end the watcher.
+        """
+        delays: dict[str, float] = {}
+        due: dict[str, float] = {}
+        while not self._watch_stop.wait(WATCH_INTERVAL):
+            with self._children_lock:
+                if self._watch_stop.is_set():
+                    return
+                now = time.monotonic()
+                for name, proc in list(self._children):
+                    if name in due:
+                        if now >= due[name]:
+                            del due[name]
+                            self._restart(name, proc)
+                        continue
+                    returncode = proc.poll()  # reaps the child if it exited
+                    if returncode is None:
+                        continue
+                    ran = now - self._started_at.get(name, now)
+                    previous = delays.get(name)
+                    delay = (
+                        RESTART_INITIAL_DELAY
+                        if previous is None or ran >= RESTART_RESET_AFTER
+                        else min(previous * 2, RESTART_MAX_DELAY)
+                    )
+                    delays[name] = delay
+                    due[name] = now + delay
+                    _log.warning(
+                        "controlplane.child_exited",
+                        component=name,
+                        pid=proc.pid,
+                        status=exit_status(returncode),
+                        ran_s=round(ran, 1),
+                        restart_in_s=delay,
+                    )
+
+    def _restart(self, name: str, dead: subprocess.Popen[bytes]) -> None:
+        starters: dict[str, Callable[[], None]] = {
+            "etcd": self._start_etcd,
+            "kube-apiserver": self._start_apiserver,
+            "kube-controller-manager": self._start_controller_manager,
+        }
+        try:
+            starters[name]()
+        except (OSError, KeyError) as err:
+            _log.error("controlplane.restart_failed", component=name, error=str(err))
+            self._started_at[name] = time.monotonic()  # counts as a quick failure next round
+            return
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        write_atomic(
+            self.directory / RESTARTS_FILE,
+            (json.dumps(self.restarts, indent=2, sort_keys=True) + "\n").encode(),
+            mode=PUBLIC_MODE,
+        )
+        new_pid = next(p.pid for child, p in self._children if child == name)
+        _log.warning(
+            "supervisor.restart",
+            unit=f"controlplane/{name}",
+            component=name,
+            previous_pid=dead.pid,
+            status=exit_status(dead.returncode if dead.returncode is not None else 0),
+            pid=new_pid,
+            restarts=self.restarts[name],
+        )
 
     def _lock_directory(self) -> None:
         """Hold an exclusive flock on the directory for as long as the children run.

@@ -46,6 +46,7 @@ from constellation.cli.mini.cluster import (
     down,
     exited_bootstrappers,
     kubernetes_binaries,
+    reconcile_verification,
     save_init_secret,
     stop_cluster,
     wait_joined,
@@ -517,10 +518,10 @@ def resume_services(ctx: CLIContext, record: MiniRecord) -> None:
     deadline = time.monotonic() + JOIN_TIMEOUT_S
     for worker in workers:
         while not NodeLock(worker.tcti).is_initialized():
-            if not is_running(worker.bootstrapper):
+            if not is_running(worker.supervisor):
                 raise JoinTimeoutError(
                     f"node {worker.name} stopped before it rejoined",
-                    hint=f"see its log {worker.bootstrapper.log}",
+                    hint=f"see its logs {record.logs_dir}/{worker.name}-*.log",
                 )
             if time.monotonic() >= deadline:
                 raise JoinTimeoutError(
@@ -528,6 +529,8 @@ def resume_services(ctx: CLIContext, record: MiniRecord) -> None:
                     hint="see mini/logs/joinservice.log and the node's bootstrapper log",
                 )
             time.sleep(JOIN_POLL_S)
+    # A worker that joined late (after `mini node add` stopped waiting) gets its service too.
+    reconcile_verification(workspace, record, _registered(record), progress=ctx.reporter.debug)
 
 
 # -- node add ----------------------------------------------------------------------------------
@@ -558,6 +561,7 @@ def add_node(
     ctx: CLIContext, image_dir: Path | None, name: str | None, timeout: float
 ) -> dict[str, Any]:
     from constellation.cli.commands.apply import start_verification
+    from constellation.cli.inventory import registered_nodes
     from constellation.cli.mini.refusals import refusals_since
 
     workspace = ctx.workspace
@@ -578,22 +582,31 @@ def add_node(
     with ctx.reporter.step(f"booting {name} from {source}"):
         node = _launch(record, name, Role.WORKER, source, secret_hash)
         wait_booted(node)
-    joined = True
+    joined, reason = True, None
     failures: list[dict[str, Any]] = []
+    kubeconfig = kubeconfig_path_of(record)
     try:
+        # An API server that is briefly away is asked again until the timeout (wait_joined);
+        # only the node's bootstrapper exiting, or a definitive API answer, ends it early.
         with ctx.reporter.step(f"waiting for {name} to join (at most {timeout:.0f}s)"):
             wait_joined(
-                lambda: _registered(record),
+                lambda: set(registered_nodes(kubeconfig)),
                 {name},
                 timeout=timeout,
                 alive=lambda: exited_bootstrappers(record, {name}),
             )
-    except JoinTimeoutError:
-        joined = False
+    except JoinTimeoutError as err:
+        joined, reason = False, str(err)
         failures = refusals_since(record.logs_dir / "joinservice.log", log_offset)
     if joined:
         start_verification(workspace, record, name, progress=ctx.reporter.debug)
-    return {"node": name, "image": node.image_version, "joined": joined, "refusals": failures}
+    return {
+        "node": name,
+        "image": node.image_version,
+        "joined": joined,
+        "reason": reason,
+        "refusals": failures,
+    }
 
 
 def refusals_offset(record: MiniRecord) -> int:
@@ -608,6 +621,10 @@ def refusals_offset(record: MiniRecord) -> int:
 The node gets its own swtpm and measured boot of its own copy of IMAGE (default: the image
 `mini up` built). If the JoinService refuses it, the rejection report names the failed checks
 (for a modified image: the PCRs that differ). Exit 1 if the node did not join.
+
+The wait ends early only on a definitive answer (the node's bootstrapper exited, or the API
+server refused the CLI's request); an API server that is briefly unavailable (refused, timed
+out, 5xx) is asked again with backoff until --timeout.
 
 \b
 Examples:
@@ -643,6 +660,7 @@ def node_add_command(
         )
     else:
         ctx.reporter.emit_text(f"Node {result['node']} (image {result['image']}) was NOT admitted.")
+        ctx.reporter.emit_text(f"Why: {result['reason']}")
         for refusal in result["refusals"]:
             ctx.reporter.emit_text(f"JoinService refused a node: {refusal['report']}")
             for failure in refusal["failures"]:

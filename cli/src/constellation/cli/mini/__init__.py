@@ -6,7 +6,9 @@ Modules, in the order ``constellation mini up`` uses them:
   measurements;
 - :mod:`.firmware`: the "firmware" step that measures a node's image into its vTPM and writes
   the TCG event log;
-- :mod:`.processes`: detached processes recorded by PID and start time;
+- :mod:`.processes`: detached processes recorded by PID and start time, and the workspace
+  marker by which ``down`` finds the unrecorded ones;
+- :mod:`.supervisor`: one supervisor per node or service, restarting with backoff;
 - :mod:`.node`: one node's files and processes (swtpm, disk header, metadata, bootstrapper);
 - :mod:`.clusterobjects`: the objects the CLI writes into the cluster and the files the Helm
   charts would mount from them;

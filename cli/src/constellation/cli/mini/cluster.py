@@ -11,8 +11,11 @@ cluster has (configuration, state, master secret, admin kubeconfig). ``mini/clus
 - the nodes (:class:`.node.MiniNode`), the service ports and the JoinService endpoint nodes
   dial.
 
-``down`` is idempotent: it stops what is recorded and still ours, removes what it created, and
-reports "nothing to do" on a second run.
+``down`` is idempotent: it stops what is recorded and still ours (the supervisors first, in
+reverse start order, which end their children), then whatever else still runs for the
+workspace, however it was started (``processes.stop_marked``: restarted by hand, orphaned by a
+killed supervisor), removes what it created, and reports "nothing to do" on a second run.
+``stop_cluster`` stops the same way and keeps the files.
 """
 
 from __future__ import annotations
@@ -41,10 +44,11 @@ from constellation.bootstrapper.kubernetes.components import (
     verified_components,
 )
 from constellation.bootstrapper.kubernetes.errors import KubernetesError
+from constellation.cli.errors import APIServerUnavailableError
 from constellation.cli.mini.errors import ClusterStateError, JoinTimeoutError, MiniError
 from constellation.cli.mini.node import MiniNode, remove_vtpm_sockets
 from constellation.cli.mini.platform import PLATFORM_CA_DIR
-from constellation.cli.mini.processes import ProcessRecord, is_running, stop
+from constellation.cli.mini.processes import ProcessRecord, is_running, stop, stop_marked
 from constellation.cli.mini.services import VerificationEndpoint
 from constellation.cli.workspace import (
     CONFIG_FILE,
@@ -304,16 +308,26 @@ def wait_joined(
     *,
     timeout: float = JOIN_TIMEOUT_S,
     alive: Callable[[], list[str]] | None = None,
+    max_backoff: float = 5.0,
 ) -> None:
     """Wait (bounded) until every name in ``names`` is a registered Node object.
 
-    ``alive`` returns the names of nodes whose bootstrapper exited: such a node cannot join any
-    more, so the wait ends at once with that name.
+    Only a definitive answer ends the wait before ``timeout``: ``alive`` returns the names of
+    nodes whose bootstrapper exited (such a node cannot join any more), and ``list_nodes`` may
+    raise a definitive ``KubernetesAPIError`` (403, unusable kubeconfig). An API server that is
+    briefly away (``APIServerUnavailableError``: refused, timed out, 429/5xx; a control plane
+    restarting) is asked again with exponential backoff up to ``max_backoff`` seconds.
     """
     deadline = time.monotonic() + timeout
     missing = set(names)
+    unavailable: APIServerUnavailableError | None = None
+    delay = JOIN_POLL_S
     while True:
-        missing = names - list_nodes()
+        try:
+            missing = names - list_nodes()
+            unavailable, delay = None, JOIN_POLL_S
+        except APIServerUnavailableError as err:
+            unavailable, delay = err, min(delay * 2, max_backoff)
         if not missing:
             return
         dead = alive() if alive is not None else []
@@ -322,9 +336,16 @@ def wait_joined(
                 f"node(s) {', '.join(sorted(dead))} stopped before joining",
                 hint="see the node's bootstrapper log under mini/logs/",
             )
-        if time.monotonic() >= deadline:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             break
-        time.sleep(JOIN_POLL_S)
+        time.sleep(min(delay, remaining))
+    if unavailable is not None:
+        raise JoinTimeoutError(
+            f"could not see whether node(s) {', '.join(sorted(missing))} joined within "
+            f"{timeout:.0f}s: {unavailable}",
+            hint="start the control plane again, then check with `constellation verify --all`",
+        )
     raise JoinTimeoutError(
         f"node(s) {', '.join(sorted(missing))} did not join within {timeout:.0f}s",
         hint="see mini/logs/joinservice.log and the nodes' bootstrapper logs",
@@ -332,9 +353,44 @@ def wait_joined(
 
 
 def exited_bootstrappers(record: MiniRecord, names: set[str]) -> list[str]:
-    return sorted(
-        n.name for n in record.nodes if n.name in names and not is_running(n.bootstrapper)
-    )
+    return sorted(n.name for n in record.nodes if n.name in names and not is_running(n.supervisor))
+
+
+def nodes_missing_verification(record: MiniRecord, registered: set[str]) -> list[str]:
+    """Registered, powered-on nodes whose VerificationService does not run.
+
+    A worker can become a Node after ``mini node add`` stopped waiting for it (a late joiner):
+    nobody started its VerificationService then. In a real cluster that is a DaemonSet, which
+    Kubernetes starts on every new Node; in mini mode the next CLI command that sees the
+    registered Nodes reconciles (:func:`reconcile_verification`).
+    """
+    running = {v.node for v in record.verification if is_running(v.process)}
+    return [
+        node.name
+        for node in record.nodes
+        if node.name in registered and node.name not in running and is_running(node.supervisor)
+    ]
+
+
+def reconcile_verification(
+    workspace: Workspace,
+    record: MiniRecord,
+    registered: set[str],
+    *,
+    progress: Callable[[str], None],
+) -> list[str]:
+    """Start the VerificationService of every node :func:`nodes_missing_verification` names.
+
+    Called by ``resume_services`` (``recover``); ``mini node add`` and ``verify`` are the
+    other commands in a position to notice a late joiner.
+    """
+    from constellation.cli.commands.apply import start_verification
+
+    missing = nodes_missing_verification(record, registered)
+    for name in missing:
+        record.verification = [v for v in record.verification if v.node != name]
+        start_verification(workspace, record, name, progress=progress)
+    return missing
 
 
 def stop_cluster(
@@ -356,6 +412,7 @@ def stop_cluster(
                 progress(f"stopped {process.name} (pid {process.pid})")
     for node in record.nodes:
         stopped.extend(_end_control_plane_orphans(node.directory / "state" / "control-plane"))
+    stopped.extend(_stop_unrecorded(record, progress))
     record.joinservice_running = False
     record.save()
     return tuple(stopped)
@@ -384,6 +441,15 @@ def _end_control_plane_orphans(directory: Path) -> list[str]:
     return ended
 
 
+def _stop_unrecorded(record: MiniRecord, progress: Callable[[str], None] | None) -> list[str]:
+    """End what still runs for this workspace although no record names it (module docstring)."""
+    ended = stop_marked(record.directory)
+    if progress is not None:
+        for name in ended:
+            progress(f"stopped {name}, found running for this workspace")
+    return ended
+
+
 @dataclass(frozen=True)
 class DownReport:
     stopped: tuple[str, ...]
@@ -401,6 +467,7 @@ def down(workspace: Workspace, *, progress: Callable[[str], None] | None = None)
             stopped.append(process.name)
             if progress is not None:
                 progress(f"stopped {process.name} (pid {process.pid})")
+    stopped.extend(_stop_unrecorded(record, progress))
     for node in record.nodes:
         remove_vtpm_sockets(node)
     removed = []

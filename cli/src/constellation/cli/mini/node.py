@@ -20,10 +20,14 @@ node's own user can reach them) live in a short private directory of the node,
 ``<runtime>`` is ``$XDG_RUNTIME_DIR`` or the temporary directory): a Unix socket path has at
 most 107 bytes, and a workspace may be deeper than that allows. ``mini down`` removes it.
 
-Boot order: start the swtpm (detached), have the platform certify its AK, run the firmware
-step on ``image/``, then start
+Creation (:func:`launch_node`): the CLI starts the node's swtpm once to have the platform
+certify its AK (the platform CA never leaves the CLI), stops it, writes the node's files and
+hands the machine to its **node supervisor** (:mod:`.supervisor`), which powers it on: swtpm
+on the same TPM state, the firmware step on ``image/``, then
 ``python -m constellation.bootstrapper`` with ``PYTHONPATH=image/`` first and bytecode writing
 off, so the modules that run are the measured files and the image directory stays unchanged.
+The supervisor keeps the node alive afterwards (a dead bootstrapper is restarted on the same
+boot, a dead swtpm reboots the node) and is what the cluster record keeps.
 The state disk uses pbkdf2 key slots (argon2id would need seconds and a GiB of memory per node
 here); mini mode's data path is not encrypted anyway (no device-mapper), only the LUKS2 header
 and its key management are real.
@@ -64,10 +68,10 @@ from constellation.bootstrapper.metadata import (
     write_metadata_file,
 )
 from constellation.cli.mini.errors import ProcessStartError
-from constellation.cli.mini.firmware import boot_measure
 from constellation.cli.mini.image import copy_image
 from constellation.cli.mini.platform import AK_CERT_FILE, PLATFORM_ROOTS_FILE, certify_node
 from constellation.cli.mini.processes import ProcessRecord, is_running, spawn, stop
+from constellation.cli.mini.supervisor import read_status, spawn_node
 
 LOOPBACK = "127.0.0.1"
 DISK_SIZE = 32 * 1024 * 1024
@@ -133,7 +137,12 @@ def wait_listening(record: ProcessRecord, port: int, timeout: float) -> None:
 
 @dataclass(frozen=True)
 class MiniNode:
-    """A launched node as the cluster record keeps it."""
+    """A launched node as the cluster record keeps it.
+
+    ``supervisor`` is the node's supervisor process, the machine: it runs the node's swtpm and
+    bootstrapper (their current PIDs are in its status file, :func:`.supervisor.read_status`)
+    and is running as long as the node is powered on.
+    """
 
     name: str
     role: Role
@@ -141,12 +150,32 @@ class MiniNode:
     swtpm_socket: Path
     init_port: int
     image_version: str
-    swtpm: ProcessRecord
-    bootstrapper: ProcessRecord
+    supervisor: ProcessRecord
 
     @property
     def tcti(self) -> str:
         return tcti_for(self.swtpm_socket)
+
+    @property
+    def swtpm(self) -> ProcessRecord:
+        """The node's swtpm as its supervisor last started it (not running if none runs)."""
+        return self._child("swtpm")
+
+    @property
+    def bootstrapper(self) -> ProcessRecord:
+        """The node's bootstrapper as its supervisor last started it."""
+        return self._child("bootstrapper")
+
+    def _child(self, process: str) -> ProcessRecord:
+        status = read_status(_mini_dir_of(self.directory / "tpm"), f"{self.name}/node") or {}
+        child = (status.get("children") or {}).get(process) or {}
+        log = str(Path(self.supervisor.log).parent / f"{self.name}-{process}.log")
+        try:
+            return ProcessRecord(
+                f"{self.name}/{process}", int(child["pid"]), int(child["startTime"]), log
+            )
+        except (KeyError, TypeError, ValueError):
+            return ProcessRecord(f"{self.name}/{process}", 0, 0, log)
 
     @property
     def init_endpoint(self) -> Endpoint:
@@ -173,6 +202,9 @@ class MiniNode:
             "swtpmSocket": str(self.swtpm_socket),
             "initPort": self.init_port,
             "imageVersion": self.image_version,
+            "supervisor": self.supervisor.to_dict(),
+            # For people and scripts reading the record: the children as of this save (the
+            # log paths stay; the live PIDs are in the supervisor's status file).
             "swtpm": self.swtpm.to_dict(),
             "bootstrapper": self.bootstrapper.to_dict(),
         }
@@ -186,8 +218,7 @@ class MiniNode:
             swtpm_socket=Path(data["swtpmSocket"]),
             init_port=int(data["initPort"]),
             image_version=str(data["imageVersion"]),
-            swtpm=ProcessRecord.from_dict(data["swtpm"]),
-            bootstrapper=ProcessRecord.from_dict(data["bootstrapper"]),
+            supervisor=ProcessRecord.from_dict(data["supervisor"]),
         )
 
 
@@ -230,18 +261,10 @@ def start_swtpm(name: str, tpm_dir: Path, log_path: Path) -> tuple[ProcessRecord
     before swtpm runs, and the sockets are created 0600, so no other user's process can open
     them (see :mod:`constellation.attestation.swtpm`).
     """
-    data_socket = swtpm_socket(tpm_dir)
-    try:
-        prepare_socket_dir(tpm_dir)
-        prepare_socket_dir(data_socket.parent.parent)
-        prepare_socket_dir(data_socket.parent)
-        refuse_if_served(data_socket)
-        command = swtpm_command(swtpm_binary(), tpm_dir.absolute(), data_socket)
-    except SwtpmError as err:
-        raise ProcessStartError(f"swtpm of {name} cannot start: {err}") from None
+    command, data_socket = swtpm_command_for(name, tpm_dir)
     last = ""
     for _ in range(3):
-        record = spawn(f"{name}/swtpm", command, log_path=log_path)
+        record = spawn(f"{name}/swtpm", command, log_path=log_path, mini_dir=_mini_dir_of(tpm_dir))
         try:
             wait_tpm_ready(record, data_socket, SWTPM_READY_TIMEOUT_S)
             return record, data_socket
@@ -249,6 +272,31 @@ def start_swtpm(name: str, tpm_dir: Path, log_path: Path) -> tuple[ProcessRecord
             last = str(err)
             stop(record)  # a hung attempt would keep the state lock from the next one
     raise ProcessStartError(f"swtpm of {name} did not start: {last}", hint=f"see {log_path}")
+
+
+def swtpm_command_for(name: str, tpm_dir: Path) -> tuple[list[str], Path]:
+    """The swtpm command line of the node whose TPM state is ``tpm_dir``, and its data socket.
+
+    Prepares the private directories and refuses if a vTPM already serves the socket (a
+    second swtpm would unlink the running one's sockets).
+    """
+    data_socket = swtpm_socket(tpm_dir)
+    try:
+        prepare_socket_dir(tpm_dir)
+        prepare_socket_dir(data_socket.parent.parent)
+        prepare_socket_dir(data_socket.parent)
+        refuse_if_served(data_socket)
+        return swtpm_command(swtpm_binary(), tpm_dir.absolute(), data_socket), data_socket
+    except SwtpmError as err:
+        raise ProcessStartError(f"swtpm of {name} cannot start: {err}") from None
+
+
+def _mini_dir_of(path: Path) -> Path:
+    """``<workspace>/mini`` for a path inside a node (``mini/nodes/<name>/...``)."""
+    for parent in path.absolute().parents:
+        if parent.name == "nodes":
+            return parent.parent
+    return path.absolute().parent
 
 
 def wait_tpm_ready(record: ProcessRecord, path: Path, timeout: float) -> None:
@@ -283,10 +331,11 @@ def launch_node(
     logs_dir: Path,
     records: list[ProcessRecord],
 ) -> MiniNode:
-    """Create the node's files, boot its vTPM and firmware, start its bootstrapper.
+    """Create the node's files, have the platform certify its vTPM, power it on.
 
-    Before the firmware runs, the platform certifies the vTPM's attestation key as this node
-    (``platform.certify_node``), as a cloud does when it creates a VM.
+    Before the node first boots, the platform certifies the vTPM's attestation key as this node
+    (``platform.certify_node``), as a cloud does when it creates a VM; then the node supervisor
+    boots it (module docstring).
 
     Every process started is appended to ``records`` as soon as it runs, so a failure later in
     the boot still leaves it recorded for ``mini down``.
@@ -295,13 +344,16 @@ def launch_node(
     directory.mkdir(parents=True, mode=0o700)
     image_dir = directory / "image"
     copy_image(image_source, image_dir)
+    # Stopped before this returns, so not recorded; if the CLI dies meanwhile, the workspace
+    # marker it carries lets `mini down` find it.
     swtpm, tpm_socket = start_swtpm(name, directory / "tpm", logs_dir / f"{name}-swtpm.log")
-    records.append(swtpm)
     tcti = tcti_for(tpm_socket)
-    ak_certificate = certify_node(tcti, platform_ca, name, role)
+    try:
+        ak_certificate = certify_node(tcti, platform_ca, name, role)
+    finally:
+        stop(swtpm)  # the AK is persistent in the TPM state; the supervisor starts it again
     write_atomic(directory / AK_CERT_FILE, ak_certificate, mode=PUBLIC_MODE)
     write_atomic(directory / PLATFORM_ROOTS_FILE, platform_ca.cert_pem, mode=PUBLIC_MODE)
-    boot_measure(tcti, image_dir, directory / "eventlog.bin")
 
     with (directory / "disk.img").open("wb") as disk:
         disk.truncate(DISK_SIZE)
@@ -342,8 +394,8 @@ def launch_node(
         (json.dumps(config, indent=2) + "\n").encode(),
         mode=PUBLIC_MODE,
     )
-    bootstrapper = _spawn_bootstrapper(name, directory, logs_dir)
-    records.append(bootstrapper)
+    supervisor = _spawn_node_supervisor(name, directory, logs_dir)
+    records.append(supervisor)
     return MiniNode(
         name=name,
         role=role,
@@ -351,53 +403,56 @@ def launch_node(
         swtpm_socket=tpm_socket,
         init_port=init_port,
         image_version=image_version,
-        swtpm=swtpm,
-        bootstrapper=bootstrapper,
+        supervisor=supervisor,
     )
 
 
-def _spawn_bootstrapper(name: str, directory: Path, logs_dir: Path) -> ProcessRecord:
-    return spawn(
-        f"{name}/bootstrapper",
-        [sys.executable, "-m", "constellation.bootstrapper", "--config", "bootstrapper.json"],
-        log_path=logs_dir / f"{name}-bootstrapper.log",
-        cwd=directory,
-        env=bootstrapper_env(directory / "image"),
+def bootstrapper_command() -> list[str]:
+    """The bootstrapper's command line; it runs in the node's directory."""
+    return [sys.executable, "-m", "constellation.bootstrapper", "--config", "bootstrapper.json"]
+
+
+def point_config_at_tpm(directory: Path, tpm_socket: Path) -> str:
+    """Write the vTPM address into the node's ``bootstrapper.json``; return the TCTI."""
+    tcti = tcti_for(tpm_socket)
+    config_path = directory / "bootstrapper.json"
+    try:
+        config = json.loads(config_path.read_bytes())
+    except (OSError, ValueError) as err:
+        raise ProcessStartError(f"cannot read {config_path}: {err}") from None
+    if config.get("tpm_tcti") != tcti:
+        config["tpm_tcti"] = tcti
+        write_atomic(config_path, (json.dumps(config, indent=2) + "\n").encode(), mode=PUBLIC_MODE)
+    return tcti
+
+
+def _spawn_node_supervisor(name: str, directory: Path, logs_dir: Path) -> ProcessRecord:
+    return spawn_node(
+        name, directory.absolute(), mini_dir=_mini_dir_of(directory), logs_dir=logs_dir.absolute()
     )
 
 
 def reboot_node(node: MiniNode, logs_dir: Path, records: list[ProcessRecord]) -> MiniNode:
     """Boot a stopped node again from its own files, like a VM after a power cycle.
 
-    Its swtpm restarts on the same state directory (same TPM identity, PCRs reset by the
-    startup), the firmware step measures the node's image again and rewrites the event log, and
-    the bootstrapper starts with the node's configuration (only the vTPM address is updated).
+    Its node supervisor starts again and boots it: swtpm on the same state directory (same TPM
+    identity, PCRs reset by the startup), the firmware step measures the node's image again and
+    rewrites the event log, and the bootstrapper starts with the node's configuration (only the
+    vTPM address is updated).
     The node's state disk, node state and control-plane files are kept: the bootstrapper finds
     its node state and rejoins (or, on the control plane, waits for ``constellation recover``).
     Every process started is appended to ``records`` as soon as it runs.
     """
-    if is_running(node.swtpm) or is_running(node.bootstrapper):
+    if is_running(node.supervisor):
         raise ProcessStartError(
             f"node {node.name} is still running", hint="run `constellation mini stop` first"
         )
-    swtpm, tpm_socket = start_swtpm(
-        node.name, node.directory / "tpm", logs_dir / f"{node.name}-swtpm.log"
-    )
-    records.append(swtpm)
-    tcti = tcti_for(tpm_socket)
-    boot_measure(tcti, node.image_dir, node.event_log)
-    config_path = node.directory / "bootstrapper.json"
-    try:
-        config = json.loads(config_path.read_bytes())
-    except (OSError, ValueError) as err:
-        raise ProcessStartError(f"cannot read {config_path}: {err}") from None
-    config["tpm_tcti"] = tcti
-    write_atomic(config_path, (json.dumps(config, indent=2) + "\n").encode(), mode=PUBLIC_MODE)
-    bootstrapper = _spawn_bootstrapper(node.name, node.directory, logs_dir)
-    records.append(bootstrapper)
-    return replace(node, swtpm_socket=tpm_socket, swtpm=swtpm, bootstrapper=bootstrapper)
+    tpm_socket = swtpm_socket(node.directory / "tpm")
+    supervisor = _spawn_node_supervisor(node.name, node.directory, logs_dir)
+    records.append(supervisor)
+    return replace(node, swtpm_socket=tpm_socket, supervisor=supervisor)
 
 
 def wait_booted(node: MiniNode, timeout: float = BOOT_TIMEOUT_S) -> None:
     """Wait until the node's bootstrapper serves its init port (it is up and attesting)."""
-    wait_listening(node.bootstrapper, node.init_port, timeout)
+    wait_listening(node.supervisor, node.init_port, timeout)

@@ -7,6 +7,16 @@ before a signal is sent the pair is checked again, so a PID the kernel reused fo
 else's process is never touched. Stopping sends SIGTERM to the process, waits a bounded time,
 then SIGKILLs the process group the process leads (its session, which we created), so children
 (the first node's etcd and kube-apiserver) cannot outlive it.
+
+Records are not the only way back to a process: a supervisor restarts its children under new
+PIDs, a person may restart a service by hand, and a bootstrapper's control-plane children run
+in sessions of their own. So every process mini mode starts carries the marker
+``CONSTELLATION_MINI_DIR=<workspace>/mini`` in its environment (inherited by its children), and
+:func:`find_marked` finds, under ``/proc``, every process of *this user* that carries the
+marker for the workspace or names the workspace's ``mini/`` directory in its command line or
+working directory (a process restarted by hand from the logged command line).
+:func:`stop_marked` ends them, supervisors first so that nothing is restarted while it runs,
+each by PID only while its start time is still the one seen, never the caller or its ancestors.
 """
 
 from __future__ import annotations
@@ -27,6 +37,8 @@ STOP_GRACE_S = 20.0
 KILL_WAIT_S = 5.0
 POLL_S = 0.05
 _STAT_STARTTIME_FIELD = 22
+MARKER_ENV = "CONSTELLATION_MINI_DIR"
+SUPERVISOR_MODULE = b"constellation.cli.mini.supervisor"
 
 
 @dataclass(frozen=True)
@@ -81,9 +93,15 @@ def spawn(
     log_path: Path,
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
+    mini_dir: Path | None = None,
 ) -> ProcessRecord:
-    """Start ``argv`` detached (own session, stdin closed, output appended to ``log_path``)."""
+    """Start ``argv`` detached (own session, stdin closed, output appended to ``log_path``).
+
+    With ``mini_dir`` the process carries the workspace's marker (module docstring).
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    if mini_dir is not None:
+        env = {**(os.environ if env is None else env), MARKER_ENV: str(mini_dir.resolve())}
     try:
         with log_path.open("ab") as log:
             process = subprocess.Popen(
@@ -152,3 +170,116 @@ def wait_for(record: ProcessRecord, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and is_running(record):
         time.sleep(POLL_S)
+
+
+@dataclass(frozen=True)
+class MarkedProcess:
+    """A live process of this user that belongs to a workspace's mini cluster."""
+
+    pid: int
+    start_time: int
+    cmdline: bytes
+
+    @property
+    def is_supervisor(self) -> bool:
+        return SUPERVISOR_MODULE in self.cmdline
+
+    @property
+    def name(self) -> str:
+        argv = [a for a in self.cmdline.split(b"\0") if a]
+        return os.path.basename(argv[0].decode(errors="replace")) if argv else "?"
+
+    def still_running(self) -> bool:
+        return is_running(ProcessRecord(self.name, self.pid, self.start_time, ""))
+
+
+def _ancestors() -> set[int]:
+    pids = set()
+    pid = os.getpid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        fields = _stat_fields(pid)
+        if fields is None:
+            break
+        try:
+            pid = int(fields[3])
+        except (IndexError, ValueError):
+            break
+    return pids
+
+
+def _belongs(entry: Path, mini_dir: str) -> bytes | None:
+    """The command line of ``entry`` if it belongs to ``mini_dir``'s cluster, else None."""
+    try:
+        cmdline = (entry / "cmdline").read_bytes()
+        environ = (entry / "environ").read_bytes()
+    except OSError:
+        return None
+    marker = f"{MARKER_ENV}={mini_dir}".encode()
+    if marker in environ.split(b"\0"):
+        return cmdline
+    inside = (mini_dir + "/").encode()
+    if any(arg == mini_dir.encode() or inside in arg for arg in cmdline.split(b"\0")):
+        return cmdline
+    try:
+        cwd = os.readlink(entry / "cwd")
+    except OSError:
+        return None
+    if cwd == mini_dir or cwd.startswith(mini_dir + "/"):
+        return cmdline
+    return None
+
+
+def find_marked(mini_dir: Path) -> list[MarkedProcess]:
+    """Every live process of this user that belongs to the cluster in ``mini_dir`` (module
+    docstring), except the caller and its ancestors."""
+    directory = str(mini_dir.resolve())
+    uid = os.getuid()
+    skip = _ancestors()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in skip:
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+        except OSError:
+            continue
+        cmdline = _belongs(entry, directory)
+        if cmdline is None:
+            continue
+        fields = _stat_fields(int(entry.name))
+        if fields is None or fields[2] in ("Z", "X"):
+            continue
+        found.append(
+            MarkedProcess(int(entry.name), int(fields[_STAT_STARTTIME_FIELD - 1]), cmdline)
+        )
+    return found
+
+
+def stop_marked(mini_dir: Path, *, grace: float = STOP_GRACE_S) -> list[str]:
+    """End every process :func:`find_marked` finds: supervisors first, then the rest.
+
+    Each round sends SIGTERM, waits (bounded) and SIGKILLs what is left; a process is
+    signalled only while its start time is still the one seen. Returns what was ended as
+    ``name (pid N)``.
+    """
+    ended: list[str] = []
+    for supervisors in (True, False):
+        targets = [p for p in find_marked(mini_dir) if p.is_supervisor is supervisors]
+        for target in targets:
+            if target.still_running():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(target.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(t.still_running() for t in targets):
+            time.sleep(POLL_S)
+        for target in targets:
+            if target.still_running():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(target.pid, signal.SIGKILL)
+            ended.append(f"{target.name} (pid {target.pid})")
+        deadline = time.monotonic() + KILL_WAIT_S
+        while time.monotonic() < deadline and any(t.still_running() for t in targets):
+            time.sleep(POLL_S)
+    return ended

@@ -12,6 +12,11 @@ loopback ports chosen here (recorded in the cluster record and the state file):
   ServiceAccount, bound to the chart's Role (:mod:`.serviceaccount`), as its pod would, and to
   the KeyService with its client certificate (``constellation-keyservice-client``);
 - one VerificationService per node, quoting with that node's vTPM and attaching its event log.
+
+Each runs under its own unit supervisor (:mod:`.supervisor`): restarted with backoff on the
+same ports when it dies, and restarted when the node whose TPM it uses reboots. The recorded
+process is the supervisor; the service's log (``<logs>/<unit>.log``) carries both the service's
+and the supervisor's JSON lines.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from typing import Any
 from constellation.bootstrapper.metadata import Endpoint
 from constellation.cli.mini.clusterobjects import MountedFiles
 from constellation.cli.mini.node import LOOPBACK, MiniNode, free_port, wait_listening
-from constellation.cli.mini.processes import ProcessRecord, spawn
+from constellation.cli.mini.processes import ProcessRecord
+from constellation.cli.mini.supervisor import spawn_unit
 from constellation.cli.servicepki import CA_FILE, CERT_FILE, KEY_FILE
 from constellation.keyservice.tls import SERVER_NAME
 
@@ -67,7 +73,7 @@ def _python_module(module: str) -> list[str]:
 
 def start_keyservice(files: MountedFiles, logs_dir: Path) -> tuple[ProcessRecord, int]:
     port = free_port()
-    record = spawn(
+    record = spawn_unit(
         "keyservice",
         [
             *_python_module("constellation.keyservice"),
@@ -81,6 +87,7 @@ def start_keyservice(files: MountedFiles, logs_dir: Path) -> tuple[ProcessRecord
             "--health-port=0",
             "--metrics-port=0",
         ],
+        mini_dir=logs_dir.parent,
         log_path=logs_dir / "keyservice.log",
     )
     return record, port
@@ -96,7 +103,7 @@ def start_joinservice(
     node: MiniNode,
     logs_dir: Path,
 ) -> ProcessRecord:
-    return spawn(
+    return spawn_unit(
         "joinservice",
         [
             *_python_module("constellation.joinservice"),
@@ -124,6 +131,7 @@ def start_joinservice(
             f"--event-log={node.event_log}",
             f"--ak-certificate-file={node.ak_certificate}",
         ],
+        mini_dir=logs_dir.parent,
         log_path=logs_dir / "joinservice.log",
     )
 
@@ -132,7 +140,7 @@ def start_verificationservice(node: MiniNode, logs_dir: Path) -> VerificationEnd
     grpc_port, http_port = free_port(), free_port()
     while http_port == grpc_port:
         http_port = free_port()
-    record = spawn(
+    record = spawn_unit(
         f"{node.name}/verificationservice",
         [
             *_python_module("constellation.verificationservice"),
@@ -145,6 +153,7 @@ def start_verificationservice(node: MiniNode, logs_dir: Path) -> VerificationEnd
             f"--http-port={http_port}",
             "--metrics-port=0",
         ],
+        mini_dir=logs_dir.parent,
         log_path=logs_dir / f"{node.name}-verificationservice.log",
     )
     return VerificationEndpoint(node.name, grpc_port, http_port, record)
