@@ -13,6 +13,7 @@ import yaml
 from constellation.attestation.measurements import Measurement, Measurements
 from constellation.attestation.testing.platform import cached_platform_ca
 from constellation.cli.mini import clusterobjects
+from constellation.cli.mini.errors import ApplyError
 from constellation.cli.servicepki import issue_service_pki
 
 REPO = Path(__file__).resolve().parents[3]
@@ -111,3 +112,19 @@ def test_objects_written_through_the_api_are_materialized_at_the_mount_paths(
     assert measurements == Measurements.from_json(
         (files.join_config_dir / "measurements").read_bytes()
     )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: [unclosed",  # not YAML: yaml.ParserError escaped before
+        "? ?\n",  # YAML with a complex key
+        "- just\n- a list\n",  # YAML of the wrong shape
+        "clusters: 3\ncurrent-context: x\n",
+    ],
+)
+def test_a_kubeconfig_that_is_not_one_is_a_typed_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "admin.conf"
+    path.write_text(text)
+    with pytest.raises(ApplyError, match="kubeconfig"):
+        clusterobjects.core_api(path)

@@ -598,7 +598,8 @@ def add_node(
     except JoinTimeoutError as err:
         joined, reason = False, str(err)
         failures = refusals_since(record.logs_dir / "joinservice.log", log_offset)
-    if joined:
+    late = _reconcile_late_joiners(ctx, record, kubeconfig)
+    if joined and name not in late and not any(v.node == name for v in record.verification):
         start_verification(workspace, record, name, progress=ctx.reporter.debug)
     return {
         "node": name,
@@ -607,6 +608,28 @@ def add_node(
         "reason": reason,
         "refusals": failures,
     }
+
+
+def _reconcile_late_joiners(ctx: CLIContext, record: MiniRecord, kubeconfig: Path) -> list[str]:
+    """Start the VerificationService of every registered node that has none (a late joiner:
+    a node that became a Node after an earlier ``mini node add`` stopped waiting for it).
+
+    Best effort: with the API server away the registered set is unknown and nothing is started;
+    ``verify --all`` and ``status`` then report those nodes as not checked, with the reason.
+    """
+    from constellation.cli.errors import KubernetesAPIError
+    from constellation.cli.inventory import registered_nodes
+    from constellation.cli.mini.cluster import reconcile_verification
+
+    try:
+        registered = set(registered_nodes(kubeconfig))
+    except KubernetesAPIError as err:
+        ctx.reporter.debug(f"late joiners not reconciled: {err}")
+        return []
+    started = reconcile_verification(ctx.workspace, record, registered, progress=ctx.reporter.debug)
+    for late in started:
+        ctx.reporter.info(f"Started the VerificationService of {late} (it joined late).")
+    return started
 
 
 def refusals_offset(record: MiniRecord) -> int:

@@ -75,6 +75,7 @@ SECRET_FILES = {"ca.key", "sa.key", "front-proxy-ca.key", "etcd-ca.key"}
 
 def core_api(kubeconfig: Path) -> Any:
     """A CoreV1 client authenticated with the admin kubeconfig."""
+    import yaml
     from kubernetes import client as k8s
     from kubernetes import config as k8s_config
 
@@ -82,8 +83,10 @@ def core_api(kubeconfig: Path) -> Any:
         api_client = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
             config_file=str(kubeconfig)
         )
-    except (k8s_config.ConfigException, OSError, ValueError) as err:
+    except (k8s_config.ConfigException, OSError, ValueError, yaml.YAMLError) as err:
         raise ApplyError(f"cannot use the kubeconfig {kubeconfig}: {err}") from None
+    except (TypeError, KeyError, AttributeError):  # valid YAML of the wrong shape
+        raise ApplyError(f"the kubeconfig {kubeconfig} is not a kubeconfig") from None
     return k8s.CoreV1Api(api_client)
 
 
