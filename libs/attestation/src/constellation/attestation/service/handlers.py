@@ -104,7 +104,15 @@ class BehaviourInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:
             return None
         method = handler_call_details.method
-        return wrap_rpc_handler(handler, lambda behaviour: self.around(method, behaviour))
+        return wrap_rpc_handler(
+            handler,
+            lambda behaviour: self.around(method, behaviour),
+            request_deserializer=self.request_deserializer(handler),
+        )
+
+    def request_deserializer(self, handler: grpc.RpcMethodHandler[Any, Any]) -> Deserializer | None:
+        """A replacement for ``handler``'s request deserializer, or None to keep its own."""
+        return None
 
     @abc.abstractmethod
     def around(self, method: str, behaviour: Behaviour) -> Behaviour:

@@ -15,7 +15,7 @@ reveals nothing about the service and costs less than checking the caller.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -30,10 +30,10 @@ from constellation.attestation.service.errors import UndecodableRequestError
 from constellation.attestation.service.handlers import (
     Behaviour,
     BehaviourInterceptor,
+    Deserializer,
     UndecodableRequest,
     is_abort,
     tolerant_deserializer,
-    wrap_rpc_handler,
 )
 
 _log = structlog.get_logger("constellation.service")
@@ -64,25 +64,12 @@ class ErrorStatusInterceptor(BehaviourInterceptor):
     def __init__(self, codes: Mapping[type[BaseException], grpc.StatusCode] | None = None) -> None:
         self._codes = {**DEFAULT_STATUS_CODES, **(codes or {})}
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Any],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
+    def request_deserializer(self, handler: grpc.RpcMethodHandler[Any, Any]) -> Deserializer | None:
         # Streaming requests decode message by message inside the servicer's iterator; only
         # unary requests (every Constellation method) are decoded before the behaviour runs.
-        unary_request = handler.unary_unary is not None or handler.unary_stream is not None
-        return wrap_rpc_handler(
-            handler,
-            lambda behaviour: self.around(method, behaviour),
-            request_deserializer=tolerant_deserializer(handler.request_deserializer)
-            if unary_request
-            else None,
-        )
+        if handler.unary_unary is None and handler.unary_stream is None:
+            return None
+        return tolerant_deserializer(handler.request_deserializer)
 
     def around(self, method: str, behaviour: Behaviour) -> Behaviour:
         def run(request: Any, context: grpc.ServicerContext) -> Any:
