@@ -9,24 +9,12 @@ verifies. ``_shapes.FieldFuzzer`` lets the fuzzer replace the whole document or 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from constellation.attestation.eventlog import (
-    EV_EVENT_TAG,
-    Event,
-    TaggedEvent,
-    encode_event_log,
-    parse_event_log,
-    replay,
-)
-from constellation.attestation.identity import Role
 from constellation.attestation.measurements import Measurements
-from constellation.attestation.testing.platform import cached_platform_ca, node_validator
-from constellation.attestation.testing.softtpm import SoftwareTpmIssuer
-from constellation.attestation.tpm import TPM_ALG_SHA256
+from constellation.attestation.testing.platform import certified_software_document, node_validator
 from targets._shapes import FieldFuzzer
 
 NONCE = bytes(range(32))
@@ -35,19 +23,7 @@ USER_DATA = b"fuzz"
 CLOCK = datetime.now(UTC)
 
 
-def _document() -> dict[str, object]:
-    data = TaggedEvent(1, b"fuzz boot").encode()
-    event = Event(4, EV_EVENT_TAG, {TPM_ALG_SHA256: hashlib.sha256(data).digest()}, data)
-    log = encode_event_log([event])
-    pcrs = {i: bytes(32) for i in range(24)} | replay(parse_event_log(log))
-    forger = SoftwareTpmIssuer(pcrs, log)
-    forger.ak_certificate = cached_platform_ca().issue_ak_certificate(
-        forger.ak_spki_der, "fuzz-node", Role.WORKER
-    )
-    return forger.document(USER_DATA, NONCE)
-
-
-FIELDS = FieldFuzzer(_document())
+FIELDS = FieldFuzzer(certified_software_document(USER_DATA, NONCE))
 _pcrs = json.loads(FIELDS.encoded)["pcrs"]
 VALIDATOR = node_validator(
     Measurements.from_dict({"4": base64.b64decode(_pcrs["4"]).hex()}),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import os
 import random
@@ -20,21 +19,14 @@ from typing import Any
 import pytest
 
 from constellation.attestation.errors import MalformedEvidenceError, ValidationError
-from constellation.attestation.eventlog import (
-    EV_EVENT_TAG,
-    Event,
-    TaggedEvent,
-    encode_event_log,
-    parse_event_log,
-    replay,
-)
-from constellation.attestation.identity import Role
 from constellation.attestation.identity.errors import PlatformRootError
 from constellation.attestation.identity.verify import load_platform_roots
 from constellation.attestation.measurements import Measurements
-from constellation.attestation.testing.platform import cached_platform_ca, node_validator
-from constellation.attestation.testing.softtpm import SoftwareTpmIssuer
-from constellation.attestation.tpm import TPM_ALG_SHA256
+from constellation.attestation.testing.platform import (
+    cached_platform_ca,
+    certified_software_document,
+    node_validator,
+)
 
 ITERATIONS = int(os.environ.get("CONSTELLATION_FUZZ_ITERATIONS", "2000"))
 NONCE = bytes(range(32))
@@ -59,16 +51,7 @@ HOSTILE_VALUES: tuple[Any, ...] = (
 
 
 def _document() -> dict[str, Any]:
-    """A valid document of a software TPM whose AK the test platform certified."""
-    data = TaggedEvent(1, b"fuzz boot").encode()
-    event = Event(4, EV_EVENT_TAG, {TPM_ALG_SHA256: hashlib.sha256(data).digest()}, data)
-    log = encode_event_log([event])
-    pcrs = {i: bytes(32) for i in range(24)} | replay(parse_event_log(log))
-    forger = SoftwareTpmIssuer(pcrs, log)
-    forger.ak_certificate = cached_platform_ca().issue_ak_certificate(
-        forger.ak_spki_der, "fuzz-node", Role.WORKER
-    )
-    return forger.document(USER_DATA, NONCE)
+    return certified_software_document(USER_DATA, NONCE)
 
 
 def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:

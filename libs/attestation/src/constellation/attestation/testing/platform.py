@@ -114,3 +114,34 @@ __all__ = [
     "platform_roots",
     "provision_node",
 ]
+
+
+def certified_software_document(
+    user_data: bytes, nonce: bytes, name: str = "fuzz-node", role: Role = Role.WORKER
+) -> dict[str, Any]:
+    """A valid qemu-vtpm document from a software TPM whose AK the test platform certified.
+
+    One tagged boot event in PCR 4 with a replaying event log, every other PCR zero: the
+    smallest document that passes every check of :func:`node_validator` (with measurements
+    that pin at most PCR 4 to its value here). Fuzzers and hostile-field tests start from it.
+    """
+    from constellation.attestation.eventlog import (
+        EV_EVENT_TAG,
+        Event,
+        TaggedEvent,
+        encode_event_log,
+        parse_event_log,
+        replay,
+    )
+    from constellation.attestation.testing.softtpm import SoftwareTpmIssuer
+    from constellation.attestation.tpm import TPM_ALG_SHA256
+
+    data = TaggedEvent(1, b"fuzz boot").encode()
+    event = Event(4, EV_EVENT_TAG, {TPM_ALG_SHA256: hashlib.sha256(data).digest()}, data)
+    log = encode_event_log([event])
+    pcrs = {i: bytes(32) for i in range(24)} | replay(parse_event_log(log))
+    forger = SoftwareTpmIssuer(pcrs, log)
+    forger.ak_certificate = cached_platform_ca().issue_ak_certificate(
+        forger.ak_spki_der, name, role
+    )
+    return forger.document(user_data, nonce)
