@@ -39,6 +39,7 @@ from constellation.attestation.testing.platform import (
     provision_node,
 )
 from constellation.attestation.vtpm import open_tpm, read_pcrs
+from constellation.bootstrapper.exitcodes import EXIT_REBOOT_REQUIRED
 from constellation.bootstrapper.initsecret import InitSecret, hash_init_secret
 from constellation.bootstrapper.initserver import state_disk_key
 from constellation.bootstrapper.journal import FAILPOINT_ENV
@@ -371,7 +372,7 @@ def test_a_lock_nobody_journaled_stops_the_node_with_what_to_do(crashing: Crashi
 
     assert NodeLock(crashing.tpm.tcti).try_lock(b"x" * 32)
     process = crashing.start()
-    assert process.wait(timeout=START_TIMEOUT_S) == 1
+    assert process.wait(timeout=START_TIMEOUT_S) == EXIT_REBOOT_REQUIRED
     logs = crashing.log_text()
     assert b"reboot the node" in logs
     assert b"Traceback" not in logs

@@ -23,11 +23,13 @@ from constellation.attestation.measurements import Measurement, Measurements, pc
 from constellation.attestation.swtpm import Swtpm
 from constellation.attestation.testing.platform import node_validator
 from constellation.attestation.vtpm import open_tpm, read_pcrs
+from constellation.bootstrapper.__main__ import exit_code_for
 from constellation.bootstrapper.config import RetryPolicy
+from constellation.bootstrapper.exitcodes import EXIT_REBOOT_REQUIRED
 from constellation.bootstrapper.initserver import InitCallbacks, InitServer, LocalControlPlane
 from constellation.bootstrapper.joinclient import JoinClient
 from constellation.bootstrapper.journal import JournalPath, JournalRecord, Step, journal_for
-from constellation.bootstrapper.node import CommitPath, Node, NodeError
+from constellation.bootstrapper.node import CommitPath, Node, NodeError, RebootRequiredError
 from constellation.bootstrapper.nodestate import NodeState, save_node_state
 from constellation.bootstrapper.registration import KubeletFiles, RegistrationError
 from constellation.bootstrapper.statedisk import DiskKey
@@ -326,7 +328,7 @@ def test_supervisor_reports_a_join_that_failed_after_its_lock(
     racing = RacingNode(cluster, tmp_path)
     racing.start()
     outcome = racing.finish()
-    assert isinstance(outcome, NodeError)
+    assert isinstance(outcome, RebootRequiredError)  # no second join ticket: only a reboot
     assert "join failed after the node lock was taken" in str(outcome)
     assert _pcr15(cluster.node.tpm.tcti) == pcr15_for_cluster_id(
         cluster.authority.cluster.cluster_id
@@ -384,6 +386,8 @@ def test_a_join_interrupted_after_its_lock_stops_the_node_saying_reboot(
     with pytest.raises(NodeError, match="reboot the node") as stopped:
         _node(cluster, []).run()
     assert "join into cluster" in str(stopped.value)
+    # The process says so with its own exit code, on which the node supervisor reboots.
+    assert exit_code_for(stopped.value) == EXIT_REBOOT_REQUIRED
     assert journal.read() == record  # kept for the next boot
 
 

@@ -2,7 +2,7 @@
 
 Faults are real: SIGKILL to the process a supervisor runs (a service, a node's swtpm) or to a
 control-plane child of the first node's bootstrapper. Nothing is restarted by hand; recovery
-is the supervisors' (:mod:`constellation.cli.mini.supervisor`) and the control plane's own
+is the supervisors' (:mod:`constellation.cli.mini.supervision`) and the control plane's own
 (:mod:`constellation.bootstrapper.kubernetes.controlplane`).
 
 After each fault the suite reads what the JoinService records in the API server
@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from constellation.cli.mini import clusterobjects
-from constellation.cli.mini.supervisor import read_status
+from constellation.cli.mini.supervision import read_status
 from constellation.cli.testing import CLI, Completed, run_cli
 from constellation.cli.testing import mini_cluster as up_mini_cluster
 from constellation.joinservice.kubernetes import (

@@ -85,3 +85,31 @@ def test_record_documents_every_process(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "mini" / "cluster.json").read_text())
     assert saved["processes"][0]["pid"] == sleeper.pid
     assert saved["processes"][0]["startTime"] == sleeper.start_time
+
+
+def test_a_late_joiner_without_a_verificationservice_is_found(tmp_path: Path) -> None:
+    from constellation.attestation.identity import Role
+    from constellation.cli.mini.cluster import nodes_missing_verification
+    from constellation.cli.mini.node import MiniNode
+    from constellation.cli.mini.processes import ProcessRecord, stop
+    from constellation.cli.mini.services import VerificationEndpoint
+
+    alive = spawn("sleeper", ["sleep", "300"], log_path=tmp_path / "s.log")
+    dead = ProcessRecord("gone", 0, 0, str(tmp_path / "log"))
+    try:
+
+        def node(name: str, supervisor: ProcessRecord) -> MiniNode:
+            return MiniNode(name, Role.WORKER, tmp_path / name, tmp_path, 1, "v", supervisor)
+
+        record = MiniRecord(root=tmp_path)
+        record.nodes = [node("served", alive), node("late", alive), node("off", dead)]
+        record.nodes.append(node("stale", alive))
+        record.verification = [
+            VerificationEndpoint("served", 1, 2, alive),
+            VerificationEndpoint("stale", 3, 4, dead),
+        ]
+        registered = {"served", "late", "off", "stale"}
+        assert nodes_missing_verification(record, registered) == ["late", "stale"]
+        assert nodes_missing_verification(record, {"served"}) == []
+    finally:
+        stop(alive)

@@ -81,3 +81,14 @@ def test_children_of_a_stubborn_process_are_ended_with_its_group(tmp_path: Path)
     _reap(record.pid)
     assert not is_running(record)
     assert not is_running(child_record)
+
+
+def test_a_recorded_pid_reused_by_someone_else_is_not_stopped(tmp_path: Path) -> None:
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        forged = ProcessRecord("x", sleeper.pid, 1, str(tmp_path / "log"))  # wrong start time
+        assert stop(forged) is False
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait(timeout=10)

@@ -4,7 +4,9 @@ Builds the node's collaborators from the configuration (its vTPM, node lock, sta
 instance metadata, installer, control plane) and hands them to :class:`Node`, which runs the
 init server and the join client under the node lock. After a path committed, the process stays
 up (on the first node it is the parent of the control-plane processes) until SIGTERM/SIGINT.
-Exit codes: 0 after a clean shutdown, 1 on a refused configuration or a node error, 2 on usage.
+Exit codes (:mod:`.exitcodes`): 0 after a clean shutdown, 1 on a refused configuration or a
+node error, 2 on usage, 3 (``EXIT_REBOOT_REQUIRED``) when only a reboot of the node lets it go
+on (:class:`.node.RebootRequiredError`), so that its supervisor reboots instead of restarting.
 
 ``CONSTELLATION_BOOTSTRAPPER_FAILPOINT`` (tests only) is read once here and arms the journal's
 crash point of that name (:mod:`.journal`): the process SIGKILLs itself when it gets there.
@@ -35,13 +37,14 @@ from constellation.bootstrapper.config import (
     RetryPolicy,
     load_config,
 )
+from constellation.bootstrapper.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_REBOOT_REQUIRED
 from constellation.bootstrapper.initserver import InitCallbacks, InitServer, LocalControlPlane
 from constellation.bootstrapper.installer import ComponentInstaller
 from constellation.bootstrapper.joinclient import JoinClient, joinservice_measurements
 from constellation.bootstrapper.joinservicetrust import JoinServiceValidator
 from constellation.bootstrapper.journal import failpoint_from_environment, journal_for
 from constellation.bootstrapper.metadata import FileMetadata
-from constellation.bootstrapper.node import Node, pcr15_reader
+from constellation.bootstrapper.node import Node, RebootRequiredError, pcr15_reader
 from constellation.bootstrapper.recoveryserver import RecoveryServer
 from constellation.bootstrapper.registration import KubeletFiles
 from constellation.bootstrapper.statedisk import ARGON2ID, FAST_PBKDF2, DiskKey, StateDisk
@@ -222,6 +225,11 @@ def build_node(
     return node, control_plane
 
 
+def exit_code_for(error: ConstellationError) -> int:
+    """The process's exit code for an error it stops on: a reboot's, or a plain failure's."""
+    return EXIT_REBOOT_REQUIRED if isinstance(error, RebootRequiredError) else EXIT_FAILED
+
+
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -256,10 +264,11 @@ def main(
         if outcome is not None:
             _log.info("node.ready", path=str(outcome.path), cluster_id=outcome.cluster_id.hex())
             shutdown.wait()
-        return 0
+        return EXIT_OK
     except ConstellationError as exc:
-        _log.error("bootstrapper.failed", error=str(exc), kind=type(exc).__name__)
-        return 1
+        code = exit_code_for(exc)
+        _log.error("bootstrapper.failed", error=str(exc), kind=type(exc).__name__, exit_code=code)
+        return code
     finally:
         if control_plane is not None:
             control_plane.stop()

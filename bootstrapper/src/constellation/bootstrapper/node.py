@@ -19,7 +19,9 @@ State machine of one bootstrapper run::
          │  - PCR 15 marked for its cluster by an interrupted Init → RESUME: serve Init only
          │    for that cluster (the CLI repeats ``apply``), completing the remaining steps
          │  - PCR 15 marked by an interrupted join, or by nobody journaled → stop, telling
-         │    the admin to reboot the node (a reboot resets PCR 15)
+         │    the admin to reboot the node (a reboot resets PCR 15): ``RebootRequiredError``,
+         │    exit code ``EXIT_REBOOT_REQUIRED`` (:mod:`.exitcodes`), on which mini mode's
+         │    node supervisor reboots the node
          │  - PCR 15 zero → the disk never held cluster data: re-format it (same UUID), log
          │    ``node.disk_reinitialized``, and go on as on a first boot
          ▼
@@ -91,6 +93,14 @@ class NodeError(BootstrapperError):
     """The node is in a state the bootstrapper cannot continue from."""
 
 
+class RebootRequiredError(NodeError):
+    """Only a reboot (which resets PCR 15) lets this node go on; restarting it would not.
+
+    The process exits with :data:`.exitcodes.EXIT_REBOOT_REQUIRED` so that its supervisor
+    reboots the node instead of restarting the bootstrapper on the same boot.
+    """
+
+
 class CommitPath(StrEnum):
     """Which path committed the node."""
 
@@ -131,6 +141,7 @@ class _Race:
     committed: threading.Event
     outcome: NodeOutcome | None = None
     error: str | None = None
+    reboot_required: bool = False
 
 
 class Node:
@@ -205,18 +216,18 @@ class Node:
             "state disk by itself, which never held cluster data, and serves Init or joins again"
         )
         if record is None or record.cluster_id is None or record.path is None:
-            raise NodeError(
+            raise RebootRequiredError(
                 "the node lock (PCR 15) is taken but this node journaled no init or join and "
                 f"has no node state, so another process took it; {reboot}"
             )
         marked = self._pcr15()
         if marked is not None and marked != pcr15_for_cluster_id(record.cluster_id):
-            raise NodeError(
+            raise RebootRequiredError(
                 "PCR 15 does not carry the mark of the cluster this node journaled "
                 f"({record.cluster_id.hex()}); another process extended it; {reboot}"
             )
         if record.path is JournalPath.JOIN:
-            raise NodeError(
+            raise RebootRequiredError(
                 f"a join into cluster {record.cluster_id.hex()} was interrupted at step "
                 f"'{record.step.value}' after the node lock was taken; the JoinService gives a "
                 f"locked node no second join ticket, so {reboot}"
@@ -382,7 +393,12 @@ class Node:
                 reason = str(exc) if isinstance(exc, ConstellationError) else "internal error"
                 if client.took_lock:
                     # Past the join's own point of no return: the node cannot recover by itself.
-                    race.error = f"join failed after the node lock was taken: {reason}"
+                    race.error = (
+                        f"join failed after the node lock was taken: {reason}; the JoinService "
+                        "gives a locked node no second join ticket, so reboot the node (that "
+                        "resets PCR 15) and it joins again"
+                    )
+                    race.reboot_required = True
                     race.committed.set()
                 if isinstance(exc, ConstellationError):
                     _log.error("node.join_failed", error=reason)
@@ -405,6 +421,8 @@ class Node:
             stop_init(self._stop_grace_s)
             joiner.join(timeout=self._stop_grace_s)
         if race.outcome is None:
+            if race.reboot_required:
+                raise RebootRequiredError(race.error or "the join failed after its node lock")
             raise NodeError(race.error or "the node committed without an outcome")
         _log.info("node.committed", path=str(race.outcome.path))
         return race.outcome

@@ -8,7 +8,8 @@ Modules, in the order ``constellation mini up`` uses them:
   the TCG event log;
 - :mod:`.processes`: detached processes recorded by PID and start time, and the workspace
   marker by which ``down`` finds the unrecorded ones;
-- :mod:`.supervisor`: one supervisor per node or service, restarting with backoff;
+- :mod:`.supervision`: one supervisor per node or service, restarting with backoff, rebooting
+  a node whose TPM died or whose bootstrapper asks for it;
 - :mod:`.node`: one node's files and processes (swtpm, disk header, metadata, bootstrapper);
 - :mod:`.clusterobjects`: the objects the CLI writes into the cluster and the files the Helm
   charts would mount from them;

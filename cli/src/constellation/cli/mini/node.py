@@ -22,7 +22,7 @@ most 107 bytes, and a workspace may be deeper than that allows. ``mini down`` re
 
 Creation (:func:`launch_node`): the CLI starts the node's swtpm once to have the platform
 certify its AK (the platform CA never leaves the CLI), stops it, writes the node's files and
-hands the machine to its **node supervisor** (:mod:`.supervisor`), which powers it on: swtpm
+hands the machine to its **node supervisor** (:mod:`.supervision.node`), which powers it on: swtpm
 on the same TPM state, the firmware step on ``image/``, then
 ``python -m constellation.bootstrapper`` with ``PYTHONPATH=image/`` first and bytecode writing
 off, so the modules that run are the measured files and the image directory stays unchanged.
@@ -71,7 +71,7 @@ from constellation.cli.mini.errors import ProcessStartError
 from constellation.cli.mini.image import copy_image
 from constellation.cli.mini.platform import AK_CERT_FILE, PLATFORM_ROOTS_FILE, certify_node
 from constellation.cli.mini.processes import ProcessRecord, is_running, spawn, stop
-from constellation.cli.mini.supervisor import read_status, spawn_node
+from constellation.cli.mini.supervision import read_status, spawn_node
 
 LOOPBACK = "127.0.0.1"
 DISK_SIZE = 32 * 1024 * 1024
@@ -140,7 +140,7 @@ class MiniNode:
     """A launched node as the cluster record keeps it.
 
     ``supervisor`` is the node's supervisor process, the machine: it runs the node's swtpm and
-    bootstrapper (their current PIDs are in its status file, :func:`.supervisor.read_status`)
+    bootstrapper (their current PIDs are in its status file, :func:`.supervision.read_status`)
     and is running as long as the node is powered on.
     """
 

@@ -38,7 +38,9 @@ KILL_WAIT_S = 5.0
 POLL_S = 0.05
 _STAT_STARTTIME_FIELD = 22
 MARKER_ENV = "CONSTELLATION_MINI_DIR"
-SUPERVISOR_MODULE = b"constellation.cli.mini.supervisor"
+# The supervisors' module, and its name before it became a package: `down` must still stop
+# (first) the supervisors an earlier version started.
+SUPERVISOR_MODULES = (b"constellation.cli.mini.supervision", b"constellation.cli.mini.supervisor")
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,7 @@ class MarkedProcess:
 
     @property
     def is_supervisor(self) -> bool:
-        return SUPERVISOR_MODULE in self.cmdline
+        return any(module in self.cmdline for module in SUPERVISOR_MODULES)
 
     @property
     def name(self) -> str:

@@ -13,7 +13,7 @@ loopback ports chosen here (recorded in the cluster record and the state file):
   the KeyService with its client certificate (``constellation-keyservice-client``);
 - one VerificationService per node, quoting with that node's vTPM and attaching its event log.
 
-Each runs under its own unit supervisor (:mod:`.supervisor`): restarted with backoff on the
+Each runs under its own unit supervisor (:mod:`.supervision.unit`): restarted with backoff on the
 same ports when it dies, and restarted when the node whose TPM it uses reboots. The recorded
 process is the supervisor; the service's log (``<logs>/<unit>.log``) carries both the service's
 and the supervisor's JSON lines.
@@ -30,7 +30,7 @@ from constellation.bootstrapper.metadata import Endpoint
 from constellation.cli.mini.clusterobjects import MountedFiles
 from constellation.cli.mini.node import LOOPBACK, MiniNode, free_port, wait_listening
 from constellation.cli.mini.processes import ProcessRecord
-from constellation.cli.mini.supervisor import spawn_unit
+from constellation.cli.mini.supervision import spawn_unit
 from constellation.cli.servicepki import CA_FILE, CERT_FILE, KEY_FILE
 from constellation.keyservice.tls import SERVER_NAME
 
