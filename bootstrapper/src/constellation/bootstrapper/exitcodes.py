@@ -14,12 +14,26 @@ The node's supervisor (systemd on a real node, the node supervisor in mini mode,
   again. Restarting it on the same boot would only stop it again with the same message.
   Raised as :class:`constellation.bootstrapper.node.RebootRequiredError`.
 
-This module imports nothing, so a supervisor can read the codes without loading the node.
+This module imports only the standard library, so a supervisor can read the codes without
+loading the node. :func:`exit_status` renders any child's end the same way for every supervisor
+(the node supervisor, the bootstrapper's own watch over its control-plane children).
 """
 
 from __future__ import annotations
+
+import signal
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_REBOOT_REQUIRED = 3
+
+
+def exit_status(returncode: int) -> str:
+    """How a child process ended, for people and logs: ``exit 3`` or ``signal SIGKILL``."""
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit {returncode}"

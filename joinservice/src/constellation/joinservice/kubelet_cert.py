@@ -23,7 +23,7 @@ authorizer and NodeRestriction then confine the node to its own objects). The ru
 cryptography parses a CSR lazily: loading checks the outer structure, and the subject, the
 public key, the extensions and the signature are decoded only when read, each able to raise its
 own exception (``ValueError``, ``UnsupportedAlgorithm``, ...). Every such read of the untrusted
-CSR goes through :data:`CSR_PARSE_ERRORS`, so a part that does not parse is a typed refusal:
+CSR goes through :data:`X509_DECODE_ERRORS`, so a part that does not parse is a typed refusal:
 :class:`MalformedCSRError` for an unreadable subject, a failure (``csr.public_key``,
 ``csr.signature``, ``csr.extensions``) otherwise.
 
@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from constellation.attestation.errors import Failure, render_failures
+from constellation.attestation.x509errors import X509_DECODE_ERRORS
 from constellation.joinservice.errors import ConfigError, InvalidRequestError, RefusedError
 from constellation.joinservice.tickets import MAX_CSR_SIZE, NODE_NAME_PATTERN, SignedKubeletCert
 
@@ -60,15 +61,6 @@ BACKDATE: Final = timedelta(minutes=5)
 MIN_RSA_BITS: Final = 2048
 ALLOWED_CURVES: Final = frozenset({"secp256r1", "secp384r1"})
 _MAX_NODE_NAME = 253
-#: What reading a lazily parsed part of a malformed CSR (or certificate) raises (module docs).
-CSR_PARSE_ERRORS: Final = (
-    ValueError,
-    TypeError,
-    UnsupportedAlgorithm,
-    x509.InvalidVersion,
-    x509.DuplicateExtension,
-    x509.UnsupportedGeneralNameType,
-)
 
 
 class KubeletCSRError(InvalidRequestError):
@@ -111,7 +103,7 @@ class SigningCA:
         """Load the CA (e.g. kubeadm's ``pki/ca.crt`` + ``ca.key``) and check it can sign."""
         try:
             certificate = x509.load_pem_x509_certificate(cert_pem)
-        except CSR_PARSE_ERRORS as err:
+        except X509_DECODE_ERRORS as err:
             raise SigningCAError(f"cluster CA certificate is not PEM X.509: {err}") from None
         try:
             key = serialization.load_pem_private_key(key_pem, password=None)
@@ -127,7 +119,7 @@ class SigningCA:
         # The certificate parses lazily too (module docs): each part is read under a guard.
         try:
             public = certificate.public_key()
-        except CSR_PARSE_ERRORS as err:
+        except X509_DECODE_ERRORS as err:
             raise SigningCAError(
                 f"cluster CA certificate's public key does not parse ({type(err).__name__})"
             ) from None
@@ -139,7 +131,7 @@ class SigningCA:
             constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
         except x509.ExtensionNotFound:
             raise SigningCAError("cluster CA certificate has no basicConstraints") from None
-        except CSR_PARSE_ERRORS as err:
+        except X509_DECODE_ERRORS as err:
             raise SigningCAError(
                 f"cluster CA certificate's extensions do not parse ({type(err).__name__}: {err})"
             ) from None
@@ -157,7 +149,7 @@ def _load_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
         )
     try:
         return x509.load_pem_x509_csr(csr_pem)
-    except CSR_PARSE_ERRORS as err:
+    except X509_DECODE_ERRORS as err:
         raise MalformedCSRError(
             f"kubelet CSR is not a PEM PKCS#10 request ({type(err).__name__}: {err}); send the "
             "kubelet's unmodified PEM CSR"
@@ -169,7 +161,7 @@ def _subject_failures(csr: x509.CertificateSigningRequest) -> tuple[list[Failure
     failures: list[Failure] = []
     try:
         subject = csr.subject
-    except CSR_PARSE_ERRORS as err:
+    except X509_DECODE_ERRORS as err:
         raise MalformedCSRError(
             f"kubelet CSR subject does not parse ({type(err).__name__}); send the kubelet's "
             "unmodified PEM CSR"
@@ -217,7 +209,7 @@ def _subject_failures(csr: x509.CertificateSigningRequest) -> tuple[list[Failure
 def _key_failures(csr: x509.CertificateSigningRequest) -> list[Failure]:
     try:
         key = csr.public_key()
-    except CSR_PARSE_ERRORS as err:
+    except X509_DECODE_ERRORS as err:
         return [
             Failure(
                 "csr.public_key",
@@ -244,7 +236,7 @@ def _san_failures(csr: x509.CertificateSigningRequest) -> tuple[list[Failure], l
         san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return [], []
-    except CSR_PARSE_ERRORS as err:
+    except X509_DECODE_ERRORS as err:
         reason = f"{type(err).__name__}: {err}"[:200]
         return [Failure("csr.extensions", "parseable extensions", reason)], []
     failures: list[Failure] = []
@@ -267,7 +259,7 @@ def _signature_valid(csr: x509.CertificateSigningRequest) -> bool:
     """The self-signature verifies; a key or signature that does not parse does not verify."""
     try:
         return csr.is_signature_valid
-    except CSR_PARSE_ERRORS:
+    except X509_DECODE_ERRORS:
         return False
 
 

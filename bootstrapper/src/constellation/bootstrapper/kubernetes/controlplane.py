@@ -69,6 +69,7 @@ import structlog
 import yaml
 
 from constellation.bootstrapper.atomicfile import PUBLIC_MODE, SECRET_MODE, write_atomic
+from constellation.bootstrapper.exitcodes import exit_status
 from constellation.bootstrapper.kubernetes.components import InstalledComponents
 from constellation.bootstrapper.kubernetes.errors import (
     ControlPlaneError,
@@ -97,16 +98,6 @@ RESTART_MAX_DELAY = 30.0
 RESTART_RESET_AFTER = 60.0
 
 _log = structlog.get_logger()
-
-
-def exit_status(returncode: int) -> str:
-    """A child's exit for people and logs: ``exit 3`` or ``signal SIGKILL``."""
-    if returncode < 0:
-        try:
-            return f"signal {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"signal {-returncode}"
-    return f"exit {returncode}"
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import signal
 import subprocess
 import time
 from collections.abc import Sequence
@@ -12,16 +11,6 @@ from typing import IO
 
 STOP_GRACE_S = 20.0
 KILL_WAIT_S = 5.0
-
-
-def exit_status(returncode: int) -> str:
-    """``exit 3`` or ``signal SIGKILL``: how a child ended, for logs and status files."""
-    if returncode < 0:
-        try:
-            return f"signal {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"signal {-returncode}"
-    return f"exit {returncode}"
 
 
 class Child:

@@ -19,9 +19,9 @@ from typing import IO
 
 import structlog
 
-from constellation.bootstrapper.exitcodes import EXIT_REBOOT_REQUIRED
+from constellation.bootstrapper.exitcodes import EXIT_REBOOT_REQUIRED, exit_status
 from constellation.cli.mini.processes import find_marked
-from constellation.cli.mini.supervision.child import Child, exit_status
+from constellation.cli.mini.supervision.child import Child
 from constellation.cli.mini.supervision.loop import POLL_S, Supervisor
 from constellation.cli.mini.supervision.machine import Machine, MiniMachine
 from constellation.cli.mini.supervision.policy import RestartPolicy

@@ -6,7 +6,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from constellation.cli.mini.supervision.child import Child, exit_status
+from constellation.bootstrapper.exitcodes import exit_status
+from constellation.cli.mini.supervision.child import Child
 from constellation.cli.mini.supervision.loop import POLL_S, Supervisor
 from constellation.cli.mini.supervision.policy import RestartPolicy
 

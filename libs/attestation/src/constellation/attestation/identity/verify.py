@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtensionOID, NameOID, SignatureAlgorithmOID
@@ -47,6 +47,7 @@ from constellation.attestation.identity.profile import (
     decode_role,
     is_instance_name,
 )
+from constellation.attestation.x509errors import X509_DECODE_ERRORS
 
 # An AK certificate is well under 2 KiB; anything far larger is not one.
 MAX_CERTIFICATE_SIZE = 16 << 10
@@ -55,15 +56,6 @@ MAX_ROOTS_PEM_SIZE = 1 << 20
 # How much of an attacker-chosen name a failure may quote.
 _MAX_QUOTED = 80
 
-# What ``cryptography`` raises on malformed certificates, lazily, from property accessors.
-_MALFORMED = (
-    ValueError,
-    TypeError,
-    UnsupportedAlgorithm,
-    x509.InvalidVersion,
-    x509.DuplicateExtension,
-    x509.UnsupportedGeneralNameType,
-)
 
 _ECDSA_SIGNATURES = frozenset(
     {
@@ -160,7 +152,7 @@ def _parse(cert_der: bytes | None) -> tuple[x509.Certificate | None, Failure | N
                 "a signature BIT STRING with unused bits",
                 "not canonical DER: the same certificate must have exactly one encoding",
             )
-    except _MALFORMED as exc:
+    except X509_DECODE_ERRORS as exc:
         return failure(f"unparsable ({type(exc).__name__})", "re-issue the AK certificate")
     return cert, None
 
@@ -214,7 +206,7 @@ def _signed_by(cert: x509.Certificate, root: x509.Certificate) -> bool:
     try:
         digest = cert.signature_hash_algorithm
         key = root.public_key()
-    except _MALFORMED:
+    except X509_DECODE_ERRORS:
         return False
     if not isinstance(digest, hashes.SHA256 | hashes.SHA384 | hashes.SHA512):
         return False
@@ -225,7 +217,9 @@ def _signed_by(cert: x509.Certificate, root: x509.Certificate) -> bool:
         if algorithm in _RSA_SIGNATURES and isinstance(key, rsa.RSAPublicKey):
             key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), digest)
             return True
-    except (InvalidSignature, *_MALFORMED):
+    except InvalidSignature:
+        return False
+    except X509_DECODE_ERRORS:
         return False
     return False
 
@@ -279,7 +273,7 @@ def _normalized(spki_der: bytes) -> bytes:
     """``spki_der`` re-encoded canonically (e.g. an uncompressed EC point), if it parses."""
     try:
         return _spki(serialization.load_der_public_key(spki_der))
-    except _MALFORMED:
+    except X509_DECODE_ERRORS:
         return spki_der
 
 
@@ -411,7 +405,7 @@ def verify_ak_certificate(
         failures += _check_usage(cert)
         name, role, identity_failures = _check_identity(cert)
         failures += identity_failures
-    except _MALFORMED as exc:  # defence in depth: _parse touched every part already
+    except X509_DECODE_ERRORS as exc:  # defence in depth: _parse touched every part already
         return None, [
             Failure(
                 "ak.certificate",
@@ -471,7 +465,7 @@ def load_platform_roots(pem: bytes) -> tuple[x509.Certificate, ...]:
         loaded = x509.load_pem_x509_certificates(pem)
         for cert in loaded:
             _touch(cert)
-    except _MALFORMED as exc:
+    except X509_DECODE_ERRORS as exc:
         raise PlatformRootError(
             f"the platform root bundle does not parse ({type(exc).__name__}): expected PEM "
             "X.509 certificates; re-export the platform CA certificate"

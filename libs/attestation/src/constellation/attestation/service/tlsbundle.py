@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from constellation.attestation.atls.certificates import CLIENT_CA_CERT_PEM
 from constellation.attestation.errors import Failure
+from constellation.attestation.x509errors import X509_DECODE_ERRORS
 
 
 @dataclass(frozen=True)
@@ -31,17 +32,6 @@ class BundleNames:
     #: How messages name the certificate and the CA (e.g. "tls.crt", "the client CA").
     cert_role: str = "the certificate"
     ca_role: str = "the CA"
-
-
-#: What cryptography raises for a malformed part of a certificate or key, when it is read.
-PARSE_ERRORS = (
-    ValueError,
-    TypeError,
-    UnsupportedAlgorithm,
-    x509.InvalidVersion,
-    x509.DuplicateExtension,
-    x509.UnsupportedGeneralNameType,
-)
 
 
 def load_certificate(pem: bytes) -> x509.Certificate | None:
@@ -57,7 +47,7 @@ def load_certificate(pem: bytes) -> x509.Certificate | None:
         certificate.issuer.rfc4514_string()
         for _extension in certificate.extensions:
             pass
-    except PARSE_ERRORS:
+    except X509_DECODE_ERRORS:
         return None
     return certificate
 
@@ -67,7 +57,7 @@ def load_private_key(pem: bytes) -> Any:
     is required)."""
     try:
         return serialization.load_pem_private_key(pem, password=None)
-    except PARSE_ERRORS:
+    except X509_DECODE_ERRORS:
         return None
 
 

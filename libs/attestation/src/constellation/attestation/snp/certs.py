@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.utils import CryptographyDeprecationWarning
@@ -50,6 +50,7 @@ from constellation.attestation.errors import Failure
 from constellation.attestation.snp.errors import MalformedCertificateError
 from constellation.attestation.snp.products import GENOA, MILAN, TURIN, product_from_name
 from constellation.attestation.snp.tcb import TcbVersion
+from constellation.attestation.x509errors import X509_DECODE_ERRORS
 
 # --- AMD certificate extensions (arc 1.3.6.1.4.1.3704.1) ----------------------------------
 AMD_OID_ARC = "1.3.6.1.4.1.3704.1"
@@ -202,17 +203,6 @@ def _load_with_positive_serial(der: bytes) -> x509.Certificate:
     return x509.load_der_x509_certificate(patched)
 
 
-# What ``cryptography`` raises when a lazily decoded field of a loaded certificate is bad.
-_LAZY_DECODE_ERRORS = (
-    ValueError,
-    TypeError,
-    UnsupportedAlgorithm,
-    x509.DuplicateExtension,
-    x509.InvalidVersion,
-    x509.UnsupportedGeneralNameType,
-)
-
-
 def _load_der(der: bytes) -> AmdCertificate:
     try:
         tbs, _, _ = _tbs_and_serial(der)
@@ -226,7 +216,7 @@ def _load_der(der: bytes) -> AmdCertificate:
                 cert = _load_with_positive_serial(der)
     except ValueError as err:
         raise MalformedCertificateError(f"not a DER X.509 certificate: {err}") from None
-    except _LAZY_DECODE_ERRORS as err:  # e.g. InvalidVersion, raised while loading
+    except X509_DECODE_ERRORS as err:  # e.g. InvalidVersion, raised while loading
         raise _unreadable(err) from None
     _read_every_field(cert)
     return AmdCertificate(cert=cert, der=der, tbs=tbs, fingerprint=hashlib.sha256(der).digest())
@@ -247,7 +237,7 @@ def _read_every_field(cert: x509.Certificate) -> None:
         cert.public_key()
         if cert.signature_algorithm_oid == SignatureAlgorithmOID.RSASSA_PSS:
             _ = cert.signature_hash_algorithm
-    except _LAZY_DECODE_ERRORS as err:
+    except X509_DECODE_ERRORS as err:
         raise _unreadable(err) from None
 
 
