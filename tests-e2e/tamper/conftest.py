@@ -264,15 +264,9 @@ class Attacker:
             stub = join_pb2_grpc.APIStub(channel.channel)
             return Refusal.of(lambda: stub.IssueRejoinTicket(request, timeout=RPC_TIMEOUT_S))
 
-    def raw_session(
-        self,
-        client: TLSIdentity | None = None,
-        nonce_size: int = 32,
-        *,
-        client_nonce: bytes | None = None,
-    ) -> RawSession:
-        """TLS to the JoinService and its ``Attest`` step (for ``client_nonce``, random by
-        default), nothing verified, nothing else sent yet."""
+    def tls_channel(self, client: TLSIdentity | None = None) -> tuple[grpc.Channel, bytes]:
+        """TLS to the JoinService with a client certificate of the public aTLS client CA, as
+        anyone can make one, and the server certificate (DER) it showed; nothing attested."""
         client = client or new_client_identity()
         certificate = atls.fetch_server_certificate(self.joinservice, client, timeout=RPC_TIMEOUT_S)
         pem = x509.load_der_x509_certificate(certificate).public_bytes(serialization.Encoding.PEM)
@@ -284,6 +278,19 @@ class Attacker:
             credentials,
             options=[("grpc.ssl_target_name_override", SERVER_NAME), *GRPC_OPTIONS],
         )
+        return channel, certificate
+
+    def raw_session(
+        self,
+        client: TLSIdentity | None = None,
+        nonce_size: int = 32,
+        *,
+        client_nonce: bytes | None = None,
+    ) -> RawSession:
+        """TLS to the JoinService and its ``Attest`` step (for ``client_nonce``, random by
+        default), nothing verified, nothing else sent yet."""
+        client = client or new_client_identity()
+        channel, certificate = self.tls_channel(client)
         nonce = os.urandom(nonce_size) if client_nonce is None else client_nonce
         answer = atls_pb2_grpc.HandshakeStub(channel).Attest(
             atls_pb2.AttestRequest(client_nonce=nonce), timeout=RPC_TIMEOUT_S
@@ -348,8 +355,92 @@ def _cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield up.workspace
 
 
+@dataclass(frozen=True)
+class ServerLogs:
+    """Every log file of the mini cluster, and how far each had been written when the attacks
+    began: what the attacks made the servers log is everything after that.
+
+    An untyped error is a bug whatever the attack was (issue 14): a typed refusal is logged as
+    ``rpc.refused`` with its status code, never with a traceback, and never as INTERNAL.
+    """
+
+    workspace: Path
+    record: dict[str, Any]
+    offsets: dict[Path, int]
+
+    @classmethod
+    def mark(cls, workspace: Path, record: dict[str, Any]) -> ServerLogs:
+        logs = cls(workspace, record, {})
+        return cls(workspace, record, {path: path.stat().st_size for path in logs.files()})
+
+    def files(self) -> list[Path]:
+        """The cluster's logs: ``mini/logs/``, each node's control-plane logs, and whatever
+        log the cluster record names for a process (services, supervisors, swtpms)."""
+        mini = self.workspace / "mini"
+        found = set(mini.glob("logs/*.log")) | set(mini.glob("nodes/*/state/**/*.log"))
+        named = [p.get("log") for p in self.record.get("processes", [])]
+        for node in self.record.get("nodes", []):
+            named += [node.get(part, {}).get("log") for part in ("swtpm", "bootstrapper")]
+        found |= {Path(log) for log in named if log}
+        return sorted(path for path in found if path.is_file())
+
+    def untyped_errors(self) -> list[str]:
+        """``file:line: text`` of each traceback or INTERNAL logged since :meth:`mark`."""
+        files = self.files()
+        if not files:  # a check that read nothing must not pass
+            return [f"{self.workspace / 'mini'}: no log file found to check"]
+        problems: list[str] = []
+        for path in files:
+            with path.open("rb") as log:
+                log.seek(self.offsets.get(path, 0))
+                start = log.read().decode(errors="replace")
+            first = self._line_number(path, self.offsets.get(path, 0))
+            for number, line in enumerate(start.splitlines(), first):
+                if _is_untyped_error(line):
+                    problems.append(f"{path}:{number}: {line[:600]}")
+        return problems
+
+    @staticmethod
+    def _line_number(path: Path, offset: int) -> int:
+        with path.open("rb") as log:
+            return log.read(offset).count(b"\n") + 1
+
+
+def _is_untyped_error(line: str) -> bool:
+    """A traceback, or a status INTERNAL (``rpc.refused``/``rpc.failed`` of the status
+    interceptor, ``outcome`` of the request counter)."""
+    if "Traceback (most recent call last)" in line or "StatusCode.INTERNAL" in line:
+        return True
+    if not line.startswith("{"):
+        return False
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return False
+    if not isinstance(entry, dict):
+        return False
+    return (
+        entry.get("event") == "rpc.failed"
+        or entry.get("code") == "INTERNAL"
+        or entry.get("outcome") == "INTERNAL"
+    )
+
+
 @pytest.fixture(scope="session")
 def attacker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Attacker]:
+    """The attacker of every tamper module; when the session ends (after the last attack of
+    every module, before the cluster goes down) the cluster's logs must show no untyped error
+    that the attacks caused."""
     with _cluster(tmp_path_factory) as workspace, SwtpmManager() as swtpms:
         record = json.loads((workspace / "mini" / "cluster.json").read_text())
+        logs = ServerLogs.mark(workspace, record)
         yield Attacker(workspace, record, swtpms, tmp_path_factory.mktemp("tamper-scratch"))
+        problems = logs.untyped_errors()
+        if problems:
+            pytest.fail(
+                f"the tamper suite's attacks made the mini cluster log {len(problems)} untyped "
+                "error(s) (a traceback or status INTERNAL; every bad input must get a typed "
+                "refusal: find the handler that raised and map its error in the service's "
+                "status table):\n" + "\n".join(problems),
+                pytrace=False,
+            )
