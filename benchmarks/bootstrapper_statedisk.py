@@ -2,7 +2,8 @@
 
 Usage: ``uv run python benchmarks/bootstrapper_statedisk.py [--rounds N] [--argon2id]``
 
-One round = luksFormat with a random passphrase, luksUUID, luksChangeKey to a 32-byte disk key,
+One round = luksFormat with a random passphrase, luksUUID, the crash-safe rekey to a 32-byte disk
+key (luksAddKey into a new slot, luksKillSlot of the old one, and the slot lookups in between),
 open --test-passphrase with the new key. pbkdf2/1000 iterations is what tests use; argon2id
 with cryptsetup's own benchmarked cost is what a real node pays (expect seconds).
 """

@@ -45,6 +45,8 @@ from constellation.bootstrapper.errors import (
 )
 
 DISK_KEY_LENGTH = 32
+#: A LUKS2 header has 32 keyslots.
+LUKS2_KEYSLOTS = 32
 INITIAL_PASSPHRASE_LENGTH = 32
 # cryptsetup's documented exit code for "no key available with this passphrase".
 _EXIT_NO_PERMISSION = 2
@@ -228,35 +230,53 @@ class StateDisk:
         """Replace the keyslot(s) opened by ``old`` with one for ``new``, crash-safely.
 
         LUKS2 keyslots make each instant safe: first ``luksAddKey`` puts ``new`` into a free
-        slot (authorized by ``old``; both keys open the disk now), then ``luksKillSlot`` wipes
-        every other slot, authorized by ``new``. A crash between the two leaves a disk both keys
-        open; :meth:`finish_rekey` completes it with ``new`` alone. ``on_step`` is called with
-        ``"rekey.add"`` and ``"rekey.kill"`` after each half (the journal's crash points). If
-        ``old`` is wrong, nothing changes and ``StateDiskKeyError`` is raised.
+        slot chosen here (authorized by ``old``; both keys open the disk now), then
+        ``luksKillSlot`` wipes every *other* slot. A crash between the two leaves a disk both
+        keys open; :meth:`finish_rekey` completes it with ``new`` alone. ``on_step`` is called
+        with ``"rekey.add"`` and ``"rekey.kill"`` after each half (the journal's crash points).
+        If ``old`` is wrong, nothing changes and ``StateDiskKeyError`` is raised.
+
+        Cost: one key derivation to open ``old`` and one to protect ``new`` (with argon2id,
+        seconds each); the slot numbers come from the header's public metadata and the wipe
+        needs no key, because the slot kept is the one this call just wrote.
         """
         self._check_length(new)
-        if self.slot_of(new) is None:
-            self._add_key(old, new)
+        kept = self._free_slot()
+        self._add_key(old, new, slot=kept)
         if on_step is not None:
             on_step("rekey.add")
-        self.finish_rekey(new)
+        self._wipe_slots_except(kept)
         if on_step is not None:
             on_step("rekey.kill")
 
     def finish_rekey(self, new: DiskKey) -> None:
-        """Wipe every keyslot but the one ``new`` opens (the second half of :meth:`rekey`)."""
+        """Wipe every keyslot but the one ``new`` opens (the second half of :meth:`rekey`, after
+        a crash: which slot holds ``new`` is then learned by trying it)."""
         kept = self.slot_of(new)
         if kept is None:
             raise StateDiskKeyError(
                 f"the key does not open any keyslot of {self.device}; the rekey cannot be "
                 "completed with it"
             )
+        self._wipe_slots_except(kept)
+
+    def _free_slot(self) -> int:
+        used = set(self.keyslots())
+        for slot in range(LUKS2_KEYSLOTS):
+            if slot not in used:
+                return slot
+        raise StateDiskError(f"{self.device} has no free LUKS2 keyslot for the new key")
+
+    def _wipe_slots_except(self, kept: int) -> None:
+        """``luksKillSlot`` in batch mode (no passphrase) for every active slot but ``kept``.
+
+        Only ever called with the slot that holds the new key, so the disk always keeps a key.
+        """
         for slot in self.keyslots():
             if slot == kept:
                 continue
             result = self._run(
-                ["luksKillSlot", "--batch-mode", "--key-file", "-", str(self.device), str(slot)],
-                stdin=new.reveal(),
+                ["luksKillSlot", "--batch-mode", str(self.device), str(slot)],
                 check=False,
             )
             if result.returncode != 0:
@@ -268,7 +288,7 @@ class StateDisk:
                 f"a state disk key must be {DISK_KEY_LENGTH} bytes, got {len(new)}"
             )
 
-    def _add_key(self, old: DiskKey, new: DiskKey) -> None:
+    def _add_key(self, old: DiskKey, new: DiskKey, *, slot: int) -> None:
         """``luksAddKey``: ``old`` through stdin, ``new`` through an anonymous pipe."""
         read_fd, write_fd = os.pipe()
         try:
@@ -280,6 +300,8 @@ class StateDisk:
                 [
                     "luksAddKey",
                     "--batch-mode",
+                    "--new-key-slot",
+                    str(slot),
                     *self.pbkdf.arguments(),
                     "--key-file",
                     "-",
