@@ -95,8 +95,20 @@ def status_command(output_format: str) -> None:
         "nodes": [_node_row(known) for known in inventory.nodes],
     }
     if record is not None:
+        from constellation.cli.mini.supervision import all_statuses
+
         summary["processes"] = [
             {"name": p.name, "pid": p.pid, "running": is_running(p)} for p in record.processes
+        ]
+        summary["supervision"] = [
+            {
+                "unit": doc["unit"],
+                "state": doc.get("state"),
+                "restarts": _count(doc.get("restarts")),
+                "reboots": _count(doc.get("reboots")),
+                "lastExit": doc.get("lastExit"),
+            }
+            for doc in all_statuses(record.directory)
         ]
     if output_format == OutputFormat.JSON:
         ctx.reporter.emit_json(summary)
@@ -119,6 +131,17 @@ def _join_config(kubeconfig: Path) -> dict[str, Any]:
             _root_summary(root) for root in (load_platform_roots(roots.encode()) if roots else ())
         ],
     }
+
+
+def _count(value: Any) -> int:
+    """A counter of a supervision file: a number, or per-process numbers summed."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return value
+    if isinstance(value, dict):
+        return sum(v for v in value.values() if isinstance(v, int) and not isinstance(v, bool))
+    return 0
 
 
 def _running(process: ProcessRecord | None) -> bool | None:
@@ -204,6 +227,16 @@ def _print_status(ctx: CLIContext, summary: dict[str, Any]) -> None:
             _verification_cell(row),
         )
     ctx.reporter.data.print(table)
+    restarted = [u for u in summary.get("supervision", []) if u["restarts"] or u["reboots"]]
+    if restarted:
+        ctx.reporter.emit_text(
+            "Restarted by supervision: "
+            + "; ".join(
+                f"{u['unit']} {u['restarts']} restart(s), {u['reboots']} reboot(s)"
+                + (f", last: {u['lastExit']}" if u["lastExit"] else "")
+                for u in restarted
+            )
+        )
     if "processes" in summary:
         down = [p["name"] for p in summary["processes"] if not p["running"]]
         ctx.reporter.emit_text(

@@ -60,12 +60,13 @@ from __future__ import annotations
 
 from constellation.cli.mini.supervision.policy import POLICY_ENV, RestartPolicy
 from constellation.cli.mini.supervision.spawning import MODULE, spawn_node, spawn_unit
-from constellation.cli.mini.supervision.status import read_status, status_path
+from constellation.cli.mini.supervision.status import all_statuses, read_status, status_path
 
 __all__ = [
     "MODULE",
     "POLICY_ENV",
     "RestartPolicy",
+    "all_statuses",
     "read_status",
     "spawn_node",
     "spawn_unit",

@@ -29,6 +29,20 @@ def status_path(mini_dir: Path, unit: str) -> Path:
     return mini_dir / SUPERVISION_DIR / f"{unit_file_stem(unit)}.json"
 
 
+def all_statuses(mini_dir: Path) -> list[dict[str, Any]]:
+    """Every unit's status document (``constellation status`` shows restarts and reboots)."""
+    directory = mini_dir / SUPERVISION_DIR
+    documents = []
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else ():
+        try:
+            document = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            continue
+        if isinstance(document, dict) and isinstance(document.get("unit"), str):
+            documents.append(document)
+    return documents
+
+
 def read_status(mini_dir: Path, unit: str) -> dict[str, Any] | None:
     """A unit's status document, None if there is none (yet) or it is unreadable."""
     try:
