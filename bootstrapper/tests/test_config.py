@@ -74,3 +74,22 @@ def test_backoff_cap_grows_exponentially_and_is_bounded() -> None:
     policy = RetryPolicy(initial_delay_s=0.5, max_delay_s=4)
     assert [policy.delay_cap(n) for n in range(6)] == [0.5, 1, 2, 4, 4, 4]
     assert policy.delay_cap(10_000) == 4
+
+
+def test_boot_id_path_defaults_to_the_kernels_and_can_be_set(tmp_path: Path) -> None:
+    assert config_from_mapping(_base(tmp_path)).boot_id_path == Path(
+        "/proc/sys/kernel/random/boot_id"
+    )
+    config = config_from_mapping(_base(tmp_path) | {"boot_id_path": str(tmp_path / "boot_id")})
+    assert config.boot_id_path == tmp_path / "boot_id"
+
+
+@pytest.mark.parametrize("key", ["boot_id_path", "state_dir", "event_log_path"])
+@pytest.mark.parametrize("value", [5, "", ["a"], {"a": 1}, None])
+def test_a_path_that_is_not_a_string_is_refused(tmp_path: Path, key: str, value: Any) -> None:
+    """Found by review: ``Path(5)`` raised a bare ``TypeError`` out of the config loader."""
+    if value is None and key == "event_log_path":
+        assert config_from_mapping(_base(tmp_path) | {key: None}).event_log_path is None
+        return
+    with pytest.raises(ConfigError, match=f"{key} must be a non-empty path string"):
+        config_from_mapping(_base(tmp_path) | {key: value})

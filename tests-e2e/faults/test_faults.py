@@ -158,19 +158,13 @@ def _log_since(path: Path, offset: int) -> bytes:
         return handle.read()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: the first control-plane node initialized the cluster and never joined, so "
-    "the JoinService holds no disk binding for it and refuses its rejoin (disk.unknown); the "
-    "restarted bootstrapper then waits for `constellation recover` although its control plane "
-    "still runs (the next test's recover brings it back)",
-)
 def test_the_control_plane_bootstrapper_killed_is_restarted_and_the_cluster_admits_a_join(
     cluster: FaultCluster,
 ) -> None:
-    """Same boot (PCRs stay): the restarted bootstrapper rejoins through the JoinService (the
-    old control plane still serves it), then ends the stale control-plane children and starts
-    them again from its files; afterwards a worker joins."""
+    """Same boot (PCRs stay, the boot ID too): the restarted bootstrapper asks nobody for
+    anything (the first control plane never joined, so the JoinService could not even answer
+    a rejoin); it ends the stale control-plane children and starts them again from its files,
+    logging ``node.same_boot_restart``; afterwards a worker joins."""
     pids = json.loads((cluster.control_plane_dir / "pids.json").read_text())
     restarts = cluster.restarts(CONTROL_PLANE_NODE, "bootstrapper")
     reboots = int(cluster.status(CONTROL_PLANE_NODE).get("reboots", 0))
@@ -183,11 +177,14 @@ def test_the_control_plane_bootstrapper_killed_is_restarted_and_the_cluster_admi
         timeout=30,
     )
     try:
-        wait_for(lambda: b'"node.ready"' in _log_since(log, offset), "its rejoin", timeout=90)
+        wait_for(lambda: b'"node.ready"' in _log_since(log, offset), "its restart", timeout=90)
     except AssertionError as timed_out:
         tail = _log_since(log, offset)[-3000:].decode(errors="replace")
         raise AssertionError(f"{timed_out}; its log since the kill:\n{tail}") from None
     assert int(cluster.status(CONTROL_PLANE_NODE).get("reboots", 0)) == reboots  # same boot
+    since = _log_since(log, offset)
+    assert b'"node.same_boot_restart"' in since
+    assert b'"node.rejoin"' not in since  # no ticket asked for
     assert set(CONTROL_PLANE_CHILDREN[:2]) <= set(pids)  # the controller manager is optional
     for component, stale in pids.items():
         pid = cluster.control_plane_pid(component)

@@ -31,6 +31,7 @@ from constellation.attestation.measurements import Measurements
 from constellation.attestation.nodelock import NodeLock
 from constellation.attestation.service import Health, Shutdown, configure_logging
 from constellation.attestation.vtpm import VtpmIssuer, VtpmValidator
+from constellation.bootstrapper.bootid import read_boot_id
 from constellation.bootstrapper.config import (
     BootstrapperConfig,
     ConfigError,
@@ -221,6 +222,7 @@ def build_node(
         serve_recovery=serve_recovery,
         journal=journal,
         read_pcr15=pcr15_reader(config.tpm_tcti),
+        boot_id=functools.partial(read_boot_id, config.boot_id_path),
     )
     return node, control_plane
 

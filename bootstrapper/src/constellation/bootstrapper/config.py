@@ -29,6 +29,8 @@ from constellation.attestation.boundedparse import loads_json
 from constellation.bootstrapper.errors import BootstrapperError
 
 DEFAULT_INIT_PORT = 9000
+# Linux names each boot with a random UUID here; it changes on every reboot, never otherwise.
+DEFAULT_BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 
 
 class ConfigError(BootstrapperError):
@@ -99,6 +101,9 @@ class BootstrapperConfig:
     # Tests only: pbkdf2 with 1000 iterations for LUKS keyslots instead of argon2id.
     fast_luks_pbkdf: bool = False
     control_plane_dir: Path | None = None
+    # Where this boot's ID is read: the kernel's on a real node, a file the firmware step
+    # writes per boot in mini mode. It tells a same-boot restart from a reboot (:mod:`.bootid`).
+    boot_id_path: Path = DEFAULT_BOOT_ID_PATH
 
     def __post_init__(self) -> None:
         try:
@@ -136,6 +141,11 @@ _PATH_FIELDS = (
     "ak_certificate_path",
     "platform_roots_path",
     "control_plane_dir",
+    "boot_id_path",
+)
+# Paths that have no "not configured" meaning: JSON null is refused for them.
+_NON_NULL_PATHS = frozenset(
+    {"metadata_path", "state_disk_path", "state_dir", "install_root", "boot_id_path"}
 )
 _POSITIVE_FIELDS = ("component_http_timeout_s", "component_total_timeout_s")
 
@@ -150,8 +160,17 @@ def config_from_mapping(data: dict[str, Any]) -> BootstrapperConfig:
         raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
     values: dict[str, Any] = dict(data)
     for key in _PATH_FIELDS:
-        if values.get(key) is not None:
-            values[key] = Path(values[key])
+        if key not in values:
+            continue
+        value = values[key]
+        if value is None and key not in _NON_NULL_PATHS:
+            continue
+        if not isinstance(value, str) or not value:
+            raise ConfigError(
+                f"{key} must be a non-empty path string, got {type(value).__name__} "
+                f"{str(value)[:40]!r}; write it as a JSON string"
+            )
+        values[key] = Path(value)
     dirs = values.get("component_source_dirs")
     if dirs is not None:
         if not isinstance(dirs, list) or not all(isinstance(d, str) and d for d in dirs):

@@ -3,6 +3,12 @@
 State machine of one bootstrapper run::
 
     node state on disk? ── yes ──► (journal: Init died before answering → RESUME, below)
+         │                         SAME BOOT? the disk-open record (:mod:`.bootid`) names the
+         │                          current boot AND PCR 15 carries the cluster's mark → log
+         │                          ``node.same_boot_restart``; a control-plane node starts
+         │                          its control plane again from its own files (stale children
+         │                          of the dead run are ended first); nothing is asked of anyone
+         │                          otherwise ▼
          │                         REJOIN: PCR 15 re-marked with the recorded cluster ID only
          │                          if a reboot reset it (never a second lock otherwise), then
          │                          rejoin ticket, disk key and cluster ID checked
@@ -35,8 +41,34 @@ State machine of one bootstrapper run::
          │  - join committed  → the init server is stopped; a late Init gets
          │                      FAILED_PRECONDITION from the lock check
          ▼
-    INITIALIZED / JOINED: the outcome is returned; the caller keeps the process (and, on the
-    first node, the control-plane children) alive until SIGTERM.
+    INITIALIZED / JOINED / REJOINED / RECOVERED: the boot ID is recorded (``disk-open.json``)
+    and the outcome is returned; the caller keeps the process (and, on the first node, the
+    control-plane children) alive until SIGTERM. A same-boot restart returns RESTARTED.
+
+Why a same-boot restart needs nobody. The bootstrapper is one process; its supervisor restarts
+it when it dies, on the same boot: the PCRs stay, PCR 15 keeps the node lock, and on a real
+node the state disk stays mapped (dm-crypt holds the key in the kernel until the machine
+reboots). Such a node needs no key and no ticket, only its services back. Asking the JoinService
+would even fail on the first control plane: it initialized the cluster and never joined, so
+the JoinService holds no disk binding for it (``disk.unknown``), and the node would fall into
+RECOVER while the dead run's etcd and API server still ran unadopted. A reboot loses the
+mapping (and resets PCR 15) and takes REJOIN/RECOVER as before.
+
+What proves "same boot", and why both halves are demanded:
+
+- the boot ID (``/proc/sys/kernel/random/boot_id``, config ``boot_id_path``) recorded when a
+  run of this node committed equals the current one: a reboot draws a new one. It is a file,
+  so on its own it proves nothing against someone who can write the node's state directory;
+- PCR 15 carries *this* cluster's mark: the node lock is a one-way latch that only a reboot
+  (or a TPM reset) clears, so a marked PCR 15 shows the TPM has not been reset since a run
+  committed to this cluster. A reset TPM (PCR 15 zero) or another cluster's mark means REJOIN.
+
+A same-boot restart obtains nothing and reveals nothing: it only restarts, from the node's own
+files, what this node ran before (the control plane checks its binaries against the hashes
+recorded at init before running them). A missing or damaged record, an unreadable boot ID or
+PCR 15 never mean "same boot"; they cost a rejoin (logged ``node.same_boot_unknown``), never a
+wrong restart. A worker restarted on the same boot returns at once: its rejoin would only fetch
+the disk key again, and the disk is open already; it runs no children to adopt.
 
 A join client that exhausts its retry bounds does not end the race: the init server keeps
 serving (the first node's join client always fails — nobody can answer it before init), and
@@ -60,6 +92,12 @@ from constellation.attestation.identity import Role
 from constellation.attestation.measurements import pcr15_for_cluster_id
 from constellation.attestation.nodelock import PCR_NODE_LOCK
 from constellation.attestation.vtpm import open_tpm, read_pcrs
+from constellation.bootstrapper.bootid import (
+    DISK_OPEN_FILE,
+    DiskOpenRecord,
+    load_disk_open,
+    save_disk_open,
+)
 from constellation.bootstrapper.errors import BootstrapperError
 from constellation.bootstrapper.initserver import (
     InitCallbacks,
@@ -108,6 +146,8 @@ class CommitPath(StrEnum):
     JOINED = "joined"
     REJOINED = "rejoined"
     RECOVERED = "recovered"
+    # Not a commit of this run: a run of this boot committed, this one brought it back.
+    RESTARTED = "restarted"
 
 
 @dataclass(frozen=True)
@@ -154,6 +194,8 @@ class Node:
     collaborators. A node that initialized the cluster passes its ``control_plane`` (restarted
     on rejoin), ``make_rejoin_client`` (shorter retry bounds: on a full-cluster shutdown nobody
     answers) and ``serve_recovery`` (serves a :class:`RecoveryServer`, returns its stop).
+    ``boot_id`` reads the current boot's ID and ``read_pcr15`` the node lock's PCR; without
+    both, no restart is ever taken for a same-boot one (the rejoin path runs).
     """
 
     def __init__(
@@ -171,6 +213,7 @@ class Node:
         serve_recovery: Callable[[RecoveryServer], Callable[[float], None]] | None = None,
         journal: Journal | None = None,
         read_pcr15: Callable[[], bytes] | None = None,
+        boot_id: Callable[[], str] | None = None,
     ) -> None:
         self._lock = node_lock
         self._disk = state_disk
@@ -184,10 +227,18 @@ class Node:
         self._serve_recovery = serve_recovery
         self._journal = journal or journal_for(node_state_path)
         self._read_pcr15 = read_pcr15
+        self._boot_id = boot_id
+        self._disk_open_path = node_state_path.parent / DISK_OPEN_FILE
         self.shutdown = threading.Event()
 
     def run(self) -> NodeOutcome | None:
         """Run until one path committed (returns its outcome) or ``shutdown`` is set (None)."""
+        outcome = self._run()
+        if outcome is not None and outcome.path is not CommitPath.RESTARTED:
+            self._record_disk_open(outcome.cluster_id)
+        return outcome
+
+    def _run(self) -> NodeOutcome | None:
         if self._node_state_path.exists():
             state = load_node_state(self._node_state_path)
             pending = self._journal.read()
@@ -202,12 +253,83 @@ class Node:
                 self._remark(state)
                 return self._resume(pending)
             self._journal.clear()
+            if self._same_boot(state):
+                return self._restart_same_boot(state)
             return self._rejoin(state)
         record = self._journal.read()
         if self._lock.is_initialized():
             return self._resume(record)
         initial_key = self._prepare_disk(record)
         return self._race(initial_key)
+
+    def _record_disk_open(self, cluster_id: bytes) -> None:
+        """Remember that this boot's run committed (the disk is open for ``cluster_id``).
+
+        A failure only costs a later same-boot restart its shortcut (it rejoins instead), so
+        it is logged, not raised: the node has committed and serves.
+        """
+        if self._boot_id is None:
+            return
+        try:
+            save_disk_open(self._disk_open_path, DiskOpenRecord(self._boot_id(), cluster_id))
+        except ConstellationError as exc:
+            _log.warning(
+                "node.boot_unrecorded",
+                error=str(exc),
+                consequence="a restart on this boot rejoins instead of restarting directly",
+            )
+
+    def _same_boot(self, state: NodeState) -> bool:
+        """True only if a run of this boot committed to this cluster and PCR 15 still says so.
+
+        Both the recorded boot ID and PCR 15's mark must hold (module docstring); anything
+        unreadable means "not known to be the same boot", i.e. the rejoin path.
+        """
+        if self._boot_id is None or self._read_pcr15 is None:
+            return False
+        try:
+            record = load_disk_open(self._disk_open_path)
+            if record is None:
+                return False
+            current = self._boot_id()
+            marked = self._read_pcr15()
+        except ConstellationError as exc:
+            _log.warning("node.same_boot_unknown", error=str(exc), next="rejoin")
+            return False
+        if record.boot_id != current:
+            _log.info("node.rebooted", recorded_boot=record.boot_id, boot=current, next="rejoin")
+            return False
+        if record.cluster_id != state.cluster_id:
+            _log.warning(
+                "node.same_boot_unknown",
+                error=f"the disk-open record names cluster {record.cluster_id.hex()}, the node "
+                f"state {state.cluster_id.hex()}",
+                next="rejoin",
+            )
+            return False
+        if marked != pcr15_for_cluster_id(state.cluster_id):
+            _log.warning(
+                "node.same_boot_unmarked",
+                reason="PCR 15 does not carry this cluster's mark (the TPM was reset or "
+                "extended by someone else), so this is not the boot that committed",
+                next="rejoin",
+            )
+            return False
+        return True
+
+    def _restart_same_boot(self, state: NodeState) -> NodeOutcome:
+        """Bring back what the dead run of this boot ran; ask nobody for anything."""
+        runs_control_plane = self._runs_control_plane(state)
+        _log.info(
+            "node.same_boot_restart",
+            cluster_id=state.cluster_id.hex(),
+            control_plane=runs_control_plane,
+            fetched="nothing: the state disk is still open on this boot",
+        )
+        if runs_control_plane:
+            assert self._control_plane is not None
+            self._control_plane.restart()
+        return NodeOutcome(CommitPath.RESTARTED, state.cluster_id)
 
     def _resume(self, record: JournalRecord | None) -> NodeOutcome | None:
         """PCR 15 is marked and there is no node state: the bootstrapper died mid-commit."""

@@ -12,6 +12,9 @@ Layout of a node (``<workspace>/mini/nodes/<name>/``)::
                          control planes, JoinService endpoint)
     join-measurements.json  what the node expects of the JoinService's node
     bootstrapper.json    the bootstrapper configuration
+    boot_id              this boot's random ID, drawn by the firmware step at every boot (the
+                         kernel's /proc/sys/kernel/random/boot_id on a real node): tells the
+                         bootstrapper a restart on the same boot from a reboot
     state/, root/        the bootstrapper's state directory and install root
 
 The vTPM's Unix sockets ``sock`` and ``sock.ctrl`` (0600; no TCP port, so only root and the
@@ -43,6 +46,7 @@ import socket
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -74,6 +78,7 @@ from constellation.cli.mini.processes import ProcessRecord, is_running, spawn, s
 from constellation.cli.mini.supervision import read_status, spawn_node
 
 LOOPBACK = "127.0.0.1"
+BOOT_ID_FILE = "boot_id"
 DISK_SIZE = 32 * 1024 * 1024
 SOCKET_ROOT_PREFIX = "constellation-vtpm-"
 SWTPM_READY_TIMEOUT_S = 15.0
@@ -388,6 +393,7 @@ def launch_node(
         "join_retry": JOIN_RETRY,
         "rejoin_retry": REJOIN_RETRY,
         "fast_luks_pbkdf": True,
+        "boot_id_path": str(directory / BOOT_ID_FILE),
     }
     write_atomic(
         directory / "bootstrapper.json",
@@ -410,6 +416,18 @@ def launch_node(
 def bootstrapper_command() -> list[str]:
     """The bootstrapper's command line; it runs in the node's directory."""
     return [sys.executable, "-m", "constellation.bootstrapper", "--config", "bootstrapper.json"]
+
+
+def draw_boot_id(directory: Path) -> str:
+    """Give the node's boot a fresh random ID, as the kernel does at every boot.
+
+    Called by the firmware step, once per boot (reboots and ``mini start`` included), never
+    when only the bootstrapper is restarted: that is what lets the bootstrapper tell a restart
+    on the same boot from a reboot (``constellation.bootstrapper.bootid``).
+    """
+    boot_id = str(uuid.uuid4())
+    write_atomic(directory / BOOT_ID_FILE, f"{boot_id}\n".encode(), mode=PUBLIC_MODE)
+    return boot_id
 
 
 def point_config_at_tpm(directory: Path, tpm_socket: Path) -> str:

@@ -35,7 +35,7 @@ class Machine(Protocol):
         ...
 
     def firmware(self) -> None:
-        """Measure the image into the fresh TPM and write the event log."""
+        """Measure the image into the fresh TPM, write the event log, draw a new boot ID."""
         ...
 
     def bootstrapper(self) -> Launch:
@@ -64,9 +64,12 @@ class MiniMachine:
 
     def firmware(self) -> None:
         from constellation.cli.mini.firmware import boot_measure
-        from constellation.cli.mini.node import point_config_at_tpm
+        from constellation.cli.mini.node import draw_boot_id, point_config_at_tpm
 
         assert self._socket is not None, "firmware runs after the TPM started"
+        # Once per boot, like the kernel's boot_id: a bootstrapper restarted on this boot
+        # sees the same ID, one started after a reboot a new one.
+        draw_boot_id(self.node_dir)
         tcti = point_config_at_tpm(self.node_dir, self._socket)
         boot_measure(tcti, self.node_dir / "image", self.node_dir / "eventlog.bin")
 
