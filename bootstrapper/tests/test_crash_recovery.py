@@ -27,31 +27,28 @@ import grpc
 import pytest
 
 from constellation.attestation.errors import ValidationError
-from constellation.attestation.identity import Role
 from constellation.attestation.kdf import derive_cluster_id, derive_measurement_secret
 from constellation.attestation.measurements import Measurement, Measurements, pcr15_for_cluster_id
 from constellation.attestation.swtpm import SwtpmManager
 from constellation.attestation.testing.platform import (
     BOOT_CHAIN,
-    cached_platform_ca,
     measure_boot,
     node_validator,
-    provision_node,
 )
 from constellation.attestation.vtpm import open_tpm, read_pcrs
 from constellation.bootstrapper.exitcodes import EXIT_REBOOT_REQUIRED
-from constellation.bootstrapper.initsecret import InitSecret, hash_init_secret
 from constellation.bootstrapper.initserver import state_disk_key
 from constellation.bootstrapper.journal import FAILPOINT_ENV
-from constellation.bootstrapper.metadata import InstanceMetadata, write_metadata_file
 from constellation.bootstrapper.statedisk import FAST_PBKDF2, StateDisk
 from constellation.bootstrapper.testing import (
     INIT_SECRET,
     STAND_IN_KUBECONFIG,
     call_init,
     component_for,
+    free_port,
     init_request,
     require_cryptsetup,
+    write_node_files,
 )
 from constellation.proto import init_pb2
 
@@ -72,12 +69,6 @@ _TRANSPORT_CODES = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class CrashingNode:
     """One node's files and vTPM; starts, kills and reboots its bootstrapper process."""
 
@@ -87,50 +78,19 @@ class CrashingNode:
         self.tpms = tpms
         self.tpm_dir = tpm_dir
         (self.tpm,) = tpms.start(1, state_dirs=[tpm_dir])
-        self.port = _free_port()
+        self.port = free_port()
         self.logs: list[Path] = []
         self.process: subprocess.Popen[bytes] | None = None
-        with (directory / "disk.img").open("wb") as handle:
-            handle.truncate(20 * 1024 * 1024)
-        write_metadata_file(
-            directory / "metadata.json",
-            InstanceMetadata(
-                name="node-0",
-                role=Role.CONTROL_PLANE,
-                private_ip="127.0.0.1",
-                init_secret_hash=hash_init_secret(InitSecret(INIT_SECRET), cost=4),
-                control_plane_endpoints=(),
-            ),
+        config = write_node_files(
+            directory,
+            self.tpm.tcti,
+            self.port,
+            join_retry={"initial_delay_s": 0.1, "max_delay_s": 0.2, "max_attempts": 1},
+            component_source_dirs=[str(directory)],
         )
-        (directory / "joinservice-measurements.json").write_text(
-            Measurements({4: Measurement(b"\x04" * 32)}).to_json()
-        )
-        ca = cached_platform_ca()
-        (directory / "ak-cert.der").write_bytes(
-            provision_node(self.tpm.tcti, ca, "node-0", Role.CONTROL_PLANE)
-        )
-        (directory / "platform-roots.pem").write_bytes(ca.cert_pem)
         self._boot()
         self.config = directory / "config.json"
-        self.config.write_text(
-            json.dumps(
-                {
-                    "metadata_path": str(directory / "metadata.json"),
-                    "state_disk_path": str(directory / "disk.img"),
-                    "state_dir": str(directory / "state"),
-                    "install_root": str(directory / "root"),
-                    "tpm_tcti": self.tpm.tcti,
-                    "init_port": self.port,
-                    "join_measurements_path": str(directory / "joinservice-measurements.json"),
-                    "event_log_path": str(directory / "eventlog.bin"),
-                    "ak_certificate_path": str(directory / "ak-cert.der"),
-                    "platform_roots_path": str(directory / "platform-roots.pem"),
-                    "join_retry": {"initial_delay_s": 0.1, "max_delay_s": 0.2, "max_attempts": 1},
-                    "fast_luks_pbkdf": True,
-                    "component_source_dirs": [str(directory)],
-                }
-            )
-        )
+        self.config.write_text(json.dumps(config))
 
     def _boot(self) -> None:
         """The mini firmware: measure the boot chain, write the event log."""

@@ -20,6 +20,7 @@ import itertools
 import json
 import os
 import socket
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ from constellation.bootstrapper.metadata import Endpoint, write_metadata_file
 from constellation.bootstrapper.nodestate import load_node_state
 from constellation.bootstrapper.registration import KubeletFiles
 from constellation.bootstrapper.statedisk import DiskKey
-from constellation.bootstrapper.testing import NodeParts, join_channel_factory, make_node
+from constellation.bootstrapper.testing import NodeParts, free_port, join_channel_factory, make_node
 
 joinservice_main = pytest.importorskip("constellation.joinservice.__main__")
 joinservice_server = pytest.importorskip("constellation.joinservice.server")
@@ -283,7 +284,8 @@ def test_bootstrapper_wiring_joins_then_rejoins_after_restart(
     cluster: Cluster, swtpm: Swtpm, tmp_path: Path, kube_client: Any
 ) -> None:
     """``build_node`` as the command wires it: the join path commits, the init server stops;
-    a restarted process on the same vTPM rejoins without a second mark."""
+    a process restarted on the same boot fetches nothing (its disk is still open); on another
+    boot it rejoins, without a second mark."""
     from kubernetes import client as k8s
 
     from constellation.bootstrapper.__main__ import build_node
@@ -297,9 +299,12 @@ def test_bootstrapper_wiring_joins_then_rejoins_after_restart(
     (tmp_path / "ak-cert.der").write_bytes(node.ak_certificate)
     (tmp_path / "platform-roots.pem").write_bytes(cached_platform_ca().cert_pem)
     (tmp_path / "measurements.json").write_text(cluster.image.to_json())
-    init_port = _free_port()
+    init_port = free_port()
+    boot_id = tmp_path / "boot_id"
+    boot_id.write_text(f"{uuid.uuid4()}\n")
     config = config_from_mapping(
         {
+            "boot_id_path": str(boot_id),
             "metadata_path": str(node.metadata.path),
             "state_disk_path": str(node.disk.device),
             "state_dir": str(node.directory / "state"),
@@ -326,7 +331,14 @@ def test_bootstrapper_wiring_joins_then_rejoins_after_restart(
     assert marked[15] == pcr15_for_cluster_id(outcome.cluster_id)
 
     restarted, _ = build_node(config)
-    again = restarted.run()
+    same_boot = restarted.run()
+    assert same_boot is not None
+    assert same_boot.path == CommitPath.RESTARTED
+    assert same_boot.cluster_id == outcome.cluster_id
+
+    boot_id.write_text(f"{uuid.uuid4()}\n")  # another boot (this vTPM kept its PCRs)
+    rebooted, _ = build_node(config)
+    again = rebooted.run()
     assert again is not None
     assert again.path == CommitPath.REJOINED
     assert again.cluster_id == outcome.cluster_id
@@ -382,12 +394,6 @@ def test_a_rejoin_against_the_joinservice_of_another_cluster_is_refused(
     assert _pcr15(swtpm) == marked == pcr15_for_cluster_id(ours.cluster_id)
     node.disk.check_key(disk_key)
     assert load_node_state(node.node_state_path) == state
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _listening(port: int) -> bool:

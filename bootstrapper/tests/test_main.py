@@ -23,36 +23,25 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from constellation.attestation.identity import Role
 from constellation.attestation.kdf import derive_cluster_id, derive_measurement_secret
-from constellation.attestation.measurements import Measurement, Measurements
 from constellation.attestation.swtpm import Swtpm
 from constellation.attestation.testing.platform import (
     BOOT_CHAIN,
-    cached_platform_ca,
     measure_boot,
-    provision_node,
 )
 from constellation.bootstrapper.__main__ import build_node
 from constellation.bootstrapper.config import ConfigError, config_from_mapping
-from constellation.bootstrapper.initsecret import InitSecret, hash_init_secret
-from constellation.bootstrapper.metadata import InstanceMetadata, write_metadata_file
 from constellation.bootstrapper.testing import (
     INIT_SECRET,
     call_init,
     component_for,
+    free_port,
     init_request,
-    require_cryptsetup,
+    write_node_files,
 )
 
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 60
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _run(args: list[str], stderr: object = subprocess.PIPE) -> subprocess.Popen[bytes]:
@@ -75,42 +64,9 @@ def test_refused_configuration_exits_1_without_traceback(tmp_path: Path) -> None
 
 def _node_config(tmp_path: Path, swtpm: Swtpm, port: int) -> dict[str, object]:
     """The node's files as mini mode writes them, and the configuration naming them."""
-    require_cryptsetup()
-    with (tmp_path / "disk.img").open("wb") as handle:
-        handle.truncate(20 * 1024 * 1024)
-    write_metadata_file(
-        tmp_path / "metadata.json",
-        InstanceMetadata(
-            name="node-0",
-            role=Role.CONTROL_PLANE,
-            private_ip="127.0.0.1",
-            init_secret_hash=hash_init_secret(InitSecret(INIT_SECRET), cost=4),
-            control_plane_endpoints=(),
-        ),
-    )
-    (tmp_path / "joinservice-measurements.json").write_text(
-        Measurements({4: Measurement(b"\x04" * 32)}).to_json()
-    )
+    config = write_node_files(tmp_path, swtpm.tcti, port)
     (tmp_path / "eventlog.bin").write_bytes(measure_boot(swtpm.tcti, BOOT_CHAIN))
-    ca = cached_platform_ca()
-    (tmp_path / "ak-cert.der").write_bytes(
-        provision_node(swtpm.tcti, ca, "node-0", Role.CONTROL_PLANE)
-    )
-    (tmp_path / "platform-roots.pem").write_bytes(ca.cert_pem)
-    return {
-        "metadata_path": str(tmp_path / "metadata.json"),
-        "state_disk_path": str(tmp_path / "disk.img"),
-        "state_dir": str(tmp_path / "state"),
-        "install_root": str(tmp_path / "root"),
-        "tpm_tcti": swtpm.tcti,
-        "init_port": port,
-        "join_measurements_path": str(tmp_path / "joinservice-measurements.json"),
-        "event_log_path": str(tmp_path / "eventlog.bin"),
-        "ak_certificate_path": str(tmp_path / "ak-cert.der"),
-        "platform_roots_path": str(tmp_path / "platform-roots.pem"),
-        "join_retry": {"initial_delay_s": 0.1, "max_delay_s": 0.5, "max_attempts": 3},
-        "fast_luks_pbkdf": True,
-    }
+    return config
 
 
 def _write_node(tmp_path: Path, swtpm: Swtpm, port: int) -> Path:
@@ -122,7 +78,7 @@ def _write_node(tmp_path: Path, swtpm: Swtpm, port: int) -> Path:
 @pytest.mark.swtpm
 def test_platform_roots_are_required(tmp_path: Path, swtpm: Swtpm) -> None:
     """Without roots the node could not tell the JoinService's vTPM from a software key."""
-    config = _node_config(tmp_path, swtpm, _free_port())
+    config = _node_config(tmp_path, swtpm, free_port())
     del config["platform_roots_path"]
     with pytest.raises(ConfigError, match="platform_roots_path is required"):
         build_node(config_from_mapping(config))
@@ -133,7 +89,7 @@ def test_platform_roots_are_required(tmp_path: Path, swtpm: Swtpm) -> None:
 def test_an_unreadable_platform_roots_file_is_refused(
     tmp_path: Path, swtpm: Swtpm, unreadable: str
 ) -> None:
-    config = _node_config(tmp_path, swtpm, _free_port())
+    config = _node_config(tmp_path, swtpm, free_port())
     (tmp_path / "state-dir").mkdir()
     config["platform_roots_path"] = str(tmp_path / unreadable)
     with pytest.raises(ConfigError, match="cannot read platform roots"):
@@ -161,7 +117,7 @@ def _pem(der: bytes) -> bytes:
 def test_unusable_platform_roots_are_refused(
     tmp_path: Path, swtpm: Swtpm, roots: object, message: str
 ) -> None:
-    config = _node_config(tmp_path, swtpm, _free_port())
+    config = _node_config(tmp_path, swtpm, free_port())
     (tmp_path / "platform-roots.pem").write_bytes(roots(tmp_path))  # type: ignore[operator]
     with pytest.raises(ConfigError, match=message) as refused:
         build_node(config_from_mapping(config))
@@ -182,7 +138,7 @@ def _wait_listening(process: subprocess.Popen[bytes], port: int) -> None:
 
 @pytest.fixture
 def bootstrapper(tmp_path: Path, swtpm: Swtpm) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = _free_port()
+    port = free_port()
     config = _write_node(tmp_path, swtpm, port)
     # A file, not a pipe: a full pipe would block the process on logging.
     log = (tmp_path / "bootstrapper.log").open("wb")

@@ -18,6 +18,7 @@ import datetime
 import hashlib
 import secrets
 import shutil
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -492,3 +493,63 @@ def main_with_stand_in_control_plane(argv: Sequence[str] | None = None) -> int:
         return StandInControlPlane(config.control_plane_root, kubelet_files=kubelet_files)
 
     return main(argv, make_control_plane=make)
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now (for a server the test starts next)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_node_files(
+    directory: Path,
+    tcti: str,
+    port: int,
+    *,
+    name: str = "node-0",
+    role: Role = Role.CONTROL_PLANE,
+    **overrides: object,
+) -> dict[str, object]:
+    """A node's files as mini mode writes them, and the bootstrapper configuration naming them.
+
+    A sparse 20 MiB state disk, instance metadata (with the init secret's hash), the
+    JoinService's measurements, an AK persisted in the vTPM at ``tcti`` and certified by the
+    test platform CA, and that CA as the platform roots. The event log (``eventlog.bin``) is
+    the caller's: it measures the boot it wants. ``overrides`` replace configuration keys.
+    """
+    require_cryptsetup()
+    with (directory / "disk.img").open("wb") as handle:
+        handle.truncate(DISK_SIZE)
+    write_metadata_file(
+        directory / "metadata.json",
+        InstanceMetadata(
+            name=name,
+            role=role,
+            private_ip="127.0.0.1",
+            init_secret_hash=hash_init_secret(InitSecret(INIT_SECRET), cost=4),
+            control_plane_endpoints=(),
+        ),
+    )
+    (directory / "joinservice-measurements.json").write_text(
+        Measurements({4: Measurement(b"\x04" * 32)}).to_json()
+    )
+    ca = cached_platform_ca()
+    (directory / "ak-cert.der").write_bytes(provision_node(tcti, ca, name, role))
+    (directory / "platform-roots.pem").write_bytes(ca.cert_pem)
+    config: dict[str, object] = {
+        "metadata_path": str(directory / "metadata.json"),
+        "state_disk_path": str(directory / "disk.img"),
+        "state_dir": str(directory / "state"),
+        "install_root": str(directory / "root"),
+        "tpm_tcti": tcti,
+        "init_port": port,
+        "join_measurements_path": str(directory / "joinservice-measurements.json"),
+        "event_log_path": str(directory / "eventlog.bin"),
+        "ak_certificate_path": str(directory / "ak-cert.der"),
+        "platform_roots_path": str(directory / "platform-roots.pem"),
+        "join_retry": {"initial_delay_s": 0.1, "max_delay_s": 0.5, "max_attempts": 3},
+        "fast_luks_pbkdf": True,
+    }
+    config.update(overrides)
+    return config
