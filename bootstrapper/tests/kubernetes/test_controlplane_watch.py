@@ -17,6 +17,7 @@ from constellation.bootstrapper.kubernetes.controlplane import (
     ControlPlaneBinaries,
     exit_status,
 )
+from constellation.bootstrapper.testing import processes_mentioning
 
 RECOVERY_TIMEOUT_S = 60.0
 
@@ -30,20 +31,6 @@ def _state(pid: int) -> str | None:
     except OSError:
         return None
     return text.rpartition(")")[2].split()[0]
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline and _state(int(entry.name)) not in (None, "Z"):
-            found.append(int(entry.name))
-    return found
 
 
 def _wait_restarted(plane: ControlPlane, name: str, old_pid: int) -> int:
@@ -106,7 +93,7 @@ def test_killed_children_are_reaped_restarted_and_counted(plane: ControlPlane) -
         assert recorded == {"kube-apiserver": 1, "etcd": 1}
         log = (plane.log_dir / "kube-apiserver.log").read_text()
         assert log.count("--- start ") == 2
-    assert _processes_mentioning(str(plane.directory)) == []
+    assert processes_mentioning(str(plane.directory)) == []
 
 
 def test_nothing_is_restarted_once_teardown_began(plane: ControlPlane) -> None:
@@ -116,7 +103,7 @@ def test_nothing_is_restarted_once_teardown_began(plane: ControlPlane) -> None:
     finally:
         plane.stop()
     time.sleep(1.5)  # several watcher intervals and the first backoff
-    assert _processes_mentioning(str(plane.directory)) == []
+    assert processes_mentioning(str(plane.directory)) == []
     assert plane.restarts == {}
 
 
